@@ -1,0 +1,104 @@
+"""Checkpoints: safetensors weights with the JSON metadata that rebuilds the network.
+
+This is the only place where weight files a user hands us are opened, and it never unpickles: tensors
+come from safetensors, everything else from JSON stored in the safetensors header under the key
+`mtlkd`. A checkpoint is therefore one file that cannot lose its config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+METADATA_KEY = "mtlkd"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message says which file and what is wrong."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], metadata: dict[str, Any]) -> Path:
+    """Save a state dict (torch tensors) and JSON-serialisable metadata atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    header = {METADATA_KEY: json.dumps({"format": FORMAT_VERSION, **metadata}, sort_keys=True)}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without loading its tensors (and without torch)."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except Exception as exc:  # safetensors raises several types for a corrupt header
+        raise CheckpointError(f"{path}: not a safetensors file ({exc}); pass a model.safetensors") from None
+    if raw is None:
+        raise CheckpointError(f"{path}: safetensors file without mtlkd metadata; was it written by mtlkd?")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: mtlkd metadata is not valid JSON ({exc})") from None
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state dict of torch tensors, metadata)."""
+    from safetensors.torch import load_file
+
+    path = _existing(path)
+    metadata = read_metadata(path)
+    return load_file(str(path), device=device), metadata
+
+
+def load_numpy_state(path: str | Path) -> dict[str, Any]:
+    """Tensors as numpy arrays, for code that must not import torch."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(_existing(path)))
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Atomic JSON write (metrics, sidecars, training state)."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=False)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return path
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        hint = " (a run folder? pass its model.safetensors)" if path.is_dir() else ""
+        raise CheckpointError(f"{path}: no such checkpoint file{hint}")
+    return path

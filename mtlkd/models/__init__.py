@@ -1,0 +1,32 @@
+"""Models: one registry of architectures, configs as data, `create_model(config)`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from mtlkd.models.backbones import BACKBONES, register_backbone
+from mtlkd.models.heads import HEADS, register_head
+from mtlkd.models.nets import ARCHS, MultiTaskNet, SingleTaskNet, register_arch
+from mtlkd.models.presets import PRESETS, input_size, preset_config
+
+__all__ = [
+    "ARCHS", "BACKBONES", "HEADS", "PRESETS", "MultiTaskNet", "SingleTaskNet", "count_parameters",
+    "create_model", "input_size", "preset_config", "register_arch", "register_backbone", "register_head",
+]
+
+
+def create_model(config: dict[str, Any], backbone_weights: str | None = None) -> nn.Module:
+    """Build the network a config describes; optionally load local pretrained backbone weights."""
+    arch = config.get("arch", "mtl")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    model = ARCHS[arch](config)
+    if backbone_weights:
+        model.backbone.load_pretrained(backbone_weights)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
