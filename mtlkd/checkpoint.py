@@ -102,3 +102,27 @@ def _existing(path: str | Path) -> Path:
         hint = " (a run folder? pass its model.safetensors)" if path.is_dir() else ""
         raise CheckpointError(f"{path}: no such checkpoint file{hint}")
     return path
+
+
+def model_metadata(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The metadata every artifact carries (checkpoint, ONNX, IR, engine sidecar): enough to rebuild the
+    network and to pre- and postprocess without any side file."""
+    from mtlkd import __version__
+    from mtlkd.tasks import get_task
+
+    size = config["backbone"]["img_size"]
+    return {
+        "config": config,
+        "tasks": list(config["tasks"]),
+        "class_names": config.get("class_names"),
+        "num_classes": config.get("num_classes"),
+        "input_size": [int(size[0]), int(size[1])],
+        "normalization": {
+            "mean": config["mean"],
+            "std": config["std"],
+            "input": "RGB, float32 in [0, 1], N x 3 x H x W; mean/std are applied inside the network",
+        },
+        "outputs": {t: get_task(t).output for t in config["tasks"]},
+        "mtlkd_version": __version__,
+        **extra,
+    }

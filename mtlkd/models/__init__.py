@@ -12,7 +12,7 @@ from mtlkd.models.nets import ARCHS, MultiTaskNet, SingleTaskNet, register_arch
 from mtlkd.models.presets import PRESETS, input_size, preset_config
 
 __all__ = [
-    "ARCHS", "BACKBONES", "HEADS", "PRESETS", "MultiTaskNet", "SingleTaskNet", "count_parameters",
+    "ARCHS", "BACKBONES", "HEADS", "PRESETS", "MultiTaskNet", "SingleTaskNet", "count_parameters", "load_model",
     "create_model", "input_size", "preset_config", "register_arch", "register_backbone", "register_head",
 ]
 
@@ -30,3 +30,18 @@ def create_model(config: dict[str, Any], backbone_weights: str | None = None) ->
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_model(path: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A network and its metadata from an mtlkd checkpoint (safetensors; never a pickle)."""
+    from mtlkd.checkpoint import CheckpointError, load_checkpoint
+
+    state, metadata = load_checkpoint(path, device=device)
+    model = create_model(metadata["config"]).to(device)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not match the config (missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})"
+        )
+    return model.eval(), metadata
