@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from mtlkd.eval.metrics import DepthMetrics, NormalMetrics, SegMetrics
+
 # Output conventions, shared by the networks (which apply them) and the runtime (which reads them).
 LOGITS = "logits"  # unnormalised class scores, argmax gives the class
 POSITIVE = "positive"  # softplus: strictly positive values (metres for depth)
@@ -39,6 +41,7 @@ class Task:
     metrics: dict[str, bool]
     decode: Callable[[np.ndarray], np.ndarray]
     colourise: Callable[..., np.ndarray]
+    metric: Callable[..., Any]  # factory(num_classes=...) -> accumulator with update(pred, target) / compute()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def channels(self, num_classes: int | None = None) -> int:
@@ -151,6 +154,7 @@ TASKS: dict[str, Task] = {
         metrics={"miou": True, "pixel_acc": True},
         decode=decode_seg,
         colourise=colourise_seg,
+        metric=SegMetrics,
     ),
     "depth": Task(
         name="depth",
@@ -162,6 +166,7 @@ TASKS: dict[str, Task] = {
         metrics={"abs_err": False, "rel_err": False},
         decode=decode_depth,
         colourise=colourise_depth,
+        metric=DepthMetrics,
     ),
     "normal": Task(
         name="normal",
@@ -173,6 +178,7 @@ TASKS: dict[str, Task] = {
         metrics={"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True},
         decode=decode_normal,
         colourise=colourise_normal,
+        metric=NormalMetrics,
     ),
 }
 

@@ -12,8 +12,7 @@ from mtlkd.eval.report import ReportError, build_report, load_metrics, metrics_f
 app = typer.Typer(add_completion=False)
 
 
-@app.command()
-def report(
+def command(
     runs: list[Path] = typer.Argument(
         ..., metavar="METRICS_OR_RUN_DIR...", help="metrics.json files or run folders holding one."
     ),
@@ -47,6 +46,8 @@ def report(
 
     render_table(rows, Console(), baseline=base[0])
 
+
+app.command()(command)
 
 if __name__ == "__main__":
     app()

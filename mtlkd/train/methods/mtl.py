@@ -1,0 +1,31 @@
+"""Plain multi-task learning: one shared backbone, one head per task, losses combined by a task
+weighting (equal by default; DWA, UW, GradNorm, RLW as the tables' baselines)."""
+
+from __future__ import annotations
+
+from mtlkd.models import create_model
+from mtlkd.train.methods import register_method
+from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
+from mtlkd.train.weighting import create_weighting
+
+
+@register_method("mtl")
+class MTLMethod(Method):
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.nets["mtl"] = create_model({**ctx.config, "arch": "mtl"}, ctx.backbone_weights)
+        self.extra["weighting"] = create_weighting(ctx.options.get("task_weighting", "equal"), self.tasks, ctx.options)
+
+    def training_step(self, batch, step, epoch):
+        preds = forward(self.nets["mtl"], batch["image"], self.tasks)
+        losses = task_losses(preds, batch, self.tasks)
+        weighting = self.extra["weighting"]
+        total, weights = weighting.combine(losses, shared=unwrap(self.nets["mtl"]).shared_parameters())
+        return total, {"mtl_loss": {t: v.item() for t, v in losses.items()}, "task_weights": weights}
+
+    def on_epoch_end(self, epoch, epoch_logs):
+        self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
+        return {"task_weights": epoch_logs.get("task_weights", {})}
+
+    def after_optimizer_step(self):
+        self.extra["weighting"].after_step()

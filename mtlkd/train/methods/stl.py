@@ -1,0 +1,29 @@
+"""Single-task learning: one network per task, each with its own backbone (the baseline every
+distillation method is measured against, and the teachers KD-MTL distils from)."""
+
+from __future__ import annotations
+
+from mtlkd.models import create_model
+from mtlkd.train.methods import register_method
+from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
+
+
+@register_method("stl")
+class STLMethod(Method):
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        for task in self.tasks:
+            self.nets[task] = create_model(ctx.task_config(task), ctx.backbone_weights)
+
+    def training_step(self, batch, step, epoch):
+        # The networks share nothing, so the sum of their losses trains each one as if alone.
+        losses = {}
+        for task in self.tasks:
+            losses.update(task_losses(forward(self.nets[task], batch["image"], [task]), batch, [task]))
+        return sum(losses.values()), {"stl_loss": {t: v.item() for t, v in losses.items()}}
+
+    def eval_targets(self):
+        return {f"stl_{task}": (self.nets[task], [task]) for task in self.tasks}
+
+    def checkpoints(self):
+        return {f"stl_{task}": unwrap(self.nets[task]) for task in self.tasks}

@@ -1,0 +1,289 @@
+"""The one training loop. Methods supply networks and losses; this owns everything else: data,
+AdamW + OneCycleLR, mixed precision, DistributedDataParallel, validation, history, plots, checkpoints
+and exact resume (state saved atomically at every epoch end; data order and augmentation are seeded
+per epoch, so a resumed run reaches the same weights as an uninterrupted one)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from mtlkd.checkpoint import model_metadata, save_checkpoint, write_json
+from mtlkd.data import open_dataset
+from mtlkd.eval.evaluate import metric_arrays
+from mtlkd.models import preset_config
+from mtlkd.tasks import get_task, parse_tasks
+from mtlkd.train import state as train_state
+from mtlkd.train.methods import create_method
+from mtlkd.train.methods.base import MethodContext, forward, task_losses, unwrap
+from mtlkd.ui import console, progress_bar
+
+
+@dataclass
+class TrainOptions:
+    """Everything a run is made of; stored in `run.json` so a run can be resumed and understood."""
+
+    dataset: str = "synthetic"
+    out: str = "runs/train"
+    data_dir: str | None = None
+    method: str = "mtl"
+    preset: str = "vit-micro"
+    tasks: list[str] | None = None
+    img_size: list[int] | None = None
+    epochs: int = 200
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    workers: int = 0
+    augment: bool = True
+    resume: bool = False
+    max_steps_per_epoch: int | None = None
+    max_val_batches: int | None = None
+    backbone_weights: str | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> DistInfo:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(rank=int(os.environ.get("RANK", "0")), world=world)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked, but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def train(options: TrainOptions) -> Path:
+    """Train a method; returns the run folder holding checkpoints, metrics.json and history.jsonl."""
+    device = resolve_device(options.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    dinfo = DistInfo.from_env(device)
+    out = Path(options.out)
+    torch.manual_seed(options.seed)
+
+    train_set = open_dataset(options.dataset, options.data_dir, "train", options.tasks, augment=options.augment)
+    val_set = open_dataset(options.dataset, options.data_dir, "val", options.tasks, augment=False)
+    tasks = parse_tasks(options.tasks, available=list(train_set.tasks))
+    config = preset_config(
+        options.preset, tasks, train_set.num_classes if "seg" in tasks else None,
+        list(train_set.class_names) if "seg" in tasks else None,
+        img_size=tuple(options.img_size) if options.img_size else None,
+    )
+    steps = len(train_set) // (options.batch_size * dinfo.world)
+    if options.max_steps_per_epoch:
+        steps = min(steps, options.max_steps_per_epoch)
+    if steps < 1:
+        raise ValueError(f"{len(train_set)} training images is less than one batch of {options.batch_size}")
+    ctx = MethodContext(
+        config=config, tasks=tasks, num_classes=config["num_classes"], class_names=config["class_names"],
+        device=device, options=dict(options.method_options), epochs=options.epochs, steps_per_epoch=steps,
+        backbone_weights=options.backbone_weights,
+    )
+    method = create_method(options.method, ctx).to(device)
+    if dinfo.world > 1:
+        _wrap_ddp(method, device)
+    optimizer = torch.optim.AdamW(method.parameter_groups(options.lr), weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=options.epochs * steps
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=options.amp and device.type == "cuda")
+
+    start_epoch, best = 0, {}
+    if (out / train_state.STATE_FILE).exists() and options.resume:
+        start_epoch, best = train_state.load(out, method, optimizer, scheduler)
+        if dinfo.main:
+            console.print(f"resuming {out} after epoch {start_epoch}")
+    elif dinfo.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "history.jsonl").write_text("")
+    if dinfo.main:
+        write_json(out / "run.json", {k: v for k, v in asdict(options).items()} | {"config": config})
+
+    sampler = (DistributedSampler(train_set, dinfo.world, dinfo.rank, shuffle=True, seed=options.seed, drop_last=True)
+               if dinfo.world > 1 else None)
+    val_loader = DataLoader(val_set, batch_size=options.batch_size, shuffle=False, num_workers=options.workers)
+    for epoch in range(start_epoch, options.epochs):
+        torch.manual_seed(options.seed * 100003 + epoch)  # augmentation and random weights, per epoch
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(options.seed * 100003 + epoch)
+        loader = DataLoader(
+            train_set, batch_size=options.batch_size, drop_last=True, num_workers=options.workers,
+            sampler=sampler or RandomSampler(train_set, generator=generator),
+        )
+        started = time.perf_counter()
+        train_logs = _train_epoch(method, loader, optimizer, scheduler, scaler, options, device, epoch, steps, dinfo)
+        train_seconds = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train": train_logs,
+                  "train_seconds": round(train_seconds, 2)}
+        record.update(method.on_epoch_end(epoch, train_logs))
+        if dinfo.main:
+            val = validate(method, val_loader, device, options.max_val_batches)
+            record["val"] = val
+            best = _save_best(out, method, val, best, epoch, options, config)
+            train_state.save(out, method, optimizer, scheduler, epoch + 1, best)
+            with open(out / "history.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _print_epoch(record)
+            from mtlkd.train.plots import plot_history
+
+            plot_history(out)
+        if dinfo.world > 1:
+            dist.barrier()
+    if dinfo.main:
+        write_json(out / "metrics.json", merged_metrics(best))
+    return out
+
+
+def _train_epoch(method, loader, optimizer, scheduler, scaler, options, device, epoch, steps, dinfo) -> dict:
+    method.train(True)
+    sums: dict[str, Any] = {}
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    with progress_bar("img", transient=True) as bar:
+        job = bar.add_task(f"epoch {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="",
+                           visible=dinfo.main)
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            autocast = torch.autocast(device.type, dtype=amp_dtype) if options.amp else contextlib.nullcontext()
+            with autocast:
+                loss, logs = method.training_step(batch, epoch * steps + step, epoch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if dinfo.world > 1:
+                _allreduce_extra(method, dinfo.world)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            method.after_optimizer_step()
+            _accumulate(sums, {"loss": loss.item(), **logs})
+            bar.update(job, advance=options.batch_size, info=f"loss {loss.item():.4f}")
+    return _average(sums, steps)
+
+
+@torch.inference_mode()
+def validate(method, loader, device, max_batches: int | None = None) -> dict[str, Any]:
+    """Metrics and unweighted losses of every network the method asks to be measured."""
+    method.train(False)
+    results: dict[str, Any] = {}
+    for name, (net, tasks) in method.eval_targets().items():
+        accs = {t: get_task(t).metric(num_classes=method.ctx.num_classes) for t in tasks}
+        loss_sums = dict.fromkeys(tasks, 0.0)
+        batches = 0
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            preds = forward(unwrap(net), batch["image"], tasks)
+            for t, value in task_losses(preds, batch, tasks).items():
+                loss_sums[t] += value.item()
+            for t in tasks:
+                pred, target = metric_arrays(t, preds[t].float().cpu().numpy(), batch[t].cpu().numpy())
+                accs[t].update(pred, target)
+            batches += 1
+        results[name] = {"metrics": {t: a.compute() for t, a in accs.items()},
+                         "loss": {t: s / max(batches, 1) for t, s in loss_sums.items()}}
+    return results
+
+
+def _save_best(out: Path, method, val: dict, best: dict, epoch: int, options: TrainOptions, config) -> dict:
+    """Keep, per evaluated network, the epoch with the lowest summed validation loss, and save it."""
+    stems = method.checkpoints()
+    for name, result in val.items():
+        score = sum(result["loss"].values())
+        if name in best and best[name]["score"] <= score:
+            continue
+        best[name] = {"score": score, "epoch": epoch + 1, "metrics": result["metrics"]}
+        stem = "model" if name == "mtl" and "model" in stems else name
+        net = stems.get(stem)
+        if net is not None:
+            meta = model_metadata(
+                net.config, method=options.method, dataset=options.dataset, epoch=epoch + 1,
+                metrics=result["metrics"], preset=options.preset,
+            )
+            save_checkpoint(out / f"{stem}.safetensors", net.state_dict(), meta)
+    return best
+
+
+def merged_metrics(best: dict) -> dict[str, Any]:
+    """metrics.json: the deployable multi-task network's best-epoch metrics; for STL runs, each task's
+    from its own network."""
+    if "mtl" in best:
+        return best["mtl"]["metrics"]
+    merged: dict[str, Any] = {}
+    for entry in best.values():
+        merged.update(entry["metrics"])
+    return merged
+
+
+def _wrap_ddp(method, device: torch.device) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for name, net in list(method.nets.items()):
+        if any(p.requires_grad for p in net.parameters()):
+            ids = [device.index] if device.type == "cuda" else None
+            method.nets[name] = DDP(net, device_ids=ids, find_unused_parameters=False)
+
+
+def _allreduce_extra(method, world: int) -> None:
+    """Parameters outside the networks (task weights, omega, adaptors) are averaged by hand."""
+    for p in method.extra.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def _accumulate(sums: dict, logs: dict) -> None:
+    for key, value in logs.items():
+        if isinstance(value, dict):
+            _accumulate(sums.setdefault(key, {}), value)
+        else:
+            sums[key] = sums.get(key, 0.0) + float(value)
+
+
+def _average(sums: dict, n: int) -> dict:
+    return {k: _average(v, n) if isinstance(v, dict) else v / n for k, v in sums.items()}
+
+
+def _print_epoch(record: dict) -> None:
+    parts = [f"epoch {record['epoch']}", f"loss {record['train']['loss']:.4f}", f"{record['train_seconds']:.1f}s"]
+    for name, result in record["val"].items():
+        m = result["metrics"]
+        if "seg" in m:
+            parts.append(f"{name} mIoU {m['seg']['miou']:.1f}")
+        if "depth" in m:
+            parts.append(f"{name} depth abs {m['depth']['abs_err']:.3f}")
+        if "normal" in m:
+            parts.append(f"{name} normal mean {m['normal']['mean']:.1f}°")
+    console.print("  ".join(parts))
