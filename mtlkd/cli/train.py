@@ -22,7 +22,9 @@ def command(
     batch_size: int = typer.Option(8, help="Images per step (per process under torchrun)."),
     lr: float = typer.Option(1e-3, help="Peak learning rate of OneCycleLR (the paper: 1e-3)."),
     weight_decay: float = typer.Option(1e-2, help="AdamW weight decay."),
-    task_weighting: str = typer.Option("equal", help="equal, dwa, uw, gradnorm, rlw, otw."),
+    task_weighting: str | None = typer.Option(
+        None, help="equal, dwa, uw, gradnorm, rlw, otw; default: the method's (mtl: equal, okd: otw)."
+    ),
     dwa_temperature: float | None = typer.Option(None, help="DWA temperature (default 2)."),
     gradnorm_alpha: float | None = typer.Option(None, help="GradNorm asymmetry alpha (default 1.5)."),
     afd: str | None = typer.Option(None, help="okd: learned (default), equal, softmax, select, last, none."),
