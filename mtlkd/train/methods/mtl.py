@@ -14,7 +14,8 @@ class MTLMethod(Method):
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
         self.nets["mtl"] = create_model({**ctx.config, "arch": "mtl"}, ctx.backbone_weights)
-        self.extra["weighting"] = create_weighting(ctx.options.get("task_weighting") or "equal", self.tasks, ctx.options)
+        weighting = ctx.options.get("task_weighting") or "equal"
+        self.extra["weighting"] = create_weighting(weighting, self.tasks, ctx.options)
 
     def training_step(self, batch, step, epoch):
         preds = forward(self.nets["mtl"], batch["image"], self.tasks)
