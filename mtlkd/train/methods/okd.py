@@ -1,0 +1,206 @@
+"""Online knowledge distillation for multi-task learning (OKD; Jacob, Agarwal and Stenger, WACV 2023).
+
+One multi-task network and one single-task network per task (each with its own backbone) train together
+in one loop, on the loss of eq. 1:
+
+    L = L_AFD + sum_i (L_STL^i + lambda_i L_MTL^i)
+
+- L_AFD, adaptive feature distillation (eq. 2), pulls every block's MTL features towards a learned
+  per-layer combination of the single-task networks' features, which are detached: no gradient of
+  L_AFD reaches a single-task network (`AdaptiveFeatureDistillation`).
+- lambda_i is the task weighting, by default OKD's online task weighting (eq. 3, `otw` in
+  mtlkd.train.weighting, T = 0.1), computed from the current MTL and STL losses without gradient.
+  Any other weighting can be chosen with `task_weighting` (`equal` gives Table 4's OKD-MTL-AFD row).
+- For the first `warmup_epochs` epochs (the paper: 5) only the single-task networks train.
+
+The single-task networks are kept: they are validated as `stl_<task>` and saved as
+`stl_<task>.safetensors` next to the multi-task `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mtlkd.models import create_model
+from mtlkd.train.methods import register_method
+from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
+from mtlkd.train.weighting import create_weighting
+from mtlkd.ui import console
+
+AFD_VARIANTS = ("learned", "equal", "softmax", "select", "last", "none")
+DEFAULT_WARMUP_EPOCHS = 5
+DEFAULT_WEIGHTING = "otw"
+
+
+class AdaptiveFeatureDistillation(nn.Module):
+    """L_AFD of eq. 2 and the ablations of Table 5:
+
+        L_AFD = sum_l mean( (f_MTL(l) - sum_i omega_i^l sg[f_STL^i(l)])^2 )
+
+    over the backbone blocks l, where sg[] stops the gradient (the STL features are detached, as the
+    paper does). Normalisation: eq. 2's squared L2 norm is divided by the number of elements of f(l)
+    (batch x tokens x channels), i.e. a mean squared error per layer, summed over layers, so that the
+    loss does not grow with the batch size or the input resolution and sits on the scale of the task
+    losses it is added to with weight 1.
+
+    omega is an L x N_t parameter initialised uniformly in [0, 2 / N_t] ("randomly initialised"; mean
+    1 / N_t, so that on average the target starts as the mean of the single-task features) and trained
+    by the same optimiser and schedule as the networks. The variant transforms it:
+
+    - learned (AFD-ours): omega as it is.
+    - equal: omega fixed to 1 (a buffer, not trained).
+    - softmax: softmax of omega over the tasks, per layer (each layer's weights sum to 1).
+    - select (AFD-select/skip): only the task with the largest softmax weight in each layer, weight 1;
+      straight-through: the forward value is the one-hot selection, the gradient is that of the
+      softmax, so omega keeps learning and the selection can change.
+    - last (AFD-last layer): one learned row, applied to the last backbone block only (the feature the
+      heads read, as KD-MTL distils).
+    - none: no feature distillation (Table 4's OKD-MTL-OTW row).
+    """
+
+    def __init__(self, variant: str, tasks: list[str], num_layers: int):
+        super().__init__()
+        if variant not in AFD_VARIANTS:
+            raise ValueError(f"unknown afd variant {variant!r}; known: {', '.join(AFD_VARIANTS)}")
+        self.variant = variant
+        self.tasks = list(tasks)
+        n = len(self.tasks)
+        if variant == "none":
+            self.layers: list[int] = []
+        elif variant == "last":
+            self.layers = [num_layers - 1]
+        else:
+            self.layers = list(range(num_layers))
+        shape = (len(self.layers), n)
+        if variant == "equal":
+            self.register_buffer("omega", torch.ones(shape))
+        elif variant != "none":
+            self.omega = nn.Parameter(torch.rand(shape) * (2.0 / n))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.layers)
+
+    def effective_omega(self) -> torch.Tensor:
+        """The weights eq. 2 uses, one row per distilled layer (`self.layers`), one column per task."""
+        if not self.enabled:
+            return torch.zeros(0, len(self.tasks))
+        omega = self.omega
+        if self.variant == "softmax":
+            return torch.softmax(omega, dim=1)
+        if self.variant == "select":
+            soft = torch.softmax(omega, dim=1)
+            hard = F.one_hot(soft.argmax(dim=1), soft.shape[1]).to(soft.dtype)
+            return hard + soft - soft.detach()
+        return omega
+
+    def forward(self, mtl_features: list[torch.Tensor], stl_features: list[list[torch.Tensor]]) -> torch.Tensor:
+        """mtl_features: one tensor per block; stl_features: per task (in `self.tasks` order) the same."""
+        omega = self.effective_omega()
+        loss = mtl_features[0].new_zeros((), dtype=torch.float32)
+        for row, layer in enumerate(self.layers):
+            target = sum(omega[row, i] * feats[layer].detach().float() for i, feats in enumerate(stl_features))
+            loss = loss + F.mse_loss(mtl_features[layer].float(), target)
+        return loss
+
+    @torch.no_grad()
+    def report(self) -> list[dict[str, float]]:
+        """Effective omega per distilled layer, {task: value}, for history.jsonl and omega.png."""
+        return [
+            {t: float(v) for t, v in zip(self.tasks, row.tolist(), strict=True)}
+            for row in self.effective_omega().detach().float().cpu()
+        ]
+
+
+def _is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@register_method("okd")
+class OKDMethod(Method):
+    """Options (absent or None: the paper's default): task_weighting (otw), otw_temperature (0.1),
+    afd (learned), warmup_epochs (5), and the chosen weighting's own (dwa_temperature, gradnorm_alpha)."""
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.nets["mtl"] = create_model({**ctx.config, "arch": "mtl"}, ctx.backbone_weights)
+        for task in self.tasks:
+            self.nets[f"stl_{task}"] = create_model(ctx.task_config(task), ctx.backbone_weights)
+        self.weighting_name = ctx.options.get("task_weighting") or DEFAULT_WEIGHTING
+        self.extra["weighting"] = create_weighting(self.weighting_name, self.tasks, ctx.options)
+        num_layers = len(self.nets["mtl"].backbone.feature_dims)
+        self.extra["afd"] = AdaptiveFeatureDistillation(ctx.options.get("afd") or "learned", self.tasks, num_layers)
+
+        warmup = ctx.options.get("warmup_epochs")
+        warmup = DEFAULT_WARMUP_EPOCHS if warmup is None else int(warmup)
+        if warmup < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup}")
+        if warmup >= ctx.epochs:
+            clamped = max(ctx.epochs - 1, 0)
+            if _is_main_process():
+                console.print(
+                    f"[yellow]warning:[/] okd: {warmup} single-task warm-up epochs >= {ctx.epochs} epochs; "
+                    f"warming up for {clamped} so that the multi-task network trains at least one epoch "
+                    "(set --warmup-epochs)"
+                )
+            warmup = clamped
+        self.warmup_epochs = warmup
+
+    @property
+    def afd(self) -> AdaptiveFeatureDistillation:
+        return self.extra["afd"]
+
+    def training_step(self, batch, step, epoch):
+        images = batch["image"]
+        joint = epoch >= self.warmup_epochs
+        with_features = joint and self.afd.enabled
+
+        stl_losses: dict[str, torch.Tensor] = {}
+        stl_features: list[list[torch.Tensor]] = []
+        for task in self.tasks:
+            out = forward(self.nets[f"stl_{task}"], images, [task], return_features=with_features)
+            stl_losses.update(task_losses(out, batch, [task]))
+            if with_features:
+                stl_features.append(out["features"])
+        loss = sum(stl_losses.values())
+        logs: dict = {"stl_loss": {t: v.item() for t, v in stl_losses.items()}}
+        if not joint:  # warm-up: the single-task networks alone
+            return loss, logs
+
+        mtl = self.nets["mtl"]
+        out = forward(mtl, images, self.tasks, return_features=with_features)
+        mtl_losses = task_losses(out, batch, self.tasks)
+        weighted, weights = self.extra["weighting"].combine(
+            mtl_losses, shared=unwrap(mtl).shared_parameters(),
+            reference={t: v.detach() for t, v in stl_losses.items()},
+        )
+        afd = self.afd(out["features"], stl_features) if with_features else weighted.new_zeros(())
+        loss = afd + loss + weighted
+        logs.update(mtl_loss={t: v.item() for t, v in mtl_losses.items()}, task_weights=weights,
+                    afd_loss=afd.item())
+        return loss, logs
+
+    def eval_targets(self):
+        targets = {"mtl": (self.nets["mtl"], self.tasks)}
+        targets.update({f"stl_{t}": (self.nets[f"stl_{t}"], [t]) for t in self.tasks})
+        return targets
+
+    def checkpoints(self):
+        stems = {"model": unwrap(self.nets["mtl"])}
+        stems.update({f"stl_{t}": unwrap(self.nets[f"stl_{t}"]) for t in self.tasks})
+        return stems
+
+    def on_epoch_end(self, epoch, epoch_logs):
+        self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
+        record: dict = {"okd_phase": "joint" if epoch >= self.warmup_epochs else "stl_warmup"}
+        if epoch_logs.get("task_weights"):
+            record["task_weights"] = epoch_logs["task_weights"]
+        if self.afd.enabled:
+            record["omega"] = self.afd.report()
+        return record
+
+    def after_optimizer_step(self):
+        self.extra["weighting"].after_step()
