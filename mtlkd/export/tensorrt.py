@@ -1,0 +1,157 @@
+"""ONNX -> TensorRT engine with the TensorRT 11 Python API (strongly typed networks only).
+
+TensorRT 11 removed the precision builder flags (FP16, INT8, ...) and INT8 calibrators: networks are
+always strongly typed, so the precision comes from the graph (see `mtlkd.export.precision`: the
+mixed-precision fp16 graph or the Q/DQ int8 graph). `NetworkDefinitionCreationFlag.STRONGLY_TYPED` is
+deprecated and ignored in 11.x; it is set only when building with TensorRT 10.x, where it still matters.
+
+The engine is specific to the GPU, TensorRT version and batch profile it was built for; the sidecar
+`model.engine.json` holds the same metadata as the ONNX file plus those build facts. A timing cache
+file is loaded before and saved after every build, so rebuilding (other batch profile, other precision)
+skips the kernel timing it has already done.
+
+No TensorRT or no CUDA GPU -> `TensorRTUnavailable` with a one-line message; nothing is faked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BATCH = (1, 4, 8)
+DEFAULT_WORKSPACE_MB = 4096
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT or a CUDA GPU is missing on this machine."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse the graph or build the engine."""
+
+
+def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
+    """'1,4,8' -> (1, 4, 8): the min, opt and max batch of the optimisation profile (1 <= min <= opt <= max).
+    A single number N means the fixed batch N,N,N."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"--batch {text!r}: expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
+    else:
+        values = [int(v) for v in text]
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise ValueError(f"--batch {text!r}: expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
+    low, opt, high = values
+    if low < 1:
+        raise ValueError(f"--batch {text!r}: the minimum batch must be at least 1")
+    if not low <= opt <= high:
+        raise ValueError(f"--batch {text!r}: need MIN <= OPT <= MAX")
+    return low, opt, high
+
+
+def profile_shapes(batch: tuple[int, int, int], input_size: tuple[int, int] | list[int],
+                   channels: int = 3) -> dict[str, tuple[int, int, int, int]]:  # fmt: skip
+    """The min/opt/max input shapes (N x C x H x W) of the profile for the model's input size."""
+    height, width = (int(v) for v in input_size)
+    low, opt, high = parse_batch_profile(batch)
+    return {name: (b, channels, height, width) for name, b in (("min", low), ("opt", opt), ("max", high))}
+
+
+def require_tensorrt():
+    """The `tensorrt` module, or TensorRTUnavailable saying what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTUnavailable(
+            "TensorRT is not installed: --trt needs the tensorrt Python package (pip install tensorrt) "
+            "and an NVIDIA GPU with CUDA"
+        ) from None
+    return trt
+
+
+def _builder(trt, logger):
+    try:
+        builder = trt.Builder(logger)
+    except (TypeError, RuntimeError) as exc:  # the binding's factory returns null without a usable GPU
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} found no usable CUDA GPU ({exc})") from None
+    if builder is None:
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} found no usable CUDA GPU")
+    return builder
+
+
+def engine_sidecar(engine_path: str | Path) -> Path:
+    """model.engine -> model.engine.json"""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    metadata: dict[str, Any] | None = None,
+    batch: tuple[int, int, int] | str = DEFAULT_BATCH,
+    workspace_mb: int = DEFAULT_WORKSPACE_MB,
+    timing_cache: str | Path | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Build and serialise a TensorRT engine for `onnx_path`; writes `engine_path` and its JSON sidecar.
+
+    `batch` is the optimisation profile (min, opt, max) of input `image`; `workspace_mb` caps the
+    builder's scratch memory; `timing_cache` (default: `timing.cache` beside the engine) is reused and
+    updated. Raises TensorRTUnavailable without TensorRT or GPU, EngineBuildError when the build fails.
+    """
+    from mtlkd.checkpoint import sha256_of, write_json
+    from mtlkd.export.onnx import read_onnx_metadata
+
+    trt = require_tensorrt()
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    meta = dict(metadata or read_onnx_metadata(onnx_path))
+    shapes = profile_shapes(parse_batch_profile(batch), meta["input_size"])
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = _builder(trt, logger)
+
+    major = int(trt.__version__.split(".")[0])
+    flags = 0 if major >= 11 else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"{onnx_path}: TensorRT cannot parse the graph: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(meta.get("input_name", "image"), shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+
+    cache_path = Path(timing_cache) if timing_cache else engine_path.parent / "timing.cache"
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"{onnx_path}: TensorRT failed to build the engine (see the log above)")
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_path.write_bytes(bytes(serialized))
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    meta["tensorrt"] = {
+        "version": trt.__version__,
+        "batch_profile": dict(zip(("min", "opt", "max"), (s[0] for s in shapes.values()), strict=True)),
+        "workspace_mb": int(workspace_mb),
+        "strongly_typed": True,
+        "onnx": onnx_path.name,
+        "onnx_sha256": sha256_of(onnx_path),
+        "engine_sha256": sha256_of(engine_path),
+    }
+    write_json(engine_sidecar(engine_path), meta)
+    return engine_path
+
+
+def read_engine_metadata(engine_path: str | Path) -> dict[str, Any]:
+    return json.loads(engine_sidecar(engine_path).read_text())

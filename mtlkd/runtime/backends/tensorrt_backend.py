@@ -1,0 +1,184 @@
+"""TensorRT backend for serialized engines (`model.engine` / `.plan`) with their `model.engine.json` sidecar.
+
+Uses the name-based TensorRT 10/11 runtime API: `Runtime.deserialize_cuda_engine`, one execution context,
+`set_input_shape` for the batch, `set_tensor_address` for every I/O tensor, `execute_async_v3` on a CUDA
+stream.
+
+CUDA memory and streams come from cuda-python (`cuda.bindings.runtime`, NVIDIA's official CUDA runtime
+bindings) rather than torch.cuda: the exported-model runtime must not import torch, and cuda-python is a
+few MB against torch's few GB. Device buffers are allocated once per tensor and grown when a larger batch
+arrives; host copies use pageable numpy memory and one stream synchronisation per call.
+
+An engine computes every output it was built with, so asking for fewer tasks only saves their
+device-to-host copies; build an engine with fewer heads (mtl-export --tasks) to save their compute.
+An engine is specific to the GPU model and the TensorRT version that built it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtlkd.runtime.backends import Backend, BackendError, BackendUnavailable, json_metadata
+
+
+def _modules() -> tuple[Any, Any]:
+    """(tensorrt, cudart), or BackendUnavailable saying what to install."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailable("the tensorrt backend needs TensorRT (pip install tensorrt) and an NVIDIA "
+                                 "GPU; on a CPU run the .onnx with onnxruntime or openvino") from None
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6 layout
+        except ImportError:
+            raise BackendUnavailable("the tensorrt backend needs cuda-python (pip install cuda-python)") from None
+    return trt, cudart
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python returns (error, *values); raise on error, return the values."""
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if int(error) != 0:
+        raise RuntimeError(f"CUDA error in {what}: {error}")
+    return values[0] if len(values) == 1 else values
+
+
+def _gpu_count(cudart: Any) -> int:
+    error, count = cudart.cudaGetDeviceCount()
+    return int(count) if int(error) == 0 else 0
+
+
+def available(device: str = "cuda") -> bool:
+    if device != "cuda":
+        return False
+    try:
+        _, cudart = _modules()
+    except BackendUnavailable:
+        return False
+    return _gpu_count(cudart) > 0
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(f"{path}.json")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The engine's metadata from `<engine>.json`: the mtlkd metadata itself, or under the key `mtlkd`."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        raise BackendError(f"{path}: its metadata sidecar {sidecar.name} is missing; export the engine with "
+                           f"mtl-export, which writes both")
+    text = sidecar.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"{sidecar}: not valid JSON ({exc})") from None
+    inner = data.get("mtlkd") if isinstance(data, dict) else None
+    if isinstance(inner, str):
+        return json_metadata(inner, str(sidecar))
+    return json_metadata(json.dumps(inner if isinstance(inner, dict) else data), str(sidecar))
+
+
+class TensorRtBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path, metadata: dict[str, Any], engine: Any, trt: Any, cudart: Any):
+        super().__init__(path, "cuda", metadata)
+        self.trt, self.cudart, self.engine = trt, cudart, engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise BackendError(f"{path}: TensorRT could not create an execution context (out of GPU memory?)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(self.inputs) != 1:
+            raise BackendError(f"{path}: expected one input tensor, found {self.inputs}")
+        self.input_name = self.inputs[0]
+        missing = [t for t in self.tasks if t not in self.outputs]
+        if missing:
+            raise BackendError(f"{path}: the engine has no output named {', '.join(missing)}")
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        batch_dim = engine.get_tensor_shape(self.input_name)[0]
+        if batch_dim == -1:
+            self.max_batch = int(engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+        else:
+            self.max_batch = int(batch_dim)
+        self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        pointer, size = self.buffers.get(name, (0, 0))
+        if size < nbytes:
+            if pointer:
+                _check(self.cudart.cudaFree(pointer), "cudaFree")
+            pointer = int(_check(self.cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
+            self.buffers[name] = (pointer, nbytes)
+        return pointer
+
+    def run(self, batch: np.ndarray, tasks: list[str]) -> dict[str, np.ndarray]:
+        tasks = self.check_tasks(tasks)
+        batch = np.ascontiguousarray(self.check_batch(batch), dtype=self.dtypes[self.input_name])
+        if self.max_batch is not None and batch.shape[0] > self.max_batch:
+            raise ValueError(f"batch {batch.shape[0]} exceeds the engine's maximum batch {self.max_batch}")
+        cudart, context = self.cudart, self.context
+        if not context.set_input_shape(self.input_name, tuple(batch.shape)):
+            raise ValueError(f"the engine does not accept input shape {tuple(batch.shape)}")
+        pointer = self._buffer(self.input_name, batch.nbytes)
+        _check(cudart.cudaMemcpyAsync(pointer, batch.ctypes.data, batch.nbytes,
+                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "copy to GPU")
+        context.set_tensor_address(self.input_name, pointer)
+        host: dict[str, np.ndarray] = {}
+        for name in self.outputs:  # every output needs an address, requested or not
+            shape = tuple(context.get_tensor_shape(name))
+            array = np.empty(shape, dtype=self.dtypes[name])
+            context.set_tensor_address(name, self._buffer(name, array.nbytes))
+            if name in tasks:
+                host[name] = array
+        if not context.execute_async_v3(stream_handle=int(self.stream)):
+            raise RuntimeError(f"TensorRT failed to run {self.path.name}")
+        for name, array in host.items():
+            _check(cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes,
+                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "copy back")
+        _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return {t: host[t].astype(np.float32, copy=False) for t in tasks}
+
+    def close(self) -> None:
+        for pointer, _ in self.buffers.values():
+            self.cudart.cudaFree(pointer)
+        self.buffers.clear()
+        if getattr(self, "stream", None) is not None:
+            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: CUDA may already be gone
+            self.close()
+
+
+def load(path: str | Path, device: str = "cuda", **_: Any) -> TensorRtBackend:
+    """Deserialize an engine on GPU 0. Raises BackendUnavailable when TensorRT, cuda-python or a GPU is
+    missing, or when `device` is not cuda."""
+    if device != "cuda":
+        raise BackendUnavailable(f"TensorRT engines run on an NVIDIA GPU; pass --device cuda (got {device!r}), "
+                                 f"or run the .onnx export on the CPU")
+    trt, cudart = _modules()
+    if _gpu_count(cudart) == 0:
+        raise BackendUnavailable("TensorRT needs an NVIDIA GPU with a working driver, and none was found")
+    metadata = read_sidecar(path)
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+    if engine is None:
+        raise BackendError(f"{path}: TensorRT could not deserialize it (built by another TensorRT version or "
+                           f"for another GPU? rebuild it with mtl-export on this machine)")
+    backend = TensorRtBackend(path, metadata, engine, trt, cudart)
+    backend.runtime = runtime  # the runtime must outlive the engine
+    return backend
