@@ -33,6 +33,25 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "depth": 2, "num_heads": 2, "drop_path": 0.0},
         "head": {"layers": 1, "num_queries": 8},
     },
+    # A larger CPU-sized multi-task teacher for KDAM at the demo's 96x128 input (ViT-S-like width).
+    "vit-micro-wide": {
+        "backbone": {"name": "vit", "img_size": [96, 128], "patch_size": 8, "embed_dim": 192,
+                     "depth": 6, "num_heads": 6, "drop_path": 0.0},
+        "head": {"layers": 2, "num_queries": 64},
+    },
+    # DeepLabV3 of the OKD paper's Table 3 (CNN rows): dilated ResNet-50 at output stride 8, one ASPP head
+    # (rates 12/24/36, 256 channels) per task, NYUv2's 288x384 input.
+    "deeplabv3-r50": {
+        "backbone": {"name": "resnet", "variant": "resnet50", "img_size": [288, 384], "output_stride": 8},
+        "head": {"kinds": {"seg": "aspp", "depth": "aspp", "normal": "aspp"}, "channels": 256,
+                 "rates": [12, 24, 36]},
+    },
+    # Its CPU-sized sibling for tests and demos: dilated ResNet-18, 64-channel ASPP heads, 96x128 input.
+    "deeplabv3-r18": {
+        "backbone": {"name": "resnet", "variant": "resnet18", "img_size": [96, 128], "output_stride": 8},
+        "head": {"kinds": {"seg": "aspp", "depth": "aspp", "normal": "aspp"}, "channels": 64,
+                 "rates": [12, 24, 36]},
+    },
 }
 
 
