@@ -86,8 +86,8 @@ def majority_baseline(data: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--train-images", type=int, default=1200)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-images", type=int, default=800)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
