@@ -7,9 +7,11 @@ from typing import Any
 from torch import nn
 
 from mtlkd.models.backbones import BACKBONES, register_backbone
+from mtlkd.models.cross_stitch import CrossStitchNet  # noqa: F401  (registers the "cross_stitch" arch)
 from mtlkd.models.heads import HEADS, register_head
 from mtlkd.models.nets import ARCHS, MultiTaskNet, SingleTaskNet, register_arch
 from mtlkd.models.presets import PRESETS, input_size, preset_config
+from mtlkd.models.resnet import ResNetBackbone  # noqa: F401  (registers the "resnet" backbone and "aspp" head)
 
 __all__ = [
     "ARCHS", "BACKBONES", "HEADS", "PRESETS", "MultiTaskNet", "SingleTaskNet", "count_parameters", "load_model",
