@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import TASKS, fixed_batch
 
 from mtlkd.checkpoint import model_metadata, save_checkpoint
 from mtlkd.models import ARCHS, create_model, load_model, preset_config
@@ -13,29 +14,6 @@ from mtlkd.models.cross_stitch import CrossStitchNet, cross_stitch_init
 from mtlkd.train.methods import create_method
 from mtlkd.train.methods.base import MethodContext
 from mtlkd.train.weighting import last_shared_weight
-
-TASKS = ["seg", "depth", "normal"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The nano models are far too small for intra-op threads to pay off; on a busy machine they cost
-    several times the work itself."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def fixed_batch(b: int = 2, size: int = 32, classes: int = 13, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    image = torch.rand(b, 3, size, size, generator=g)
-    return {
-        "image": image,
-        "seg": (image[:, 0] * classes).long().clamp_max(classes - 1),
-        "depth": 1.0 + 3.0 * image[:, 1:2],
-        "normal": F.normalize(image - 0.5, dim=1),
-    }
 
 
 def nano_config(tasks=TASKS):

@@ -8,62 +8,17 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from train_helpers import TASKS, fixed_batch, nano_context, run_steps
 
-from mtlkd.models import preset_config
 from mtlkd.train.methods import create_method
-from mtlkd.train.methods.base import MethodContext, forward, task_losses
+from mtlkd.train.methods.base import forward, task_losses
 from mtlkd.train.methods.okd import AFD_VARIANTS, AdaptiveFeatureDistillation
-
-TASKS = ["seg", "depth", "normal"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The nano models are far too small for intra-op threads to pay off; on a busy machine they cost
-    several times the work itself."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def fixed_batch(b: int = 2, size: int = 32, classes: int = 13, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    image = torch.rand(b, 3, size, size, generator=g)
-    return {
-        "image": image,
-        "seg": (image[:, 0] * classes).long().clamp_max(classes - 1),
-        "depth": 1.0 + 3.0 * image[:, 1:2],
-        "normal": F.normalize(image - 0.5, dim=1),
-    }
-
-
-def nano_context(tasks=TASKS, epochs: int = 10, **options) -> MethodContext:
-    config = preset_config("vit-nano", tasks, 13 if "seg" in tasks else None)
-    return MethodContext(config=config, tasks=list(tasks), num_classes=config["num_classes"], class_names=None,
-                         device=torch.device("cpu"), options=options, epochs=epochs, steps_per_epoch=4)
 
 
 def okd(epochs: int = 10, **options):
     torch.manual_seed(0)
     options.setdefault("warmup_epochs", 0)
     return create_method("okd", nano_context(epochs=epochs, **options))
-
-
-def run_steps(method, batch, steps: int, epoch: int, lr: float = 2e-3) -> list[dict]:
-    optimizer = torch.optim.AdamW(method.parameter_groups(lr), weight_decay=0.0)
-    method.train(True)
-    logs = []
-    for step in range(steps):
-        loss, log = method.training_step(batch, step, epoch)
-        assert torch.isfinite(loss), (step, loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        method.after_optimizer_step()
-        logs.append({"loss": loss.item(), **log})
-    return logs
 
 
 def random_features(layers: int = 3, tasks: int = 3, seed: int = 0):
