@@ -25,6 +25,7 @@ from rich.text import Text
 
 console = Console(stderr=True)
 EXIT_USER_ERROR = 2
+TRAIN_EXTRA = {"torch", "timm", "onnx", "onnxscript", "onnxconverter_common", "torchvision"}
 
 
 class UserError(ValueError):
@@ -74,3 +75,7 @@ def user_errors() -> Iterator[None]:
         yield
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         fail(str(exc))
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAIN_EXTRA:
+            raise
+        fail(f"{exc.name} is not installed: this needs the training stack, pip install 'mtlkd[train,cpu]'")
