@@ -66,9 +66,9 @@ def command(
 
       torchrun --nproc_per_node 2 -m mtlkd.cli.train synthetic --epochs 5
     """
-    from mtlkd.train.trainer import TrainOptions, train
-
     with user_errors():
+        from mtlkd.train.trainer import TrainOptions, train
+
         size = [int(v) for v in img_size.lower().split("x")] if img_size else None
         options = TrainOptions(
             dataset=dataset,
