@@ -1,0 +1,190 @@
+"""The limit, measured in the same run: the machine's own matrix-product rate for each precision.
+
+A model row's achieved rate (its FLOPs / its latency) is reported as a fraction of the ceiling of the
+precision it computes in. The ceiling is the best GFLOP/s (GOP/s for int8) of a square matrix product
+over a few sizes, at the benchmark's thread count, best of several runs (a ceiling is what the machine
+*can* do, so the maximum is the right statistic, also on a busy machine):
+
+* fp32: torch.matmul (oneDNN / MKL sgemm) and numpy's BLAS, whichever is faster;
+* bf16: torch.matmul on bfloat16 tensors (oneDNN uses AVX512_BF16 / AMX when the CPU has them);
+* int8: torch._int_mm (int8 x int8 -> int32) and ONNX Runtime's MatMulInteger (u8 x s8, the MLAS VNNI
+  kernels the int8 graphs use), whichever is faster;
+* fp16: torch.matmul on float16 tensors, measured only where the CPU has native fp16 (AVX512_FP16, AMX-FP16);
+  elsewhere fp16 graphs compute in float32 on the CPU and their rows are compared with the fp32 ceiling.
+
+`native` says whether the CPU has dot-product instructions for the precision (see mtlkd.bench.machine);
+a ceiling measured without them is marked emulated. On a GPU the same products run through torch with
+CUDA events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from mtlkd.bench.machine import native_flags, native_precisions
+
+SIZES = (512, 1024, 2048)
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+
+
+@dataclass
+class Ceiling:
+    precision: str
+    gflops: float  # best rate over sizes and methods (GOP/s for int8)
+    native: bool
+    method: str  # which product reached it
+    size: int  # n of the n x n x n product that reached it
+    threads: int
+    flags: list[str]
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_precision(precision: str, native: dict[str, bool], device: str = "cpu") -> str:
+    """The precision whose ceiling a row in `precision` is compared with: fp16 on a CPU without native
+    fp16 computes in float32 (ONNX Runtime and OpenVINO up-convert), so it is held against fp32."""
+    if precision == "fp16" and device == "cpu" and not native.get("fp16"):
+        return "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def best_seconds(fn: Callable[[], Any], budget_s: float, min_runs: int = 3, sync: Callable[[], Any] = lambda: None,
+                 ) -> float:  # fmt: skip
+    """Fastest of at least `min_runs` timed calls (after one warm-up), continuing until `budget_s`."""
+    fn()
+    sync()
+    best, runs, start = float("inf"), 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - start < budget_s:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+        runs += 1
+        if runs >= 200:
+            break
+    return best
+
+
+def _torch_product(precision: str, n: int, device: str) -> Callable[[], Any]:
+    import torch
+
+    if precision == "int8":
+        a = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device)
+        return lambda: torch._int_mm(a, b)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    return lambda: torch.matmul(a, b)
+
+
+def _numpy_product(n: int) -> Callable[[], Any]:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return lambda: a @ b
+
+
+def _ort_int8_product(n: int, threads: int) -> Callable[[], Any]:
+    """ONNX Runtime MatMulInteger (uint8 activations x int8 weights), the op family of the int8 graphs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "ceiling",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"A": rng.integers(0, 256, (n, n), dtype=np.uint8), "B": rng.integers(-127, 128, (n, n), dtype=np.int8)}
+    return lambda: session.run(None, feeds)
+
+
+def _methods(precision: str, device: str, threads: int) -> list[tuple[str, Callable[[int], Callable[[], Any]]]]:
+    import importlib.util
+
+    has = {m: importlib.util.find_spec(m) is not None for m in ("torch", "onnxruntime", "onnx")}
+    methods: list[tuple[str, Callable[[int], Callable[[], Any]]]] = []
+    if has["torch"]:
+        name = "torch._int_mm" if precision == "int8" else f"torch.matmul {precision}"
+        methods.append((name, lambda n: _torch_product(precision, n, device)))
+    if device == "cpu" and precision == "fp32":
+        methods.append(("numpy matmul", _numpy_product))
+    if device == "cpu" and precision == "int8" and has["onnxruntime"] and has["onnx"]:
+        methods.append(("onnxruntime MatMulInteger", lambda n: _ort_int8_product(n, threads)))
+    return methods
+
+
+def measure_ceiling(precision: str, threads: int, device: str = "cpu", sizes: tuple[int, ...] = SIZES,
+                    budget_s: float = 1.0) -> Ceiling:  # fmt: skip
+    """The best matrix-product rate of `precision` here (GFLOP/s), with `threads` CPU threads, within about
+    `budget_s` seconds: sizes are tried smallest first, and a larger one only while the budget allows it
+    (its product estimated at 8x the previous size's)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    flags = native_flags(precision) if device == "cpu" else []
+    native = native_precisions()[precision] if device == "cpu" else True
+    sync: Callable[[], Any] = lambda: None  # noqa: E731
+    if device == "cuda":
+        import torch
+
+        sync = torch.cuda.synchronize
+    best = Ceiling(precision, 0.0, native, "", 0, threads, flags)
+    methods = _methods(precision, device, threads)
+    if not methods:
+        raise RuntimeError(f"no way to measure a {precision} matrix product here (install torch)")
+    share = budget_s / len(methods)
+    context = torch_threads(threads) if any(m.startswith("torch") for m, _ in methods) else contextlib.nullcontext()
+    with context:
+        for name, make in methods:
+            start, last = time.perf_counter(), 0.0
+            for i, n in enumerate(sorted(sizes)):
+                left = share - (time.perf_counter() - start)
+                if i > 0 and 8 * last * 3 > left:
+                    break
+                try:
+                    seconds = best_seconds(make(n), left / (len(sizes) - i), sync=sync)
+                except (RuntimeError, NotImplementedError) as exc:  # e.g. an op missing on this build
+                    best.note = f"{name}: {str(exc).splitlines()[0][:80]}"
+                    break
+                last = seconds
+                rate = 2.0 * n**3 / seconds / 1e9
+                if rate > best.gflops:
+                    best.gflops, best.method, best.size = round(rate, 2), name, n
+    if not native:
+        best.note = (best.note + "; " if best.note else "") + f"emulated: no native {precision} instructions"
+    return best
+
+
+def measure_ceilings(precisions: list[str], threads: int, device: str = "cpu", budget_s: float = 1.0,
+                     sizes: tuple[int, ...] = SIZES) -> dict[str, Ceiling]:  # fmt: skip
+    """Ceilings for the compute precisions the rows need (fp32 always)."""
+    native = native_precisions()
+    wanted = ["fp32"] + [compute_precision(p, native, device) for p in precisions]
+    return {p: measure_ceiling(p, threads, device, sizes, budget_s) for p in dict.fromkeys(wanted)}

@@ -1,0 +1,126 @@
+"""`mtl-bench` end to end on the vit-nano preset (torch + onnxruntime, few repeats, in-process): the JSON's
+structure and fields, the ratio and speed-up arithmetic recomputed from the rows, the chart, and the
+command line's user errors. Timings are never asserted (the machine may be busy)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mtlkd.cli.bench import app
+
+runner = CliRunner()
+ROW_FIELDS = ("backend", "precision", "variant", "model", "batch", "p50_ms", "p90_ms", "params", "gflop",
+              "ceiling_gflops", "fraction_of_ceiling", "throughput_ips", "file_mb", "peak_mem_mb", "accuracy_kept")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MTLKD_CACHE", str(tmp / "cache"))  # never the user's ~/.cache
+        result = runner.invoke(app, [
+            "--preset", "vit-nano", "--backends", "torch,onnxruntime", "--precisions", "fp32,int8",
+            "--repeats", "2", "--budget", "0", "--batch", "2", "--threads", "1", "--no-isolate",
+            "--accuracy-images", "1", "--work-dir", str(tmp / "work"), "--json", str(tmp / "bench.json"),
+            "--plot", str(tmp / "bench.png"),
+        ])  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads((tmp / "bench.json").read_text()), tmp, result.output
+
+
+def test_json_rows_have_every_field(bench):
+    data, _, _ = bench
+    rows = data["rows"]
+    labels = {(r["backend"], r["precision"]) for r in rows}
+    assert {("torch", "fp32"), ("onnxruntime", "fp32")} <= labels
+    for row in rows:
+        assert not row.get("error"), row.get("error")
+        for key in ROW_FIELDS:
+            assert key in row, key
+        assert row["model"] in ("mtl", "seg", "depth", "normal")
+        assert row["batch"] == 2 and row["p50_ms"] > 0 and row["p90_ms"] >= row["p50_ms"] * 0.999
+        assert row["gflop"] > 0 and row["ceiling_gflops"] > 0 and row["params"] > 0 and row["file_mb"] > 0
+    mtl = [r for r in rows if r["model"] == "mtl"]
+    assert all("seg_agreement" in r and "depth_rel_err" in r and "normal_angle" in r for r in mtl)
+    onnx_fp32 = next(r for r in mtl if (r["backend"], r["precision"]) == ("onnxruntime", "fp32"))
+    assert onnx_fp32["seg_agreement"] > 99 and onnx_fp32["depth_rel_err"] < 0.1 and onnx_fp32["accuracy_kept"]
+
+
+def test_json_machine_ceilings_models_and_summary(bench):
+    data, _, output = bench
+    assert data["machine"]["cpu"] and isinstance(data["machine"]["features"], list)
+    assert data["ceilings"]["fp32"]["gflops"] > 0
+    for row in data["rows"]:
+        assert row["ceiling_precision"] in data["ceilings"]
+    assert set(data["models"]) == {"mtl", "seg", "depth", "normal"}
+    parts = data["models"]["mtl"]["gflop_parts"]
+    assert set(parts) == {"backbone", "heads.seg", "heads.depth", "heads.normal"}
+    assert sum(parts.values()) == pytest.approx(data["models"]["mtl"]["gflop"], rel=1e-3)
+    summary = data["summary"]
+    assert summary["reference"] == "torch fp32"
+    assert {t["name"] for t in summary["targets"]} == {"latency_ratio", "speedup", "accuracy", "fraction_of_ceiling",
+                                                       "overhead_pct"}  # fmt: skip
+    assert any(s["backend"] == "torch" and s["precision"] == "int8" for s in data["skipped"])
+    e2e = data["end_to_end"]
+    assert e2e["total_ms"] > 0 and e2e["network_alone_ms"] > 0 and e2e["image_size"] == [480, 640]
+    stages = e2e["decode_ms"] + e2e["preprocess_ms"] + e2e["postprocess_ms"]
+    assert e2e["stages_overhead_ms"] == pytest.approx(stages, abs=1e-2)
+    assert e2e["overhead_pct"] == pytest.approx(100 * e2e["overhead_ms"] / e2e["network_alone_ms"], rel=1e-2)
+    for word in ("MTL / sum of STL", "PASS", "end to end", "ceilings"):
+        assert word in output or word.replace("PASS", "FAIL") in output
+
+
+def test_ratios_recomputed_from_rows(bench):
+    data, _, _ = bench
+    rows, configs = data["rows"], data["summary"]["configs"]
+    ref = next(c for c in configs if c["label"] == "torch fp32")
+    for config in configs:
+        group = [r for r in rows if r["label"] == config["label"]]
+        mtl = next(r for r in group if r["model"] == "mtl")
+        stl = [r for r in group if r["model"] != "mtl"]
+        assert len(stl) == 3
+        assert config["latency_ratio"] == pytest.approx(mtl["p50_ms"] / sum(r["p50_ms"] for r in stl), rel=1e-3)
+        assert config["params_ratio"] == pytest.approx(mtl["params"] / sum(r["params"] for r in stl), rel=1e-3)
+        assert config["size_ratio"] == pytest.approx(mtl["file_mb"] / sum(r["file_mb"] for r in stl), rel=1e-3)
+        assert config["speedup_vs_torch_fp32"] == pytest.approx(ref["mtl_p50_ms"] / mtl["p50_ms"], rel=1e-3)
+        assert config["params_ratio"] < 1  # one backbone instead of three
+    for row in rows:
+        achieved = row["gflop"] / (row["p50_ms"] / 1000)
+        assert row["achieved_gflops"] == pytest.approx(achieved, rel=2e-3)
+        assert row["fraction_of_ceiling"] == pytest.approx(achieved / row["ceiling_gflops"], rel=2e-3)
+
+
+def test_plot_is_a_png(bench):
+    _, tmp, _ = bench
+    assert (tmp / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_lists_options_and_examples():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for word in ("--preset", "--mtl", "--stl", "--size", "--backends", "--precisions", "--batch", "--data-dir",
+                 "--json", "--plot", "--repeats", "--threads", "Examples", "mtl-bench --preset"):  # fmt: skip
+        assert word in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "vit-huge"], "unknown; known presets"),
+        (["--size", "384by384"], "expected HxW"),
+        (["--backends", "torch,tflite"], "unknown tflite"),
+        (["--precisions", "fp64"], "unknown fp64"),
+        (["--stl", "seg.safetensors"], "--stl needs --mtl"),
+        (["--mtl", "missing.safetensors"], "no such checkpoint"),
+        (["--data-dir", "no/such/folder"], "no such folder"),
+        (["--device", "tpu"], "use cpu or cuda"),
+    ],
+)
+def test_user_errors_are_one_line(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output

@@ -1,0 +1,156 @@
+"""The benchmark's pieces without a full run: FLOP counts against hand counts, the matrix-product ceiling,
+machine information, timing statistics, the configuration plan, the summary's targets and the
+auto-backend cache it writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtlkd.bench import accuracy_kept, summarise, update_auto_cache
+from mtlkd.bench.ceiling import compute_precision, measure_ceiling
+from mtlkd.bench.flops import count_flops, flops_of, model_flops
+from mtlkd.bench.machine import PeakMemory, machine_info, native_precisions
+from mtlkd.bench.run import plan
+from mtlkd.bench.timing import measure, median_ci, merge_rounds
+from mtlkd.models import create_model, preset_config
+
+
+def test_flops_of_a_linear_layer_is_the_hand_count():
+    assert flops_of(torch.nn.Linear(64, 32), torch.rand(10, 64)) == 2 * 10 * 64 * 32
+
+
+def test_flops_of_a_convolution_is_the_hand_count():
+    conv = torch.nn.Conv2d(3, 8, kernel_size=3, padding=1)
+    assert flops_of(conv, torch.rand(1, 3, 16, 16)) == 2 * (16 * 16) * 8 * (3 * 3 * 3)
+
+
+def test_flops_of_attention_count_both_products():
+    from timm.models.vision_transformer import Attention
+
+    attn = Attention(dim=32, num_heads=2)
+    n, d = 10, 32
+    expected = 2 * n * d * 3 * d + 2 * (2 * n * n * d) + 2 * n * d * d  # qkv, QK^T and AV, proj
+    assert flops_of(attn, torch.rand(1, n, d)) == expected
+
+
+def test_model_flops_split_into_backbone_and_heads():
+    model = create_model(preset_config("vit-nano", ["seg", "depth", "normal"], num_classes=5))
+    result = model_flops(model, (32, 32))
+    assert sum(result["parts"].values()) == result["flops"]
+    assert count_flops(model, (32, 32), ["seg"]) == result["parts"]["backbone"] + result["parts"]["heads.seg"]
+
+
+def test_ceiling_is_positive():
+    ceiling = measure_ceiling("fp32", threads=1, sizes=(64, 128), budget_s=0.05)
+    assert ceiling.gflops > 0 and ceiling.size in (64, 128) and ceiling.native
+    int8 = measure_ceiling("int8", threads=1, sizes=(64,), budget_s=0.05)
+    assert int8.gflops > 0 and ("emulated" in int8.note) != int8.native
+
+
+def test_fp16_rows_use_the_fp32_ceiling_without_native_fp16():
+    assert compute_precision("fp16", {"fp16": False}) == "fp32"
+    assert compute_precision("fp16", {"fp16": True}) == "fp16"
+    assert compute_precision("bf16", {"bf16": False}) == "bf16"
+
+
+def test_machine_info_has_a_name_and_features():
+    info = machine_info()
+    assert isinstance(info["cpu"], str) and info["cpu"]
+    assert isinstance(info["features"], list)
+    assert info["native"]["fp32"] is True and info["physical_cores"] >= 1
+    assert set(native_precisions()) == {"fp32", "bf16", "int8", "fp16"}
+
+
+def test_peak_memory_sees_an_allocation():
+    memory = PeakMemory().start()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    peak = memory.peak_mb()
+    del block
+    assert peak >= 60
+
+
+def test_median_ci_brackets_the_median_and_measure_stops():
+    samples = list(np.random.default_rng(0).normal(10, 1, 100))
+    lo, hi = median_ci(samples)
+    assert lo <= np.median(samples) <= hi and hi - lo < 1
+    timing = measure(lambda: None, repeats=3, budget_s=0.0)
+    assert len(timing.samples_ms) >= 3 and timing.p50 >= 0
+
+
+def test_rounds_pool_their_samples():
+    one = {"samples_ms": [1.0, 2.0, 3.0], "converged": True, "load_s": 1.0, "throughput_ips": 10.0,
+           "batch_p50_ms": 5.0, "batch_repeats": 2, "peak_mem_mb": 100.0, "peak_mem_batch_mb": 120.0,
+           "accuracy": {"seg_agreement": 99.0}}  # fmt: skip
+    two = {**one, "samples_ms": [4.0, 5.0], "converged": False, "throughput_ips": 20.0, "peak_mem_mb": 150.0}
+    merged = merge_rounds([one, two])
+    assert merged["samples_ms"] == [1.0, 2.0, 3.0, 4.0, 5.0] and merged["p50_ms"] == 3.0
+    assert merged["rounds"] == 2 and merged["converged"] is False and merged["throughput_ips"] == 15.0
+    assert merged["peak_mem_mb"] == 150.0 and merged["batch_repeats"] == 4 and merged["accuracy"] == one["accuracy"]
+    assert merge_rounds([one, {"error": "boom"}]) == {"error": "boom"}
+
+
+def test_plan_skips_what_cannot_run_here():
+    configs, skipped = plan(["torch", "onnxruntime", "openvino", "tensorrt"], ["fp32", "int8", "bf16"],
+                            ["ort-opt", "torch-compile"], "cpu", {"fp32": True, "bf16": False, "int8": True})
+    labels = {c.label for c in configs}
+    assert {"torch fp32", "onnxruntime int8", "openvino int8", "onnxruntime fp32 ort-opt",
+            "torch fp32 torch-compile"} <= labels  # fmt: skip
+    assert "torch bf16" not in labels and "openvino bf16" not in labels
+    reasons = {(s["backend"], s["precision"]): s["reason"] for s in skipped}
+    assert "native bf16" in reasons[("torch", "bf16")] and "GPU" in reasons[("tensorrt", "fp32")]
+
+
+def _row(label, model, p50, params=100, mb=1.0, gflop=1.0, **extra):
+    backend, precision, *variant = label.split()
+    return {
+        "label": label, "backend": backend, "precision": precision, "variant": variant[0] if variant else "default",
+        "model": model, "p50_ms": p50, "p90_ms": p50, "params": params, "file_mb": mb, "gflop": gflop,
+        "throughput_ips": 1000 / p50, "fraction_of_ceiling": 0.5, "options": {}, "file": "x.onnx", **extra,
+    }  # fmt: skip
+
+
+def test_summary_ratios_and_targets():
+    rows = []
+    for label, scale, seg in (("torch fp32", 1.0, 100.0), ("onnxruntime int8", 0.4, 95.0)):
+        rows += [_row(label, "mtl", 40 * scale, params=120, seg_agreement=seg),
+                 *(_row(label, t, 30 * scale) for t in ("seg", "depth", "normal"))]
+    summary = summarise(rows, {"bf16": False, "int8": False}, preset="vit-tiny", size=(384, 384))
+    by = {c["label"]: c for c in summary["configs"]}
+    assert by["torch fp32"]["latency_ratio"] == pytest.approx(40 / 90, rel=1e-3)
+    assert by["torch fp32"]["params_ratio"] == pytest.approx(120 / 300)
+    assert by["onnxruntime int8"]["speedup_vs_torch_fp32"] == pytest.approx(2.5)
+    assert by["onnxruntime int8"]["accuracy_kept"] is False and by["torch fp32"]["accuracy_kept"] is True
+    assert summary["fastest"] == "onnxruntime int8" and summary["fastest_kept"] == "torch fp32"
+    targets = {t["name"]: t for t in summary["targets"]}
+    assert targets["latency_ratio"]["passed"] is True  # 0.444 everywhere
+    assert targets["speedup"]["passed"] is False and targets["speedup"]["threshold"] == 1.4
+    assert targets["accuracy"]["passed"] is False and targets["overhead_pct"]["passed"] is None
+    assert "targets_note" not in summary
+
+
+def test_accuracy_kept_thresholds():
+    assert accuracy_kept({"seg_agreement": 99.5, "depth_rel_err": 0.5, "normal_angle": 0.3}) is True
+    assert accuracy_kept({"seg_agreement": 98.0}) is False
+    assert accuracy_kept({"normal_angle": 1.0}) is False
+    assert accuracy_kept({}) is None
+
+
+def test_auto_cache_gets_the_measured_winner(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from mtlkd.runtime import auto
+
+    cache = tmp_path / "auto.json"
+    monkeypatch.setenv("MTLKD_CACHE", str(cache))
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not really a graph; the cache key only reads size and mtime")
+    rows = [{**_row("onnxruntime fp32", "mtl", 9.0), "file": str(model)},
+            {**_row("openvino fp32", "mtl", 7.0), "file": str(model)},
+            {**_row("openvino bf16", "mtl", 5.0), "file": str(model), "options": {"precision": "bf16"}}]
+    written = update_auto_cache(rows, "cpu")
+    assert [w["backend"] for w in written] == ["openvino"]
+    name, loaded = auto.select_backend(model, "cpu")  # read from the cache: nothing is measured or loaded
+    assert (name, loaded) == ("openvino", None)
+    assert auto.read_cache(cache)["entries"]
