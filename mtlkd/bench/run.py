@@ -346,18 +346,16 @@ def run_benchmark(options: BenchOptions, progress: Callable[[str, int, int, str]
 
     kinds = list(dict.fromkeys(c.artifact for c in configs))
     paths: dict[tuple[str, str], Path] = {}
-    done, total = 0, len(kinds) * len(models)
-    for model in models:
-        for kind in kinds:
-            report("prepare", done, total, f"{model.name}: {kind}")
-            try:  # NNCF and the converters print their own progress bars on stdout: not ours to show
-                with contextlib.redirect_stdout(io.StringIO()):
-                    paths[(model.name, kind)] = artifact(model, kind, calibration, calib_tag)
-            except Exception as exc:  # a failing exporter skips its configurations, not the run
-                skipped.append({"backend": "*", "precision": kind, "variant": model.name,
-                                "reason": f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
-            done += 1
-    report("prepare", total, total, "")
+    for step, (model, kind) in enumerate((m, k) for m in models for k in kinds):
+        report("prepare", step, len(kinds) * len(models), f"{model.name}: {kind}")
+        try:  # NNCF and the converters print their own progress bars on stdout: not ours to show
+            with contextlib.redirect_stdout(io.StringIO()):
+                paths[(model.name, kind)] = artifact(model, kind, calibration, calib_tag)
+        except Exception as exc:  # a failing exporter skips its configurations, not the run
+            reason = f"{model.name}: export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            skipped += [{"backend": c.backend, "precision": c.precision, "variant": c.variant, "reason": reason}
+                        for c in configs if c.artifact == kind]  # fmt: skip
+    report("prepare", 1, 1, "")
 
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
         return _measure(options, models, configs, skipped, paths, threads, native,
@@ -373,6 +371,7 @@ def _measure(options: BenchOptions, models: list[Model], configs: list[Config], 
 
     timing_image, images = data
     size = models[0].input_size
+    machine = machine_info(threads, options.device)  # load average at the start; the end's is added below
     inputs = {m.name: write_inputs(m.net, m.tasks, timing_image, images, run_dir / f"{m.name}.npz") for m in models}
     for model in models:
         model.net = None  # the workers load the files; free the parent's copies
@@ -416,7 +415,7 @@ def _measure(options: BenchOptions, models: list[Model], configs: list[Config], 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(argv) if argv else None,
         "options": json.loads(json.dumps(asdict(options), default=str)),
-        "machine": machine_info(threads, options.device),
+        "machine": {**machine, "load_avg_end": machine_info(threads, options.device)["load_avg"]},
         "ceilings": {p: c.to_dict() | {"before_gflops": before[p].gflops, "after_gflops": after[p].gflops}
                      for p, c in ceilings.items()},
         "models": {m.name: {"tasks": m.tasks, "params": m.params, "flops": m.flops["flops"], "gflop": m.flops["gflop"],
