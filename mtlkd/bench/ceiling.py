@@ -23,6 +23,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -188,3 +189,17 @@ def measure_ceilings(precisions: list[str], threads: int, device: str = "cpu", b
     native = native_precisions()
     wanted = ["fp32"] + [compute_precision(p, native, device) for p in precisions]
     return {p: measure_ceiling(p, threads, device, sizes, budget_s) for p in dict.fromkeys(wanted)}
+
+
+def measure_ceilings_isolated(precisions: list[str], threads: int, device: str, budget: float, folder: Path,
+                              isolate: bool = True) -> dict[str, Ceiling]:  # fmt: skip
+    """`measure_ceilings` in a fresh worker pinned like the benchmark rows' (in this process without
+    `isolate`), so that the ceiling and the rows run under the same threads and affinity."""
+    from mtlkd.bench.timing import run_worker
+
+    spec = {"mode": "ceiling", "precisions": list(precisions), "threads": threads, "device": device,
+            "budget": budget}  # fmt: skip
+    result = run_worker(spec, folder, isolate)
+    if "error" in result:
+        raise RuntimeError(f"measuring the matrix-product ceiling failed: {result['error']}")
+    return {p: Ceiling(**c) for p, c in result.items()}

@@ -51,8 +51,8 @@ def command(
     precisions: str = typer.Option("fp32,fp16,int8,bf16", "--precisions", metavar="LIST",
                                    help="fp16/int8: graphs from mtlkd.export; bf16 where the backend and CPU can."),
     variants: str | None = typer.Option(None, "--variants", metavar="LIST",
-                                        help="Extra rows: ort-opt, ort-spin, ov-throughput, ov-int8-bf16, "
-                                             "torch-compile."),
+                                        help="Extra rows: ort-opt, ort-spin, ov-throughput, ov-int8-bf16, ov-nncf, "
+                                             "torch-compile, torch-spin."),
     batch: int = typer.Option(8, "--batch", min=1, help="Batch size of the throughput measurement."),
     data_dir: Path | None = typer.Option(None, "--data-dir", metavar="DIR",
                                          help="MTAN-layout dataset for accuracy (val) and int8 calibration (train) "
@@ -96,7 +96,8 @@ def command(
       mtl-bench --mtl runs/okd/model.safetensors --stl runs/seg/model.safetensors --stl runs/depth/model.safetensors
       mtl-bench --preset vit-tiny --variants ort-opt,ov-throughput,torch-compile --data-dir data/synthetic
     """
-    from mtlkd.bench.run import BACKENDS, PRECISIONS, VARIANTS, BenchOptions
+    from mtlkd.bench import BACKENDS, PRECISIONS, VARIANTS
+    from mtlkd.bench.run import BenchOptions
     from mtlkd.models.presets import PRESETS
     from mtlkd.runtime.backends import INSTALL_HINTS, installed
 
@@ -226,6 +227,8 @@ def render(result: dict[str, Any], out: Any) -> None:
     for t in summary["targets"]:
         mark = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[yellow]n/a [/]"}[t["passed"]]
         value = "not measured" if t["value"] is None else f"{t['value']:.3g}"
+        if t["name"] == "accuracy" and t["passed"] is not None:
+            value = "kept" if t["passed"] else "lost"
         where = f" ({t['config']})" if t.get("config") else ""
         out.print(f"{mark} {t['description']}: {value}{where}")
     if summary.get("targets_note"):

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mtlkd.bench import accuracy_kept, summarise, update_auto_cache
+from mtlkd.bench import accuracy_kept, plan, summarise, update_auto_cache
 from mtlkd.bench.ceiling import compute_precision, measure_ceiling
 from mtlkd.bench.flops import count_flops, flops_of, model_flops
 from mtlkd.bench.machine import PeakMemory, machine_info, native_precisions
-from mtlkd.bench.run import plan
 from mtlkd.bench.timing import measure, median_ci, merge_rounds
 from mtlkd.models import create_model, preset_config
 
