@@ -268,6 +268,7 @@ def make_row(config: Any, model: Any, path: Path, result: dict[str, Any], ceilin
         "model": model.name, "tasks": model.tasks, "batch": batch, "file": str(path), "file_mb": file_mb(path),
         "params": model.params, "gflop": model.flops["gflop"], "ceiling_precision": ceiling.precision,
         "ceiling_gflops": ceiling.gflops, "options": config.options,
+        "random_weights": bool(model.metadata.get("random_weights")),
     }  # fmt: skip
     if "error" in result:
         return {**row, "error": result["error"]}

@@ -5,8 +5,9 @@ precision it computes in. The ceiling is the best GFLOP/s (GOP/s for int8) of a 
 over a few sizes, at the benchmark's thread count, best of several runs (a ceiling is what the machine
 *can* do, so the maximum is the right statistic, also on a busy machine):
 
-* fp32: torch.matmul (oneDNN / MKL sgemm) and numpy's BLAS, whichever is faster;
-* bf16: torch.matmul on bfloat16 tensors (oneDNN uses AVX512_BF16 / AMX when the CPU has them);
+* fp32: torch.matmul (oneDNN / MKL sgemm), numpy's BLAS and an OpenVINO MatMul, whichever is fastest;
+* bf16: torch.matmul on bfloat16 tensors (oneDNN uses AVX512_BF16 / AMX when the CPU has them) and an
+  OpenVINO MatMul compiled with INFERENCE_PRECISION_HINT bf16, whichever is faster;
 * int8: torch._int_mm (int8 x int8 -> int32) and ONNX Runtime's MatMulInteger (u8 x s8, the MLAS VNNI
   kernels the int8 graphs use), whichever is faster;
 * fp16: torch.matmul on float16 tensors, measured only where the CPU has native fp16 (AVX512_FP16, AMX-FP16);
@@ -127,6 +128,22 @@ def _ort_int8_product(n: int, threads: int) -> Callable[[], Any]:
     return lambda: session.run(None, feeds)
 
 
+def _openvino_product(precision: str, n: int, threads: int) -> Callable[[], Any]:
+    """OpenVINO's CPU plugin on one MatMul (fp32, or bf16 through INFERENCE_PRECISION_HINT): the kernels the
+    OpenVINO rows use, which can beat oneDNN-through-torch on the same CPU."""
+    import openvino as ov
+
+    rng = np.random.default_rng(0)
+    a = ov.opset13.parameter([n, n], ov.Type.f32, name="a")
+    b = ov.opset13.constant(rng.standard_normal((n, n), dtype=np.float32))
+    model = ov.Model([ov.opset13.matmul(a, b, False, False)], [a], "ceiling")
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}  # fmt: skip
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    return lambda: request.infer({0: x})
+
+
 def _methods(precision: str, device: str, threads: int) -> list[tuple[str, Callable[[int], Callable[[], Any]]]]:
     import importlib.util
 
@@ -137,6 +154,10 @@ def _methods(precision: str, device: str, threads: int) -> list[tuple[str, Calla
         methods.append((name, lambda n: _torch_product(precision, n, device)))
     if device == "cpu" and precision == "fp32":
         methods.append(("numpy matmul", _numpy_product))
+    # OpenVINO quietly computes a bf16 hint in f32 on a CPU without bf16 instructions: only where it is native
+    ov_precision = precision == "fp32" or (precision == "bf16" and native_precisions()["bf16"])
+    if device == "cpu" and ov_precision and importlib.util.find_spec("openvino") is not None:
+        methods.append((f"openvino MatMul {precision}", lambda n: _openvino_product(precision, n, threads)))
     if device == "cpu" and precision == "int8" and has["onnxruntime"] and has["onnx"]:
         methods.append(("onnxruntime MatMulInteger", lambda n: _ort_int8_product(n, threads)))
     return methods

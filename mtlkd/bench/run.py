@@ -13,6 +13,7 @@ with the reason.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -125,6 +126,18 @@ def build_models(options: BenchOptions) -> list[Model]:
     else:
         for path in [options.mtl, *options.stl]:
             sources.append((Path(path), work_root(options) / f"ckpt-{sha256_of(path)[:16]}-opset{DEFAULT_OPSET}"))
+        if not options.stl:  # STL counterparts of the MTL's own architecture, random weights (latency only)
+            _, meta = load_model(str(options.mtl))
+            for i, task in enumerate(meta["tasks"]):
+                folder = sources[0][1] / f"stl-{task}-random"
+                checkpoint = folder / "model.safetensors"
+                if not checkpoint.is_file():
+                    config = copy.deepcopy(meta["config"])
+                    config.update(arch="stl", tasks=[task])
+                    torch.manual_seed(1 + i)
+                    save_checkpoint(checkpoint, create_model(config).state_dict(),
+                                    model_metadata(config, random_weights=True))  # fmt: skip
+                sources.append((checkpoint, folder))
     models: list[Model] = []
     for checkpoint, folder in sources:
         net, meta = load_model(str(checkpoint))

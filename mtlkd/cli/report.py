@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.eval.report import ReportError, build_report, load_metrics, metrics_file, render_table
+from mtlkd.eval.report import ReportError, build_report, load_metrics, markdown_table, metrics_file, render_table
 
 app = typer.Typer(add_completion=False)
 
@@ -20,6 +20,7 @@ def command(
         ..., "--baseline", "-b", metavar="METRICS_OR_RUN_DIR", help="The run every Delta is relative to."
     ),
     as_json: bool = typer.Option(False, "--json", help='Print {"rows": [{"name", "delta", "metrics"}]}.'),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the table as GitHub markdown."),
 ) -> None:
     """Compare runs with a baseline: every metric, and Delta (mean relative improvement in %).
 
@@ -30,6 +31,7 @@ def command(
     Examples:
       mtl-report runs/okd runs/kdam --baseline runs/mtl_uniform
       mtl-report runs/*/metrics.json --baseline runs/stl --json > table.json
+      mtl-report runs/experiment/{stl,okd,kdam} --baseline runs/experiment/mtl --markdown > table.md
     """
     try:
         base = load_metrics(baseline)
@@ -41,6 +43,9 @@ def command(
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps({"rows": rows}, indent=2))
+        return
+    if markdown:
+        typer.echo(markdown_table(rows), nl=False)
         return
     from rich.console import Console
 

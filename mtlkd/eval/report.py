@@ -176,6 +176,28 @@ def render_table(rows: Sequence[Mapping[str, Any]], console: Console, baseline: 
     _print_unsquashed(console, table)
 
 
+def markdown_table(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The same table as GitHub markdown (for READMEs and papers' supplements); `extra` adds columns:
+    {column title: {row name: text}}. The best value of each column is bold, as in the terminal table."""
+    cols = _columns(rows)
+    extra = dict(extra or {})
+    head = ["method"] + [f"{METRIC_LABELS.get(m, m)} {'↑' if h else '↓'}" for _, m, h in cols] + ["Δ ↑", *extra]
+    grid = [[row["metrics"].get(task, {}).get(metric) for task, metric, _ in cols] for row in rows]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, row in enumerate(rows):
+        cells = [str(row["name"])]
+        for j, (_, metric, higher) in enumerate(cols):
+            known = [line[j] for line in grid if line[j] is not None and not math.isnan(line[j])]
+            top = (max(known) if higher else min(known)) if len(known) > 1 else None
+            text = format_value(metric, grid[i][j])
+            cells.append(f"**{text}**" if top is not None and grid[i][j] == top else text)
+        text = f"{row['delta']:+.2f}"
+        cells.append(f"**{text}**" if len(rows) > 1 and row["delta"] == max(r["delta"] for r in rows) else text)
+        cells += [column.get(str(row["name"]), "") for column in extra.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _print_unsquashed(console: Console, table: Table) -> None:
     """Print at the table's natural width: rich would otherwise cut numbers to fit a narrow terminal."""
     natural = console.measure(table, options=console.options.update_width(10_000)).maximum

@@ -6,7 +6,9 @@ stream's tokens by a learned linear combination of all streams' tokens,
     x_i <- sum_j alpha_ij x_j,     alpha: N_t x N_t per block,
 
 initialised as Misra et al. found best: 0.9 on the diagonal and 0.1 / (N_t - 1) elsewhere (each row sums
-to 1). Each task's head reads its own stream after the final norm. Every stream runs whatever tasks are
+to 1). The streams start from the same weights (Misra et al. start all from one ImageNet network; without
+pretrained weights, from one random initialisation), so that the tokens they mix share a basis. Each
+task's head reads its own stream after the final norm. Every stream runs whatever tasks are
 asked for, because the streams mix. The "features" of `forward(..., return_features=True)` are, per
 block, the mean over the streams of the mixed patch tokens (B x N x E, like MultiTaskNet's).
 
@@ -49,6 +51,8 @@ class CrossStitchBackbone(nn.Module):
         first = self.streams[self.tasks[0]]
         if not hasattr(first, "vit"):
             raise ValueError(f"cross-stitch mixes ViT blocks; backbone {config['backbone']['name']!r} is not a ViT")
+        for task in self.tasks[1:]:  # one initialisation for all streams, as one pretrained checkpoint gives:
+            self.streams[task].load_state_dict(first.state_dict())  # mixing needs features in one basis
         self.depth = first.depth
         self.embed_dim = first.embed_dim
         self.out_dim = first.out_dim

@@ -124,3 +124,26 @@ def test_user_errors_are_one_line(args, message):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+
+
+def test_mtl_checkpoint_alone_gets_random_stl_counterparts(tmp_path, monkeypatch):
+    """`--mtl CKPT` without `--stl`: the STL rows are the same architecture with one head and random
+    weights (latency only), and the rows say so."""
+    from mtlkd.checkpoint import model_metadata, save_checkpoint
+    from mtlkd.models import create_model, preset_config
+
+    config = preset_config("vit-nano", ["seg", "depth", "normal"], num_classes=5)
+    checkpoint = tmp_path / "mtl.safetensors"
+    save_checkpoint(checkpoint, create_model(config).state_dict(), model_metadata(config))
+    monkeypatch.setenv("MTLKD_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, [
+        "--mtl", str(checkpoint), "--backends", "torch", "--precisions", "fp32", "--repeats", "2", "--budget", "0",
+        "--batch", "1", "--threads", "1", "--no-isolate", "--accuracy-images", "1", "--no-e2e",
+        "--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / "bench.json"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {r["model"]: r["random_weights"] for r in rows} == {"mtl": False, "seg": True, "depth": True,
+                                                                 "normal": True}  # fmt: skip
+    mtl = next(r for r in rows if r["model"] == "mtl")
+    assert sum(r["params"] for r in rows if r["model"] != "mtl") > mtl["params"]

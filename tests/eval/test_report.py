@@ -157,3 +157,27 @@ def test_cli_help_has_examples() -> None:
     assert result.exit_code == 0
     assert "mtl-report runs/okd runs/kdam --baseline runs/mtl_uniform" in result.stdout
     assert "--json" in result.stdout
+
+
+def test_cli_markdown(tmp_path: Path) -> None:
+    base = write_run(tmp_path, "mtl", cityscapes_metrics(CITYSCAPES["Baseline (MTL)"]))
+    okd = write_run(tmp_path, "okd", cityscapes_metrics(CITYSCAPES["OKD-MTL"]))
+    result = runner.invoke(app, [str(okd), "--baseline", str(base), "--markdown"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| method | mIoU ↑") and lines[0].endswith("Δ ↑ |")
+    assert set(lines[1]) <= {"|", "-"} and lines[1].count("---") == lines[0].count("|") - 1
+    assert lines[2].startswith("| mtl |") and lines[2].endswith("+0.00 |")
+    assert lines[3].startswith("| okd |") and lines[3].endswith("| **+9.19** |")  # the best Delta is bold
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_markdown_extra_columns_and_bold_best() -> None:
+    from mtlkd.eval.report import markdown_table
+
+    base = ("mtl", cityscapes_metrics(CITYSCAPES["Baseline (MTL)"]))
+    rows = build_report([("okd", cityscapes_metrics(CITYSCAPES["OKD-MTL"]))], base)
+    text = markdown_table(rows, {"s/epoch": {"mtl": "9", "okd": "26"}})
+    header, _, mtl, okd = text.strip().splitlines()
+    assert header.endswith("| s/epoch |") and mtl.endswith("| 9 |") and okd.endswith("| 26 |")
+    assert okd.count("**") >= 2  # OKD beats the baseline somewhere: that cell is bold

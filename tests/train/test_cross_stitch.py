@@ -35,6 +35,8 @@ def test_units_start_as_misra_et_al():
     assert ARCHS["cross_stitch"] is CrossStitchNet
     assert len(model.backbone.units) == model.backbone.depth == 2
     assert all(torch.equal(u.detach(), three) for u in model.backbone.units)
+    seg, depth = (model.backbone.streams[t].state_dict() for t in ("seg", "depth"))
+    assert all(torch.equal(seg[k], depth[k]) for k in seg)  # one initialisation for every stream
 
 
 def test_forward_contract_like_multitasknet():

@@ -265,3 +265,14 @@ def test_okd_end_to_end_with_the_trainer(tmp_path):
     for t in TASKS:
         stl, meta = load_model(str(run / f"stl_{t}.safetensors"))
         assert meta["tasks"] == [t]
+
+
+def test_every_backbone_starts_from_the_same_weights_unless_switched_off():
+    method = okd()
+    mtl = method.nets["mtl"].backbone.state_dict()
+    for task in TASKS:
+        stl = method.nets[f"stl_{task}"].backbone.state_dict()
+        assert all(torch.equal(mtl[k], stl[k]) for k in mtl)
+    method = okd(same_init=False)
+    stl = method.nets["stl_seg"].backbone.state_dict()
+    assert not all(torch.equal(v, stl[k]) for k, v in method.nets["mtl"].backbone.state_dict().items())

@@ -12,6 +12,8 @@ in one loop, on the loss of eq. 1:
   mtlkd.train.weighting, T = 0.1), computed from the current MTL and STL losses without gradient.
   Any other weighting can be chosen with `task_weighting` (`equal` gives Table 4's OKD-MTL-AFD row).
 - For the first `warmup_epochs` epochs (the paper: 5) only the single-task networks train.
+- All backbones start from the same weights (the paper: one ImageNet ViT-Ti; here `--backbone-weights`,
+  or without it one random initialisation copied into every network; `same_init=False` switches that off).
 
 The single-task networks are kept: they are validated as `stl_<task>` and saved as
 `stl_<task>.safetensors` next to the multi-task `model.safetensors`.
@@ -122,13 +124,23 @@ def _is_main_process() -> bool:
 @register_method("okd")
 class OKDMethod(Method):
     """Options (absent or None: the paper's default): task_weighting (otw), otw_temperature (0.1),
-    afd (learned), warmup_epochs (5), and the chosen weighting's own (dwa_temperature, gradnorm_alpha)."""
+    afd (learned), warmup_epochs (5), same_init (True), and the chosen weighting's own (dwa_temperature,
+    gradnorm_alpha)."""
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
         self.nets["mtl"] = create_model({**ctx.config, "arch": "mtl"}, ctx.backbone_weights)
         for task in self.tasks:
             self.nets[f"stl_{task}"] = create_model(ctx.task_config(task), ctx.backbone_weights)
+        self.same_init = bool(ctx.options.get("same_init", True))
+        if self.same_init and not ctx.backbone_weights:
+            # The paper starts every network from the same ImageNet ViT-Ti, so block l of each one speaks the
+            # same basis and eq. 2's distance between them means something. Without pretrained weights,
+            # independent random initialisations would make AFD pull the MTL features towards an arbitrary
+            # rotation of its own; the single-task backbones start as copies of the MTL one instead.
+            shared = self.nets["mtl"].backbone.state_dict()
+            for task in self.tasks:
+                self.nets[f"stl_{task}"].backbone.load_state_dict(shared)
         self.weighting_name = ctx.options.get("task_weighting") or DEFAULT_WEIGHTING
         self.extra["weighting"] = create_weighting(self.weighting_name, self.tasks, ctx.options)
         num_layers = len(self.nets["mtl"].backbone.feature_dims)
