@@ -187,7 +187,8 @@ def summarise(rows: list[dict[str, Any]], native: dict[str, bool], preset: str |
         stl = [r for r in ok if r["model"] != "mtl"]
         full = bool(stl_names) and len(stl) == len(stl_names)
         stl_sum = {k: sum(r[k] for r in stl) for k in ("p50_ms", "params", "file_mb", "gflop")} if full else {}
-        kept = [r["accuracy_kept"] for r in ok if r["accuracy_kept"] is not None]
+        trained = [r for r in ok if not r.get("random_weights")]  # random STL counterparts: latency only
+        kept = [r["accuracy_kept"] for r in (trained or ok) if r["accuracy_kept"] is not None]
         configs.append({
             "label": label, "backend": group[0]["backend"], "precision": group[0]["precision"],
             "variant": group[0]["variant"], "mtl_p50_ms": mtl and mtl["p50_ms"], "mtl_p90_ms": mtl and mtl["p90_ms"],

@@ -303,14 +303,14 @@ def _measure(options: BenchOptions, models: list[Model], configs: list[Config], 
     rows = [make_row(c, m, path, r, ceilings[compute_precision(c.precision, native, options.device)], options.batch)
             for c, m, path, r in results]  # fmt: skip
 
-    summary = summarise(rows, native, preset=options.preset if options.mtl is None else None, size=size)
+    preset = options.preset if options.mtl is None else models[0].metadata["config"].get("preset")
+    summary = summarise(rows, native, preset=preset, size=size)
     end_to_end = None
     if options.e2e and summary.get("e2e_config"):
         report("end-to-end", 0, 1, summary["e2e_config"])
         end_to_end = run_end_to_end(summary["e2e_config"], configs, models, paths, inputs, base, run_dir, options)
         report("end-to-end", 1, 1, "")
-        summary = summarise(rows, native, preset=options.preset if options.mtl is None else None, size=size,
-                            end_to_end=end_to_end)  # fmt: skip
+        summary = summarise(rows, native, preset=preset, size=size, end_to_end=end_to_end)
     exports = user_exports(models, paths) if options.mtl else {}
     auto = update_auto_cache(rows, options.device, exports) if options.auto_cache else []
     return {
@@ -335,14 +335,14 @@ def _measure(options: BenchOptions, models: list[Model], configs: list[Config], 
 
 def run_end_to_end(label: str, configs: list[Config], models: list[Model], paths: dict, inputs: dict,
                    base: dict[str, Any], run_dir: Path, options: BenchOptions) -> dict[str, Any] | None:  # fmt: skip
-    """The MTL model of configuration `label` through Predictor on a PNG, against its network alone."""
-    from mtlkd.bench.timing import E2E_SIZE, write_png
+    """The MTL model of configuration `label` through Predictor on a JPEG, against its network alone."""
+    from mtlkd.bench.timing import E2E_SIZE, write_jpeg
 
     config = next(c for c in configs if c.label == label)
     model = models[0]
     spec = {**base, "backend": config.backend, "path": str(paths[(model.name, config.artifact)]),
             "options": config.options, "autocast": config.autocast, "compile": config.compile, "env": config.env,
-            "inputs": str(inputs[model.name]), "mode": "e2e", "png": str(write_png(run_dir / "e2e.png"))}
+            "inputs": str(inputs[model.name]), "mode": "e2e", "image": str(write_jpeg(run_dir / "e2e.jpg"))}
     result = run_worker(spec, run_dir, options.isolate)
     if "error" in result:
         return {"label": label, "error": result["error"]}

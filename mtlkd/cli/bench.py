@@ -191,16 +191,22 @@ def render(result: dict[str, Any], out: Any) -> None:
     for col in ("configuration", "model", "p50 ms", "p90 ms", f"img/s @{result['options']['batch']}", "params M",
                 "GFLOP", "GFLOP/s", "% ceil", "MB", "mem MB", "seg %", "depth %", "normal °"):
         table.add_column(col, justify="left" if col in ("configuration", "model") else "right")
+    weights = {bool(r.get("random_weights")) for r in result["rows"]}
+    mixed = len(weights) == 2  # a trained MTL beside random-weight STL counterparts
     for r in result["rows"]:
         if r.get("error"):
             table.add_row(r["label"], r["model"], f"[red]{r['error'][:90]}[/]")
             continue
-        table.add_row(r["label"], r["model"], _f(r["p50_ms"], ".2f"), _f(r["p90_ms"], ".2f"),
+        model = r["model"] + ("*" if r.get("random_weights") and mixed else "")
+        table.add_row(r["label"], model, _f(r["p50_ms"], ".2f"), _f(r["p90_ms"], ".2f"),
                       _f(r["throughput_ips"], ".2f"), _f(r["params"] / 1e6, ".3f"), _f(r["gflop"], ".3f"),
                       _f(r["achieved_gflops"], ".1f"), _f(100 * r["fraction_of_ceiling"], ".0f"),
                       _f(r["file_mb"], ".2f"), _f(r["peak_mem_mb"], ".0f"), _f(r.get("seg_agreement"), ".2f"),
                       _f(r.get("depth_rel_err"), ".3f"), _f(r.get("normal_angle"), ".3f"))  # fmt: skip
     out.print(table)
+    if mixed:
+        out.print("* random weights (the same architecture with one head): latency, not accuracy; a configuration's "
+                  "accuracy verdict is the trained model's")  # fmt: skip
     summary = result["summary"]
     table = Table(title=f"MTL / sum of STL, and speed-ups against {summary['reference'] or 'torch fp32'} eager")
     for col in ("configuration", "MTL ms", "ΣSTL ms", "latency", "params", "size", "GFLOP", "MTL speed-up",
@@ -217,7 +223,7 @@ def render(result: dict[str, Any], out: Any) -> None:
     e2e = result.get("end_to_end")
     if e2e and not e2e.get("error"):
         h, w = e2e["image_size"]
-        out.print(f"end to end ({e2e['label']}, {h}x{w} PNG through Predictor): {e2e['total_ms']:.2f} ms = decode "
+        out.print(f"end to end ({e2e['label']}, {h}x{w} JPEG through Predictor): {e2e['total_ms']:.2f} ms = decode "
                   f"{e2e['decode_ms']:.2f} + preprocess {e2e['preprocess_ms']:.2f} + network {e2e['network_ms']:.2f} + "
                   f"postprocess {e2e['postprocess_ms']:.2f}; network alone (paired) {e2e['network_alone_ms']:.2f} ms; "
                   f"overhead {e2e['overhead_ms']:.2f} ms = {e2e['overhead_pct']:.1f}% of the network "

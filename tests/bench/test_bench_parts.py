@@ -153,3 +153,18 @@ def test_auto_cache_gets_the_measured_winner(tmp_path, monkeypatch):
     name, loaded = auto.select_backend(model, "cpu")  # read from the cache: nothing is measured or loaded
     assert (name, loaded) == ("openvino", None)
     assert auto.read_cache(cache)["entries"]
+
+
+def test_random_weight_stl_rows_do_not_decide_a_configs_accuracy():
+    """A trained MTL with random-weight STL counterparts: only the trained model's accuracy counts."""
+    stl = ("seg", "depth", "normal")
+    rows = [_row("openvino bf16", "mtl", 20, seg_agreement=99.6),
+            *(_row("openvino bf16", t, 15, seg_agreement=90.0, random_weights=True) for t in stl),
+            _row("torch fp32", "mtl", 40, seg_agreement=100.0),
+            *(_row("torch fp32", t, 30, random_weights=True) for t in stl)]  # fmt: skip
+    summary = summarise(rows, {"bf16": True, "int8": True})
+    by = {c["label"]: c for c in summary["configs"]}
+    assert by["openvino bf16"]["accuracy_kept"] is True and summary["fastest_kept"] == "openvino bf16"
+    assert [r["accuracy_kept"] for r in rows if r["model"] == "seg"][0] is False  # still shown per row
+    rows[0]["seg_agreement"] = 98.0
+    assert summarise(rows, {"bf16": True})["fastest_kept"] == "torch fp32"

@@ -32,6 +32,11 @@ def test_upsampled_argmax_equals_decode_of_resized_logits():
         expected = decode_seg(processing.resize_maps(logits, size))
         np.testing.assert_array_equal(processing.upsampled_argmax(logits, size), expected)
         np.testing.assert_array_equal(processing.decode_one("seg", logits, size), expected)
+    ties = np.zeros((3, 4, 4), dtype=np.float32)  # all classes equal: argmax's lowest class, 0
+    assert not processing.upsampled_argmax(ties, (8, 8)).any()
+    many = np.random.default_rng(1).normal(size=(300, 6, 5)).astype(np.float32)  # a uint16 label plane
+    np.testing.assert_array_equal(processing.upsampled_argmax(many, (9, 7)),
+                                  decode_seg(processing.resize_maps(many, (9, 7))))  # fmt: skip
 
 
 def test_postprocess_conventions():
