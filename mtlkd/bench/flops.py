@@ -13,21 +13,7 @@ Reported per image: the count at batch 1 (FLOPs scale linearly with the batch).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
-
-
-@contextlib.contextmanager
-def unfused_attention(model: Any) -> Iterator[None]:
-    """Make timm attention blocks use explicit matmul/softmax/matmul for the duration."""
-    switched = [m for m in model.modules() if getattr(m, "fused_attn", None) is True]
-    for module in switched:
-        module.fused_attn = False
-    try:
-        yield
-    finally:
-        for module in switched:
-            module.fused_attn = True
 
 
 def flops_of(module: Any, *inputs: Any, **kwargs: Any) -> int:
@@ -36,7 +22,9 @@ def flops_of(module: Any, *inputs: Any, **kwargs: Any) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    attention = unfused_attention(module) if hasattr(module, "modules") else contextlib.nullcontext()
+    from mtlkd.models import explicit_attention
+
+    attention = explicit_attention(module) if hasattr(module, "modules") else contextlib.nullcontext()
     with attention, torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(*inputs, **kwargs)
     return int(counter.get_total_flops())
@@ -50,13 +38,15 @@ def count_flops(model: Any, input_size: tuple[int, int], tasks: list[str] | None
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from mtlkd.models import explicit_attention
+
     device = next(iter(model.parameters())).device
     x = torch.rand(1, 3, int(input_size[0]), int(input_size[1]), device=device)
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False, depth=3)
     try:
-        with unfused_attention(model), torch.no_grad(), counter:
+        with explicit_attention(model), torch.no_grad(), counter:
             model(x, tasks=tasks) if tasks is not None else model(x)
     finally:
         model.train(was_training)

@@ -31,7 +31,6 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,19 +137,6 @@ def _wrapper(model, tasks: list[str]):
     return OnnxWrapper().eval()
 
 
-@contextlib.contextmanager
-def explicit_attention(model) -> Iterator[None]:
-    """Switch timm's fused scaled-dot-product attention off for the export (restored afterwards)."""
-    switched = [m for m in model.modules() if getattr(m, "fused_attn", None) is True]
-    for module in switched:
-        module.fused_attn = False
-    try:
-        yield
-    finally:
-        for module in switched:
-            module.fused_attn = True
-
-
 def export_onnx(
     model,
     metadata: dict[str, Any],
@@ -171,6 +157,7 @@ def export_onnx(
     import onnx
     import torch
 
+    from mtlkd.models import explicit_attention
     from mtlkd.tasks import parse_tasks
 
     if opset < MIN_OPSET:

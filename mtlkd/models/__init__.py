@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
@@ -15,7 +17,8 @@ from mtlkd.models.resnet import ResNetBackbone  # noqa: F401  (registers the "re
 
 __all__ = [
     "ARCHS", "BACKBONES", "HEADS", "PRESETS", "MultiTaskNet", "SingleTaskNet", "count_parameters", "load_model",
-    "create_model", "input_size", "preset_config", "register_arch", "register_backbone", "register_head",
+    "create_model", "explicit_attention", "input_size", "preset_config", "register_arch", "register_backbone",
+    "register_head",
 ]
 
 
@@ -32,6 +35,20 @@ def create_model(config: dict[str, Any], backbone_weights: str | None = None) ->
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def explicit_attention(model: nn.Module) -> Iterator[None]:
+    """Switch timm's fused scaled-dot-product attention off for the duration (restored afterwards), so that
+    attention runs as MatMul-Softmax-MatMul: what the ONNX exporter writes and what a FLOP counter can see."""
+    switched = [m for m in model.modules() if getattr(m, "fused_attn", None) is True]
+    for module in switched:
+        module.fused_attn = False
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.fused_attn = True
 
 
 def load_model(path: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

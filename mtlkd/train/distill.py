@@ -52,12 +52,6 @@ def cs_divergence(p: torch.Tensor, q: torch.Tensor, dim: int = -1, eps: float = 
     return (torch.log(norms + eps) - torch.log(cross + eps)).clamp_min(0.0)
 
 
-def kl_divergence(p: torch.Tensor, q: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
-    """KL(p || q) of distributions along `dim` (reduced); terms with p = 0 count 0."""
-    p, q = _float(p), _float(q)
-    return torch.xlogy(p, p).sum(dim) - (p * torch.log(q.clamp_min(eps))).sum(dim)
-
-
 def pearson_distance(x: torch.Tensor, y: torch.Tensor, dim: int = -1, eps: float = 1e-20) -> torch.Tensor:
     """1 - Pearson correlation of x and y along `dim` (reduced): 0 when y = a x + b with a > 0.
 

@@ -7,13 +7,14 @@ checkpoints, logging and distribution. So a new method is one small class, not a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlkd.models import input_size
+from mtlkd.models import input_size, load_model
 from mtlkd.tasks import get_task
 
 
@@ -61,6 +62,15 @@ def task_losses(preds: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
     return {t: get_task(t).loss(preds[t].float(), batch[t]) for t in tasks}
 
 
+def load_frozen(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained network for distillation (a teacher): eval mode, no gradients, on `device`."""
+    net, metadata = load_model(str(path), device=str(device))
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, metadata
+
+
 def unwrap(net: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel (or any `.module`) wrapper."""
     return getattr(net, "module", net)
@@ -98,11 +108,17 @@ class Method:
         return {"model": unwrap(self.nets["mtl"])}
 
     def on_epoch_end(self, epoch: int, epoch_logs: dict[str, Any]) -> dict[str, Any]:
-        """Hook after each epoch (DWA reads epoch losses); returns extra numbers for history.jsonl."""
-        return {}
+        """Hook after each epoch; returns extra numbers for history.jsonl. A method with a task weighting
+        (`self.extra["weighting"]`) hands it the epoch's MTL losses (DWA reads them) and logs its weights."""
+        if "weighting" not in self.extra:
+            return {}
+        self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
+        return {"task_weights": epoch_logs.get("task_weights", {})}
 
     def after_optimizer_step(self) -> None:
         """Hook after each optimiser step (GradNorm renormalises its weights here)."""
+        if "weighting" in self.extra:
+            self.extra["weighting"].after_step()
 
     def train(self, mode: bool = True) -> None:
         self.nets.train(mode)

@@ -26,9 +26,4 @@ class CrossStitchMethod(Method):
         return total, {"mtl_loss": {t: v.item() for t, v in losses.items()}, "task_weights": weights}
 
     def on_epoch_end(self, epoch, epoch_logs):
-        self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
-        return {"task_weights": epoch_logs.get("task_weights", {}),
-                "cross_stitch": unwrap(self.nets["mtl"]).stitch_matrices()}
-
-    def after_optimizer_step(self):
-        self.extra["weighting"].after_step()
+        return {**super().on_epoch_end(epoch, epoch_logs), "cross_stitch": unwrap(self.nets["mtl"]).stitch_matrices()}

@@ -38,8 +38,7 @@ from mtlkd.checkpoint import read_metadata
 from mtlkd.models import create_model, input_size
 from mtlkd.train.distill import normalized_feature_loss
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
-from mtlkd.train.methods.kdam import load_frozen
+from mtlkd.train.methods.base import Method, MethodContext, forward, load_frozen, task_losses, unwrap
 from mtlkd.train.weighting import create_weighting
 
 PAPER_KD_WEIGHTS = {"seg": 1.0, "depth": 1.0, "normal": 2.0}
@@ -221,12 +220,6 @@ class KDMTLMethod(Method):
         }
         return l_task + l_kd, logs
 
-    def on_epoch_end(self, epoch, epoch_logs):
-        self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
-        return {"task_weights": epoch_logs.get("task_weights", {})}
-
-    def after_optimizer_step(self):
-        self.extra["weighting"].after_step()
 
     def to(self, device: torch.device) -> KDMTLMethod:
         super().to(device)

@@ -20,26 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from mtlkd.models import create_model, load_model
+from mtlkd.models import create_model
 from mtlkd.train.distill import task_kd_loss
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
+from mtlkd.train.methods.base import Method, MethodContext, forward, load_frozen, task_losses, unwrap
 from mtlkd.train.weighting import create_weighting
 
 DEFAULT_ALPHA = 1.0
 DEFAULT_BETA = 1.0
 DEFAULT_TEMPERATURE = {"cs": 3.0, "kl": 3.0, "dist": 1.0}
-
-
-def load_frozen(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """A trained network for distillation: eval mode, no gradients, on `device`."""
-    net, metadata = load_model(str(path), device=str(device))
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net, metadata
 
 
 @register_method("kdam")
@@ -103,12 +93,6 @@ class KDAMMethod(Method):
         }
         return total, logs
 
-    def on_epoch_end(self, epoch, epoch_logs):
-        self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
-        return {"task_weights": epoch_logs.get("task_weights", {})}
-
-    def after_optimizer_step(self):
-        self.extra["weighting"].after_step()
 
     def to(self, device: torch.device) -> KDAMMethod:
         super().to(device)

@@ -24,9 +24,3 @@ class MTLMethod(Method):
         total, weights = weighting.combine(losses, shared=unwrap(self.nets["mtl"]).shared_parameters())
         return total, {"mtl_loss": {t: v.item() for t, v in losses.items()}, "task_weights": weights}
 
-    def on_epoch_end(self, epoch, epoch_logs):
-        self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
-        return {"task_weights": epoch_logs.get("task_weights", {})}
-
-    def after_optimizer_step(self):
-        self.extra["weighting"].after_step()

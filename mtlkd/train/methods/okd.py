@@ -206,13 +206,8 @@ class OKDMethod(Method):
         return stems
 
     def on_epoch_end(self, epoch, epoch_logs):
-        self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
         record: dict = {"okd_phase": "joint" if epoch >= self.warmup_epochs else "stl_warmup"}
-        if epoch_logs.get("task_weights"):
-            record["task_weights"] = epoch_logs["task_weights"]
+        record.update({k: v for k, v in super().on_epoch_end(epoch, epoch_logs).items() if v})  # none in warm-up
         if self.afd.enabled:
             record["omega"] = self.afd.report()
         return record
-
-    def after_optimizer_step(self):
-        self.extra["weighting"].after_step()
