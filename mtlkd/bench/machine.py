@@ -14,7 +14,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from mtlkd.runtime.backends import physical_cores
+from mtlkd.runtime.cpu import cpu_flags, cpu_name, one_cpu_per_core, physical_cores, usable_cpus
 
 # The flags worth reporting (x86 names as Linux prints them; asimd* / bf16 / i8mm are AArch64 names).
 FEATURES = (
@@ -34,33 +34,6 @@ NATIVE_FLAGS = {
 DISTRIBUTIONS = ("numpy", "torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "tensorrt")
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's entries of /proc/cpuinfo (empty elsewhere)."""
-    info: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        if not line.strip():
-            if info:
-                break
-            continue
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    return info
-
-
-def cpu_flags() -> set[str]:
-    info = _cpuinfo()
-    return set((info.get("flags") or info.get("Features") or "").split())
-
-
-def cpu_name() -> str:
-    info = _cpuinfo()
-    return info.get("model name") or info.get("Model name") or platform.processor() or platform.machine()
-
-
 def native_precisions(flags: set[str] | None = None) -> dict[str, bool]:
     """{precision: computed natively by this CPU}; fp32 always."""
     flags = cpu_flags() if flags is None else flags
@@ -71,28 +44,6 @@ def native_flags(precision: str, flags: set[str] | None = None) -> list[str]:
     """The flags that make `precision` native here (empty: emulated)."""
     flags = cpu_flags() if flags is None else flags
     return [f for f in NATIVE_FLAGS.get(precision, ()) if f in flags]
-
-
-def usable_cpus() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return list(range(os.cpu_count() or 1))
-
-
-def one_cpu_per_core(cpus: list[int] | None = None) -> list[int]:
-    """The first logical CPU of each physical core among `cpus` (hyper-thread siblings dropped)."""
-    chosen, seen = [], set()
-    for cpu in cpus if cpus is not None else usable_cpus():
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            core = ((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip())
-        except OSError:
-            core = ("?", str(cpu))
-        if core not in seen:
-            seen.add(core)
-            chosen.append(cpu)
-    return chosen
 
 
 def pin_threads(threads: int) -> list[int]:

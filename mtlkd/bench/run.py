@@ -97,16 +97,29 @@ def work_root(options: BenchOptions) -> Path:
     return (base or Path.home() / ".cache" / "mtlkd") / "bench"
 
 
+def random_checkpoint(folder: Path, config: dict[str, Any], seed: int) -> Path:
+    """`folder/model.safetensors` with random weights for `config`, written once (latency does not depend
+    on the weights; the metadata says `random_weights`)."""
+    import torch
+
+    from mtlkd.checkpoint import model_metadata, save_checkpoint
+    from mtlkd.models import create_model
+
+    checkpoint = folder / "model.safetensors"
+    if not checkpoint.is_file():
+        torch.manual_seed(seed)
+        save_checkpoint(checkpoint, create_model(config).state_dict(), model_metadata(config, random_weights=True))
+    return checkpoint
+
+
 def build_models(options: BenchOptions) -> list[Model]:
     """The MTL model and the STL models as torch modules, loaded from their checkpoints (for a preset,
     random-weight checkpoints written once into the cache folder; the cached exports come from them)."""
-    import torch
-
     from mtlkd.bench.flops import model_flops
-    from mtlkd.checkpoint import model_metadata, save_checkpoint, sha256_of
+    from mtlkd.checkpoint import read_metadata, sha256_of
     from mtlkd.data.synthetic import CLASS_NAMES
     from mtlkd.export.onnx import DEFAULT_OPSET
-    from mtlkd.models import count_parameters, create_model, load_model, preset_config
+    from mtlkd.models import count_parameters, load_model, preset_config
 
     sources: list[tuple[Path, Path]] = []  # (checkpoint, cache folder)
     if options.mtl is None:
@@ -117,27 +130,16 @@ def build_models(options: BenchOptions) -> list[Model]:
             h, w = config["backbone"]["img_size"]
             key = f"{options.preset}-{h}x{w}-opset{DEFAULT_OPSET}"
             folder = work_root(options) / key / ("mtl" if i == 0 else tasks[0])
-            checkpoint = folder / "model.safetensors"
-            if not checkpoint.is_file():
-                torch.manual_seed(i)
-                meta = model_metadata(config, random_weights=True)
-                save_checkpoint(checkpoint, create_model(config).state_dict(), meta)
-            sources.append((checkpoint, folder))
+            sources.append((random_checkpoint(folder, config, seed=i), folder))
     else:
         for path in [options.mtl, *options.stl]:
             sources.append((Path(path), work_root(options) / f"ckpt-{sha256_of(path)[:16]}-opset{DEFAULT_OPSET}"))
         if not options.stl:  # STL counterparts of the MTL's own architecture, random weights (latency only)
-            _, meta = load_model(str(options.mtl))
+            meta = read_metadata(options.mtl)
             for i, task in enumerate(meta["tasks"]):
                 folder = sources[0][1] / f"stl-{task}-random"
-                checkpoint = folder / "model.safetensors"
-                if not checkpoint.is_file():
-                    config = copy.deepcopy(meta["config"])
-                    config.update(arch="stl", tasks=[task])
-                    torch.manual_seed(1 + i)
-                    save_checkpoint(checkpoint, create_model(config).state_dict(),
-                                    model_metadata(config, random_weights=True))  # fmt: skip
-                sources.append((checkpoint, folder))
+                config = {**copy.deepcopy(meta["config"]), "arch": "stl", "tasks": [task]}
+                sources.append((random_checkpoint(folder, config, seed=1 + i), folder))
     models: list[Model] = []
     for checkpoint, folder in sources:
         net, meta = load_model(str(checkpoint))
@@ -292,9 +294,7 @@ def _measure(options: BenchOptions, models: list[Model], configs: list[Config], 
     for step, i in enumerate(order):
         config, model = jobs[i]
         report("measure", step, len(order), f"{config.label} {model.name}")
-        spec = {**base, "backend": config.backend, "path": str(paths[(model.name, config.artifact)]),
-                "options": config.options, "autocast": config.autocast, "compile": config.compile, "env": config.env,
-                "inputs": str(inputs[model.name])}  # fmt: skip
+        spec = worker_spec(base, config, model, paths, inputs)
         measured[i].append(run_worker(spec, run_dir, options.isolate))
     report("measure", len(order), len(order), "")
     results = [(c, m, paths[(m.name, c.artifact)], merge_rounds(r)) for (c, m), r in zip(jobs, measured, strict=True)]
@@ -333,6 +333,14 @@ def _measure(options: BenchOptions, models: list[Model], configs: list[Config], 
     }  # fmt: skip
 
 
+def worker_spec(base: dict[str, Any], config: Config, model: Model, paths: dict, inputs: dict,
+                **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """What a worker needs to measure `model` in `config` (see mtlkd.bench.timing.measure_config)."""
+    return {**base, "backend": config.backend, "path": str(paths[(model.name, config.artifact)]),
+            "options": config.options, "autocast": config.autocast, "compile": config.compile, "env": config.env,
+            "inputs": str(inputs[model.name]), **extra}  # fmt: skip
+
+
 def run_end_to_end(label: str, configs: list[Config], models: list[Model], paths: dict, inputs: dict,
                    base: dict[str, Any], run_dir: Path, options: BenchOptions) -> dict[str, Any] | None:  # fmt: skip
     """The MTL model of configuration `label` through Predictor on a JPEG, against its network alone."""
@@ -340,9 +348,7 @@ def run_end_to_end(label: str, configs: list[Config], models: list[Model], paths
 
     config = next(c for c in configs if c.label == label)
     model = models[0]
-    spec = {**base, "backend": config.backend, "path": str(paths[(model.name, config.artifact)]),
-            "options": config.options, "autocast": config.autocast, "compile": config.compile, "env": config.env,
-            "inputs": str(inputs[model.name]), "mode": "e2e", "image": str(write_jpeg(run_dir / "e2e.jpg"))}
+    spec = worker_spec(base, config, model, paths, inputs, mode="e2e", image=str(write_jpeg(run_dir / "e2e.jpg")))
     result = run_worker(spec, run_dir, options.isolate)
     if "error" in result:
         return {"label": label, "error": result["error"]}

@@ -350,12 +350,16 @@ def measure_ceilings_here(spec: dict[str, Any]) -> dict[str, Any]:
     return {p: c.to_dict() for p, c in ceilings.items()}
 
 
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A worker's job: the ceilings (mode "ceiling") or one configuration."""
+    return measure_ceilings_here(spec) if spec.get("mode") == "ceiling" else measure_config(spec)
+
+
 def run_worker(spec: dict[str, Any], folder: Path, isolate: bool) -> dict[str, Any]:
     """Measure one configuration in a fresh process (isolate) or in this one."""
     if not isolate:
         try:
-            run = measure_ceilings_here if spec.get("mode") == "ceiling" else measure_config
-            return run(dict(spec, pin=False))
+            return run_spec(dict(spec, pin=False))
         except Exception as exc:
             return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     fd, name = tempfile.mkstemp(dir=folder, suffix=".json")
@@ -389,7 +393,7 @@ def worker_main(argv: list[str]) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = measure_ceilings_here(spec) if spec.get("mode") == "ceiling" else measure_config(spec)
+            result = run_spec(spec)
     except Exception as exc:  # reported in the row; the other configurations go on
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         result = {"error": f"{type(exc).__name__}: {message}", "traceback": traceback.format_exc(limit=6)}

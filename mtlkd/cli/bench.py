@@ -26,16 +26,15 @@ def _list(text: str | None, known: tuple[str, ...] | list[str], option: str) -> 
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
+    """`--size HxW` with mtl-data's parser, as this command's one-line user error."""
+    from mtlkd.cli.data import parse_size as parse_hw
+
     if text is None:
         return None
-    parts = text.lower().replace("*", "x").split("x")
     try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise UserError(f"--size {text!r}: expected HxW, e.g. 384x384") from None
-    if h < 8 or w < 8:
-        raise UserError(f"--size {text!r}: both sides must be at least 8 pixels")
-    return h, w
+        return parse_hw(text)
+    except typer.BadParameter:
+        raise UserError(f"--size {text!r}: expected HxW with both sides at least 8 pixels, e.g. 384x384") from None
 
 
 def command(

@@ -25,7 +25,7 @@ err_console = Console(stderr=True)
 
 def parse_size(text: str) -> tuple[int, int]:
     """'96x128' -> (96, 128): height x width."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    match = re.fullmatch(r"\s*(\d+)\s*[xX,*]\s*(\d+)\s*", text)
     if not match or int(match[1]) < 8 or int(match[2]) < 8:
         raise typer.BadParameter(f"expected HEIGHTxWIDTH like 96x128 (at least 8x8), got {text!r}")
     return int(match[1]), int(match[2])

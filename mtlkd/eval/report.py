@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,25 +154,8 @@ def render_table(rows: Sequence[Mapping[str, Any]], console: Console, baseline: 
         )
     table.add_column("\nΔ ↑", justify="right")
 
-    def best(values: list[float | None], higher: bool) -> float | None:
-        known = [v for v in values if v is not None and not math.isnan(v)]
-        if len(known) < 2:
-            return None
-        return max(known) if higher else min(known)
-
-    grid = [[row["metrics"].get(task, {}).get(metric) for task, metric, _ in cols] for row in rows]
-    bests = [best([line[i] for line in grid], higher) for i, (_, _, higher) in enumerate(cols)]
-    best_delta = best([row["delta"] for row in rows], True)
-    for row, line in zip(rows, grid, strict=True):
-        cells = [escape(str(row["name"]))]
-        for (_, metric, _), value, top in zip(cols, line, bests, strict=True):
-            text = format_value(metric, value)
-            cells.append(f"[bold]{text}[/bold]" if top is not None and value == top else text)
-        text = f"{row['delta']:+.2f}"
-        cells.append(
-            f"[bold]{text}[/bold]" if best_delta is not None and row["delta"] == best_delta else text
-        )
-        table.add_row(*cells)
+    for row, cells in zip(rows, _cells(rows, cols, lambda text: f"[bold]{text}[/bold]"), strict=True):
+        table.add_row(escape(str(row["name"])), *cells)
     _print_unsquashed(console, table)
 
 
@@ -182,20 +165,37 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Mappin
     cols = _columns(rows)
     extra = dict(extra or {})
     head = ["method"] + [f"{METRIC_LABELS.get(m, m)} {'↑' if h else '↓'}" for _, m, h in cols] + ["Δ ↑", *extra]
-    grid = [[row["metrics"].get(task, {}).get(metric) for task, metric, _ in cols] for row in rows]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, row in enumerate(rows):
-        cells = [str(row["name"])]
-        for j, (_, metric, higher) in enumerate(cols):
-            known = [line[j] for line in grid if line[j] is not None and not math.isnan(line[j])]
-            top = (max(known) if higher else min(known)) if len(known) > 1 else None
-            text = format_value(metric, grid[i][j])
-            cells.append(f"**{text}**" if top is not None and grid[i][j] == top else text)
-        text = f"{row['delta']:+.2f}"
-        cells.append(f"**{text}**" if len(rows) > 1 and row["delta"] == max(r["delta"] for r in rows) else text)
-        cells += [column.get(str(row["name"]), "") for column in extra.values()]
+    for row, cells in zip(rows, _cells(rows, cols, lambda text: f"**{text}**"), strict=True):
+        cells = [str(row["name"]), *cells, *(column.get(str(row["name"]), "") for column in extra.values())]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cells(rows: Sequence[Mapping[str, Any]], cols: list[tuple[str, str, bool]],
+           bold: Callable[[str], str]) -> list[list[str]]:  # fmt: skip
+    """Per row, the formatted metric cells and the Delta cell; the best of each column (of two or more
+    known values) passed through `bold`."""
+
+    def best(values: list[float | None], higher: bool) -> float | None:
+        known = [v for v in values if v is not None and not math.isnan(v)]
+        if len(known) < 2:
+            return None
+        return max(known) if higher else min(known)
+
+    grid = [[row["metrics"].get(task, {}).get(metric) for task, metric, _ in cols] for row in rows]
+    bests = [best([line[i] for line in grid], higher) for i, (_, _, higher) in enumerate(cols)]
+    best_delta = best([row["delta"] for row in rows], True)
+    out = []
+    for row, line in zip(rows, grid, strict=True):
+        cells = []
+        for (_, metric, _), value, top in zip(cols, line, bests, strict=True):
+            text = format_value(metric, value)
+            cells.append(bold(text) if top is not None and value == top else text)
+        text = f"{row['delta']:+.2f}"
+        cells.append(bold(text) if best_delta is not None and row["delta"] == best_delta else text)
+        out.append(cells)
+    return out
 
 
 def _print_unsquashed(console: Console, table: Table) -> None:

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -39,8 +38,8 @@ from mtlkd.runtime.backends import (
     backends_for,
     installed,
     load_backend,
-    physical_cores,
 )
+from mtlkd.runtime.cpu import cpu_flags_text, cpu_name, physical_cores
 
 CACHE_VERSION = 1
 GPU_PREFERENCE = ("tensorrt", "onnxruntime", "torch", "openvino")
@@ -64,19 +63,8 @@ def measuring_enabled(measure: bool | None = None) -> bool:
 
 def cpu_identity() -> dict[str, Any]:
     """CPU model name and a digest of its feature flags (AVX-512, AMX... decide which kernels run)."""
-    name, flags = "", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and not name:
-                name = value.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = value.strip()
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    return {"cpu": name, "flags": hashlib.sha256(flags.encode()).hexdigest()[:12], "cores": physical_cores()}
+    digest = hashlib.sha256(cpu_flags_text().encode()).hexdigest()[:12]
+    return {"cpu": cpu_name(), "flags": digest, "cores": physical_cores()}
 
 
 def versions(names: list[str]) -> dict[str, str]:

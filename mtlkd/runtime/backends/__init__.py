@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mtlkd.runtime.cpu import physical_cores  # noqa: F401  (the backends' default thread count)
 from mtlkd.ui import UserError
 
 MODULES = {
@@ -139,23 +139,6 @@ INSTALL_HINTS = {
     "openvino": "pip install openvino",
     "tensorrt": "pip install tensorrt cuda-python; needs an NVIDIA GPU",
 }
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (hyper-threads share a core's floating-point units, so one
-    thread per core is what dense maths wants). Falls back to the logical count."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        allowed = set(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in allowed:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
-        except OSError:
-            return max(1, len(allowed))
-    return max(1, len(cores) or len(allowed))
 
 
 def json_metadata(text: str | None, where: str) -> dict[str, Any]:
