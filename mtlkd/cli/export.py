@@ -83,6 +83,13 @@ def command(
         out_dir = out or checkpoint.parent / "export"
         if out_dir.exists() and not out_dir.is_dir():
             raise UserError(f"--out {out_dir}: exists and is not a folder")
+    if openvino:
+        from mtlkd.export.openvino import OpenVinoUnavailable, require_openvino
+
+        try:
+            require_openvino()
+        except OpenVinoUnavailable as err:
+            fail(f"{err}; nothing was written", code=EXIT_FAILED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter/converter chatter; real problems raise
         _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt, openvino, triton,
@@ -153,24 +160,49 @@ def _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt,
     trt_error, engine = None, None
     if trt:
         from mtlkd.export.tensorrt import EngineBuildError, TensorRTUnavailable, build_engine
+        from mtlkd.runtime.backends import BackendError
+        from mtlkd.runtime.backends.tensorrt_backend import CudaError
 
         try:
             engine = build_engine(deploy, out_dir / "model.engine", batch=profile, workspace_mb=workspace)
-            rows.append({"file": engine, "precision": precision, "checks": [], "extra": f"batch {profile}"})
+            reference = (refs, "pytorch") if precision == "fp32" else (fp32, "fp32 onnx")
+            record(engine, precision, _check_engine(engine, precision, images, *reference, profile[2]),
+                   f"batch {profile}")  # fmt: skip
         except (TensorRTUnavailable, EngineBuildError) as err:
             trt_error = f"{err} (the ONNX graph {deploy} was written)"
+        except (BackendError, CudaError) as err:  # built, but it cannot run here (e.g. cuda-python missing)
+            trt_error = f"{engine} was built but not validated: {err}"
+        except val.ValidationError as err:
+            _table(console, rows, out_dir)
+            fail(f"{err} (files left in {out_dir}; tolerances in mtlkd/export/validate.py)", code=EXIT_FAILED)
     if triton is not None:
         from mtlkd.export.triton import write_triton_repo
 
         artifacts = {"onnx": deploy, **({"openvino": xml_path} if xml_path else {}),
                      **({"tensorrt": engine} if engine else {})}  # fmt: skip
-        folders = write_triton_repo(triton, artifacts, read_onnx_metadata(deploy), max_batch_size=profile[2])
+        folders = write_triton_repo(triton, artifacts, read_onnx_metadata(deploy), max_batch_size=profile[2],
+                                    gpu=engine is not None)  # fmt: skip
         for name, folder in folders.items():
             rows.append({"file": folder / "config.pbtxt", "precision": precision, "checks": [], "extra": name})
     write_json(out_dir / "export.json", _report(rows, checks_all))
     _table(console, rows, out_dir)
     if trt_error:
         fail(trt_error, code=EXIT_FAILED)
+
+
+def _check_engine(engine: Path, precision: str, images, reference, reference_name: str, max_batch: int) -> list:
+    """Run the engine on the export's own images (batch 1 and 3, within the profile) through the runtime's
+    TensorRT backend and compare it like every other artifact: fp32 against PyTorch, fp16/int8 against
+    the fp32 graph, with the tolerances of mtlkd/export/validate.py."""
+    from mtlkd.export import validate as val
+    from mtlkd.runtime.backends import load_backend
+
+    backend = load_backend("tensorrt", engine, "cuda")
+    batches = [b for b in val.BATCHES if b <= max_batch]
+    tasks = list(backend.tasks)
+    outs = val.run_batches(lambda x: backend.run(x, tasks), images, batches)
+    refs = {b: reference[b] for b in batches}
+    return val.compare(engine.name, precision, reference_name, refs, outs)
 
 
 def _openvino(onnx_path, out_dir, precision, calibration, deploy, images, refs, fp32, record) -> Path:

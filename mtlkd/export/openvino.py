@@ -26,6 +26,20 @@ from typing import Any
 import numpy as np
 
 RT_INFO_PATH = ["mtlkd", "metadata"]
+
+
+class OpenVinoUnavailable(RuntimeError):
+    """OpenVINO is not installed; the message says what to install."""
+
+
+def require_openvino():
+    """The `openvino` module, or OpenVinoUnavailable in one line (not a ModuleNotFoundError traceback)."""
+    try:
+        import openvino
+    except ImportError:
+        raise OpenVinoUnavailable("--openvino needs OpenVINO, which is not installed (pip install openvino, or "
+                                  "pip install 'mtlkd[cpu]')") from None
+    return openvino
 INT8_SOURCE = "qdq"  # as fast as NNCF's IR or faster, and more accurate here: see the module docstring
 
 
@@ -43,10 +57,9 @@ def export_openvino(
     int8 needs `qdq_path` (the Q/DQ ONNX graph, default `int8_source="qdq"`) or, with
     `int8_source="nncf"`, `calibration` images (N x 3 x H x W). Returns the .xml path.
     """
-    import openvino as ov
-
     from mtlkd.export.onnx import read_onnx_metadata
 
+    ov = require_openvino()
     onnx_path, xml_path = Path(onnx_path), Path(xml_path)
     meta = dict(metadata or read_onnx_metadata(onnx_path))
     extra: dict[str, Any] = {}

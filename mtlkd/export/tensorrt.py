@@ -15,7 +15,10 @@ No TensorRT or no CUDA GPU -> `TensorRTUnavailable` with a one-line message; not
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,12 @@ class EngineBuildError(RuntimeError):
 
 
 def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
-    """'1,4,8' -> (1, 4, 8): the min, opt and max batch of the optimisation profile (1 <= min <= opt <= max).
-    A single number N means the fixed batch N,N,N."""
+    """'1,4,8' -> (1, 4, 8): the min, opt and max batch of the optimisation profile (1 = min <= opt <= max).
+    A single number N means 1,N,N.
+
+    The minimum must be 1: the Predictor sends the remainder of a folder (or one image) as a smaller batch,
+    and Triton's dynamic batcher sends whatever has queued, so an engine whose profile starts above 1 would
+    refuse them. The runtime pads the batch for engines built elsewhere with a larger minimum."""
     if isinstance(text, str):
         parts = [p.strip() for p in text.split(",") if p.strip()]
         try:
@@ -43,14 +50,15 @@ def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[i
     else:
         values = [int(v) for v in text]
     if len(values) == 1:
-        values = values * 3
+        values = [1, values[0], values[0]]
     if len(values) != 3:
         raise ValueError(f"--batch {text!r}: expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
     low, opt, high = values
-    if low < 1:
-        raise ValueError(f"--batch {text!r}: the minimum batch must be at least 1")
     if not low <= opt <= high:
         raise ValueError(f"--batch {text!r}: need MIN <= OPT <= MAX")
+    if low != 1:
+        raise ValueError(f"--batch {text!r}: MIN must be 1 (one image, or the last part of a batch, is sent as a "
+                         f"smaller batch by the Predictor and by Triton); use 1,{opt},{high}")
     return low, opt, high
 
 
@@ -98,14 +106,20 @@ def build_engine(
     workspace_mb: int = DEFAULT_WORKSPACE_MB,
     timing_cache: str | Path | None = None,
     verbose: bool = False,
+    tf32: bool = False,
 ) -> Path:
     """Build and serialise a TensorRT engine for `onnx_path`; writes `engine_path` and its JSON sidecar.
 
     `batch` is the optimisation profile (min, opt, max) of input `image`; `workspace_mb` caps the
     builder's scratch memory; `timing_cache` (default: `timing.cache` beside the engine) is reused and
-    updated. Raises TensorRTUnavailable without TensorRT or GPU, EngineBuildError when the build fails.
+    updated; a cache TensorRT rejects (another GPU or version) is rebuilt with a warning. TF32 is off
+    unless `tf32`: TensorRT enables it by default, so an fp32 engine would multiply matrices with 10-bit
+    mantissas and drift from the fp32 graph it was validated against.
+    The engine and its sidecar are written beside their final names and moved into place together, so
+    neither is left without the other. Raises TensorRTUnavailable without TensorRT or GPU,
+    EngineBuildError when the build fails.
     """
-    from mtlkd.checkpoint import sha256_of, write_json
+    from mtlkd.checkpoint import sha256_of
     from mtlkd.export.onnx import read_onnx_metadata
 
     trt = require_tensorrt()
@@ -125,32 +139,93 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     profile.set_shape(meta.get("input_name", "image"), shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
-
     cache_path = Path(timing_cache) if timing_cache else engine_path.parent / "timing.cache"
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _use_timing_cache(config, cache_path)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT failed to build the engine (see the log above)")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-
+    engine_bytes = bytes(serialized)
     meta["tensorrt"] = {
         "version": trt.__version__,
         "batch_profile": dict(zip(("min", "opt", "max"), (s[0] for s in shapes.values()), strict=True)),
         "workspace_mb": int(workspace_mb),
         "strongly_typed": True,
+        "tf32": bool(tf32),
         "onnx": onnx_path.name,
         "onnx_sha256": sha256_of(onnx_path),
-        "engine_sha256": sha256_of(engine_path),
+        "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
     }
-    write_json(engine_sidecar(engine_path), meta)
+    sidecar_text = json.dumps(meta, indent=2) + "\n"
+    write_pair(engine_path, engine_bytes, engine_sidecar(engine_path), sidecar_text.encode())
+    _save_timing_cache(config, cache_path)
     return engine_path
+
+
+def _use_timing_cache(config: Any, cache_path: Path) -> None:
+    """Load the timing cache file into `config`; one TensorRT rejects (another GPU or TensorRT version,
+    a damaged file) is replaced by an empty cache, with a warning, instead of failing the build."""
+    data = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    if data:
+        warnings.warn(f"{cache_path}: TensorRT rejected this timing cache (made on another GPU or TensorRT "
+                      f"version?); building with a fresh one, which replaces it", stacklevel=3)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineBuildError("TensorRT could not set up an empty timing cache")
+
+
+def _save_timing_cache(config: Any, cache_path: Path) -> None:
+    """Write the updated timing cache; the engine is already in place, so a failure here only warns."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        warnings.warn(f"{cache_path}: TensorRT returned no timing cache after the build; not saved", stacklevel=3)
+        return
+    try:
+        write_pair(cache_path, bytes(cache.serialize()))
+    except OSError as exc:
+        warnings.warn(f"{cache_path}: could not save the timing cache ({exc})", stacklevel=3)
+
+
+def _temporary(path: Path) -> Path:
+    """A new file beside `path` (same folder, so the rename is atomic), created with the umask applied."""
+    for i in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{i}.tmp")
+        try:
+            with open(tmp, "xb"):
+                return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: cannot create a temporary file beside it")
+
+
+def write_pair(first: Path, first_bytes: bytes, second: Path | None = None, second_bytes: bytes = b"") -> None:
+    """Write one or two files beside their final names, then move them into place (second, then first):
+    a failure before the renames leaves the old files untouched; the engine never lands without its sidecar."""
+    first.parent.mkdir(parents=True, exist_ok=True)
+    pending: list[tuple[Path, Path]] = []
+    try:
+        for target, data in ((first, first_bytes), (second, second_bytes)):
+            if target is None:
+                continue
+            tmp = _temporary(target)
+            pending.append((tmp, target))
+            tmp.write_bytes(data)
+        for tmp, target in reversed(pending):
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in pending:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def read_engine_metadata(engine_path: str | Path) -> dict[str, Any]:

@@ -4,17 +4,29 @@ Layout (what Triton's backends expect):
 
     REPO/README.md                      how to start the server and call it
     REPO/<name>/config.pbtxt            platform/backend, max_batch_size, inputs, outputs, batching
-    REPO/<name>/1/model.onnx            platform "onnxruntime_onnx"
-    REPO/<name>/1/model.xml + model.bin backend "openvino"
-    REPO/<name>/1/model.plan            platform "tensorrt_plan"
+    REPO/<name>/1/model.onnx            platform "onnxruntime_onnx" (KIND_GPU on a GPU export)
+    REPO/<name>/1/model.xml + model.bin backend "openvino" (CPU)
+    REPO/<name>/1/model.plan            platform "tensorrt_plan", plus model.plan.json: the metadata
+                                        sidecar the Predictor reads when it opens that plan
+
+Every model serves every batch from 1 to max_batch_size:
+- OpenVINO: Triton's openvino backend reshapes the model to max_batch_size (`ov::set_batch`) and rejects
+  smaller batches unless the model's parameter ENABLE_BATCH_PADDING is YES (then it pads and returns
+  only the real rows), so that parameter is always written. Its precision cannot be pinned: the backend
+  accepts HINT_BF16=YES but has no f32 setting, so the CPU plugin computes in bf16 on CPUs with
+  avx512_bf16/AMX and in f32 elsewhere; the config and the README say so.
+- ONNX: the graph's batch axis is dynamic.
+- TensorRT: mtl-export builds profiles starting at batch 1 (mtlkd.export.tensorrt.parse_batch_profile).
 
 Dims in config.pbtxt leave out the batch axis (max_batch_size > 0 means Triton adds it). The text is
 written here by hand so that exporting does not need tritonclient; the tests parse it with Triton's
-own schema (`tritonclient.grpc.model_config_pb2`).
+own schema (`tritonclient.grpc.model_config_pb2`). A model's version folder is written beside the old
+one and swapped in, so a failed copy leaves the previous version in place.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,8 +36,13 @@ from mtlkd.tasks import get_task
 KINDS = {
     "onnx": {"line": 'platform: "onnxruntime_onnx"', "files": ["model.onnx"], "device": "KIND_CPU"},
     "openvino": {"line": 'backend: "openvino"', "files": ["model.xml", "model.bin"], "device": "KIND_CPU"},
-    "tensorrt": {"line": 'platform: "tensorrt_plan"', "files": ["model.plan"], "device": "KIND_GPU"},
+    "tensorrt": {"line": 'platform: "tensorrt_plan"', "files": ["model.plan", "model.plan.json"],
+                 "device": "KIND_GPU"},
 }
+GPU_CAPABLE = ("onnx", "tensorrt")  # kinds whose Triton backend runs on a GPU instance
+OPENVINO_PRECISION = ("# precision: OpenVINO's CPU plugin default, bf16 on CPUs with avx512_bf16 or AMX and f32 "
+                      "elsewhere;\n# the openvino backend has no f32 parameter (only HINT_BF16). The export "
+                      "was validated in f32.")
 
 
 def output_dims(metadata: dict[str, Any]) -> dict[str, list[int]]:
@@ -36,15 +53,21 @@ def output_dims(metadata: dict[str, Any]) -> dict[str, list[int]]:
 
 def config_text(name: str, kind: str, metadata: dict[str, Any], max_batch_size: int = 8, instances: int = 1,
                 device: str | None = None) -> str:  # fmt: skip
-    """The config.pbtxt of one model, in protobuf text format."""
+    """The config.pbtxt of one model, in protobuf text format. `device`: KIND_CPU or KIND_GPU (default:
+    the kind's own, GPU only for TensorRT)."""
     if kind not in KINDS:
         raise ValueError(f"unknown Triton model kind {kind!r}; known: {', '.join(KINDS)}")
+    device = device or KINDS[kind]["device"]
+    if device == "KIND_GPU" and kind not in GPU_CAPABLE:
+        raise ValueError(f"Triton's {kind} model runs on the CPU only; use KIND_CPU")
     height, width = (int(v) for v in metadata["input_size"])
     input_name = metadata.get("input_name", "image")
     preferred = sorted({b for b in (max_batch_size // 2, max_batch_size) if b >= 1})
     lines = [f'name: "{name}"', KINDS[kind]["line"], f"max_batch_size: {int(max_batch_size)}"]
     if kind == "openvino":
-        lines.append('default_model_filename: "model.xml"')
+        lines += ['default_model_filename: "model.xml"', OPENVINO_PRECISION,
+                  "# without ENABLE_BATCH_PADDING the backend refuses every batch smaller than max_batch_size",
+                  "parameters {", '  key: "ENABLE_BATCH_PADDING"', '  value: { string_value: "YES" }', "}"]
     lines += ["input [", "  {", f'    name: "{input_name}"', "    data_type: TYPE_FP32", "    format: FORMAT_NCHW",
               f"    dims: [ 3, {height}, {width} ]", "  }", "]", "output ["]  # fmt: skip
     outputs = output_dims(metadata)
@@ -54,9 +77,19 @@ def config_text(name: str, kind: str, metadata: dict[str, Any], max_batch_size: 
                   f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }" + comma]  # fmt: skip
     lines += ["]", "dynamic_batching {", f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]",
               "  max_queue_delay_microseconds: 2000", "}",
-              "instance_group [", "  {", f"    count: {int(instances)}", f"    kind: {device or KINDS[kind]['device']}",
+              "instance_group [", "  {", f"    count: {int(instances)}", f"    kind: {device}",
               "  }", "]"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def artifact_sources(kind: str, artifact: str | Path) -> list[Path]:
+    """The files of one artifact, in the order of KINDS[kind]["files"]."""
+    artifact = Path(artifact)
+    if kind == "openvino":
+        return [artifact, artifact.with_suffix(".bin")]
+    if kind == "tensorrt":
+        return [artifact, Path(f"{artifact}.json")]  # the engine's metadata sidecar
+    return [artifact]
 
 
 def write_triton_model(
@@ -67,27 +100,48 @@ def write_triton_model(
     name: str | None = None,
     max_batch_size: int = 8,
     instances: int = 1,
+    device: str | None = None,
 ) -> Path:
     """Copy one artifact into REPO/<name>/1/ with its config.pbtxt; returns the model folder.
 
-    `artifact`: the .onnx file, the IR's .xml (its .bin is taken from beside it) or the engine file."""
-    artifact = Path(artifact)
+    `artifact`: the .onnx file, the IR's .xml (its .bin is taken from beside it) or the engine file (its
+    .json sidecar too). Every source is checked before anything is replaced; the new version folder is
+    filled beside the old one and swapped in."""
     name = name or f"mtlkd_{kind}"
-    folder = Path(repo) / name
-    version = folder / "1"
-    if version.exists():
-        shutil.rmtree(version)
-    version.mkdir(parents=True)
-    sources = [artifact, artifact.with_suffix(".bin")] if kind == "openvino" else [artifact]
-    for source, target in zip(sources, KINDS[kind]["files"], strict=True):
+    sources = artifact_sources(kind, artifact)
+    for source in sources:
         if not source.is_file():
             raise FileNotFoundError(f"{source}: missing, cannot add it to the Triton repository")
-        shutil.copyfile(source, version / target)
-    (folder / "config.pbtxt").write_text(config_text(name, kind, metadata, max_batch_size, instances))
+    config = config_text(name, kind, metadata, max_batch_size, instances, device)
+    folder = Path(repo) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    version, fresh, old = folder / "1", folder / ".1.new", folder / ".1.old"
+    for stale in (fresh, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    fresh.mkdir()
+    try:
+        for source, target in zip(sources, KINDS[kind]["files"], strict=True):
+            shutil.copyfile(source, fresh / target)
+        (fresh / ".config.pbtxt").write_text(config)
+        if version.exists():
+            os.replace(version, old)
+        try:
+            os.replace(fresh, version)
+        except OSError:
+            if old.exists() and not version.exists():
+                os.replace(old, version)  # put the previous version back
+            raise
+        os.replace(version / ".config.pbtxt", folder / "config.pbtxt")
+    finally:
+        for stale in (fresh, old):
+            if stale.exists():
+                shutil.rmtree(stale)
     return folder
 
 
-def write_triton_readme(repo: str | Path, models: dict[str, str], metadata: dict[str, Any]) -> Path:
+def write_triton_readme(repo: str | Path, models: dict[str, str], metadata: dict[str, Any],
+                        gpu: bool = False) -> Path:  # fmt: skip
     """REPO/README.md: the server command and a Python HTTP client call. `models`: name -> kind."""
     repo = Path(repo)
     height, width = (int(v) for v in metadata["input_size"])
@@ -96,7 +150,21 @@ def write_triton_readme(repo: str | Path, models: dict[str, str], metadata: dict
     rows = "\n".join(f"| `{n}` | {k} | `{'`, `'.join(KINDS[k]['files'])}` |" for n, k in models.items())
     outputs = "\n".join(f"- `{t}`: {' x '.join(str(d) for d in ['N', *dims])} float32, {get_task(t).title.lower()} "
                         f"({get_task(t).output})" for t, dims in output_dims(metadata).items())  # fmt: skip
-    gpu = " --gpus=all" if "tensorrt" in models.values() else ""
+    gpus = " --gpus=all" if gpu or "tensorrt" in models.values() else ""
+    notes = []
+    if "openvino" in models.values():
+        notes.append("The OpenVINO model pads every batch to max_batch_size (parameter ENABLE_BATCH_PADDING: "
+                     "without it the backend\nrefuses smaller batches) and computes in bf16 on CPUs with "
+                     "avx512_bf16 or AMX, f32 elsewhere: the backend\nhas no f32 setting. The export was "
+                     "validated in f32; for f32 serving use the ONNX model.")
+    if "tensorrt" in models.values():
+        notes.append("A TensorRT plan only runs on the GPU model and TensorRT version it was built with: use "
+                     "the Triton release\nwhose TensorRT matches `tensorrt.version` in `model.plan.json` (the "
+                     "plan's metadata, beside it; the\nPredictor reads it too: `Predictor.load(\"<model>/1/"
+                     "model.plan\")`).")
+    if gpu and "onnx" in models.values():
+        notes.append("The ONNX model runs on the GPU (KIND_GPU, ONNX Runtime's CUDA provider).")
+    notes_text = "\n\n".join(notes)
     text = f"""# Triton model repository (written by mtl-export)
 
 | model | backend | files in `<model>/1/` |
@@ -110,14 +178,13 @@ network. Outputs:
 ## Start the server
 
 ```bash
-docker run --rm{gpu} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
+docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
     nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
 # or, where tritonserver is installed:
 tritonserver --model-repository={repo.resolve()}
 ```
 
-A TensorRT plan only runs on the GPU model and TensorRT version it was built with: use the Triton release
-whose TensorRT matches the one in `model.engine.json`.
+{notes_text}
 
 ## Call it from Python (`pip install tritonclient[http]`)
 
@@ -141,12 +208,15 @@ outputs = {{name: result.as_numpy(name) for name in {tasks!r}}}
 
 
 def write_triton_repo(repo: str | Path, artifacts: dict[str, str | Path], metadata: dict[str, Any],
-                      max_batch_size: int = 8, prefix: str = "mtlkd") -> dict[str, Path]:  # fmt: skip
+                      max_batch_size: int = 8, prefix: str = "mtlkd",
+                      gpu: bool = False) -> dict[str, Path]:  # fmt: skip
     """One Triton model per artifact (`kind -> path`, kinds: onnx, openvino, tensorrt) plus the README;
-    returns model name -> model folder."""
+    returns model name -> model folder. `gpu`: the export has a GPU (it built an engine), so the ONNX
+    model gets a GPU instance too."""
     folders = {}
     for kind, artifact in artifacts.items():
         name = f"{prefix}_{kind}"
-        folders[name] = write_triton_model(repo, kind, artifact, metadata, name, max_batch_size)
-    write_triton_readme(repo, {name: kind for name, kind in zip(folders, artifacts, strict=True)}, metadata)
+        device = "KIND_GPU" if gpu and kind in GPU_CAPABLE else None
+        folders[name] = write_triton_model(repo, kind, artifact, metadata, name, max_batch_size, device=device)
+    write_triton_readme(repo, {name: kind for name, kind in zip(folders, artifacts, strict=True)}, metadata, gpu)
     return folders

@@ -52,6 +52,7 @@ def test_help_lists_options_and_examples():
         (["{ckpt}", "--precision", "int4"], "--precision"),
         (["{ckpt}", "--tasks", "edges"], "unknown task"),
         (["{ckpt}", "--batch", "8,4,1"], "MIN <= OPT <= MAX"),
+        (["{ckpt}", "--batch", "2,4,8"], "MIN must be 1"),  # the engine and Triton would refuse 1 image
         (["{ckpt}", "--opset", "11"], "--opset"),
         (["{ckpt}", "--precision", "int8", "--calib-data", "{missing}"], "--calib-data"),
     ],
@@ -106,10 +107,10 @@ def test_fp16_onnx_openvino_and_triton_in_one_run(checkpoint, tmp_path):
 
 def test_parse_batch_profile():
     assert parse_batch_profile("1,4,8") == (1, 4, 8)
-    assert parse_batch_profile(" 2, 2 ,16 ") == (2, 2, 16)
-    assert parse_batch_profile("4") == (4, 4, 4)
+    assert parse_batch_profile(" 1, 2 ,16 ") == (1, 2, 16)
+    assert parse_batch_profile("4") == (1, 4, 4)  # one number: the opt and max batch
     assert parse_batch_profile((1, 1, 1)) == (1, 1, 1)
-    for bad in ("0,1,2", "4,2,8", "1,8,4", "1,2", "a,b,c", "1,2,3,4", ""):
+    for bad in ("0,1,2", "4,2,8", "1,8,4", "1,2", "a,b,c", "1,2,3,4", "", "2,2,16", (4, 4, 4)):
         with pytest.raises(ValueError):
             parse_batch_profile(bad)
 
@@ -117,7 +118,7 @@ def test_parse_batch_profile():
 def test_profile_shapes_use_the_input_size():
     shapes = profile_shapes((1, 4, 8), (384, 384))
     assert shapes == {"min": (1, 3, 384, 384), "opt": (4, 3, 384, 384), "max": (8, 3, 384, 384)}
-    assert profile_shapes("2,2,2", [96, 128])["opt"] == (2, 3, 96, 128)
+    assert profile_shapes("1,2,2", [96, 128])["opt"] == (2, 3, 96, 128)
 
 
 def test_calibration_from_dataset_image_folder_and_synthetic(tmp_path):
