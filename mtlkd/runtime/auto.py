@@ -11,8 +11,11 @@ cache and measure nothing.
 * machine key: CPU model name, a digest of the CPU flags, the usable core count, the device, and the
   versions of the candidate backends (a new onnxruntime may change the winner), plus backend options.
 
-On a GPU nothing is measured: TensorRT is preferred, then ONNX Runtime's CUDA provider, then torch.
-`MTLKD_AUTO_MEASURE=0` (or `measure=False`) disables measuring and takes the first preference.
+On a GPU the candidates (TensorRT, ONNX Runtime's CUDA provider, torch, in that order of preference) are
+loaded and measured the same way, so what is timed is what each really got: a backend that cannot run
+(ONNX Runtime whose session fell back to the CPU, a driver too old for cuda-bindings) is skipped with a
+warning that keeps its reason, never in silence. `MTLKD_AUTO_MEASURE=0` (or `measure=False`) disables
+measuring and takes the first preference.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import statistics
 import time
+import warnings
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -138,7 +142,7 @@ def select_backend(path: str | Path, device: str = "cpu", measure: bool | None =
         wanted = backends_for(path)
         hints = "; ".join(f"{n}: {INSTALL_HINTS[n]}" for n in wanted)
         raise BackendUnavailable(f"no installed backend runs {Path(path).suffix} files on {device} ({hints})")
-    if len(names) == 1 or device == "cuda" or not measuring_enabled(measure):
+    if len(names) == 1 or not measuring_enabled(measure):
         return names[0], None
     cache_file = Path(cache) if cache else cache_path()
     data = read_cache(cache_file)
@@ -156,6 +160,7 @@ def select_backend(path: str | Path, device: str = "cpu", measure: bool | None =
             seconds = time_backend(backend)
         except Exception as exc:  # one broken backend must not stop the others
             errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            warnings.warn(f"backend auto: {name} skipped on {device}: {errors[name]}", stacklevel=2)
             continue
         timings[name] = round(seconds * 1000, 3)
         if best is None or seconds < best[0]:

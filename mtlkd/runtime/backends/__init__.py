@@ -60,6 +60,7 @@ class Backend:
 
     name = "base"
     max_batch: int | None = None  # largest batch `run` accepts (TensorRT profiles); None: any
+    min_batch: int = 1  # smallest batch the engine takes; `run` pads smaller ones (TensorRT built elsewhere)
 
     def __init__(self, path: str | Path, device: str, metadata: dict[str, Any]):
         self.path = Path(path)
@@ -137,7 +138,7 @@ INSTALL_HINTS = {
     "torch": "pip install 'mtlkd[train]'",
     "onnxruntime": "pip install onnxruntime, or onnxruntime-gpu for CUDA",
     "openvino": "pip install openvino",
-    "tensorrt": "pip install tensorrt cuda-python; needs an NVIDIA GPU",
+    "tensorrt": "pip install 'mtlkd[gpu]' (tensorrt and cuda-python); needs an NVIDIA GPU",
 }
 
 

@@ -1,11 +1,12 @@
 """ONNX Runtime backend for `.onnx` files exported by mtlkd (input `image`, one output per task).
 
 CPU: all graph optimisations, one intra-op thread per physical core, sequential execution (the graph is a
-chain; inter-op parallelism only adds contention). CUDA: the CUDA execution provider with IO binding, so
-the input is copied to the GPU once and only the requested outputs come back. Only the requested outputs
-are fetched (`output_names`), but ONNX Runtime still executes the whole graph: on the 3-task vit-micro and
-vit-tiny graphs one output costs as much as three (see the runtime report); export a graph with fewer
-heads (mtl-export --tasks) when only some tasks are needed.
+chain; inter-op parallelism only adds contention). CUDA: the CUDA execution provider, checked after the
+session is created (a session that fell back to the CPU is refused), with IO binding, so the input is
+copied to the GPU once and only the requested outputs come back. Only the requested outputs are fetched
+(`output_names`), but ONNX Runtime still executes the whole graph: on the 3-task vit-micro and vit-tiny
+graphs one output costs as much as three (see the runtime report); export a graph with fewer heads
+(mtl-export --tasks) when only some tasks are needed.
 """
 
 from __future__ import annotations
@@ -98,4 +99,20 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, spin
                                        providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types for unreadable files
         raise BackendError(f"{path}: onnxruntime cannot open it ({str(exc).splitlines()[0]})") from None
+    if device == "cuda":
+        check_cuda_session(session, path)
     return OnnxRuntimeBackend(path, device, session, read_metadata(session, path))
+
+
+def check_cuda_session(session: Any, path: str | Path) -> None:
+    """`get_available_providers()` lists CUDA whenever onnxruntime-gpu is installed, but when the CUDA or
+    cuDNN libraries cannot load, the session quietly registers only the CPU provider. Asking for cuda and
+    getting the CPU is an error here, so that nothing reports `cuda` while computing on the CPU (and `auto`
+    measures what it really got)."""
+    used = list(session.get_providers())
+    if "CUDAExecutionProvider" not in used:
+        raise BackendUnavailable(
+            f"{Path(path).name}: onnxruntime was asked for CUDA but runs on {', '.join(used) or 'nothing'}: the "
+            f"CUDA or cuDNN libraries did not load (see onnxruntime's log; onnxruntime-gpu needs the CUDA and "
+            f"cuDNN versions it was built for); use --device cpu"
+        )

@@ -9,6 +9,11 @@ bindings) rather than torch.cuda: the exported-model runtime must not import tor
 few MB against torch's few GB. Device buffers are allocated once per tensor and grown when a larger batch
 arrives; host copies use pageable numpy memory and one stream synchronisation per call.
 
+A failed CUDA call raises CudaError with CUDA's own error name; a driver too old for the installed
+cuda-bindings says so with both CUDA versions instead of "no GPU". An engine whose profile starts above
+batch 1 (built by another tool: mtl-export refuses such profiles) gets smaller batches padded with copies
+of their last image, and only the real rows come back.
+
 An engine computes every output it was built with, so asking for fewer tasks only saves their
 device-to-host copies; build an engine with fewer heads (mtl-export --tasks) to save their compute.
 An engine is specific to the GPU model and the TensorRT version that built it.
@@ -43,27 +48,84 @@ def _modules() -> tuple[Any, Any]:
     return trt, cudart
 
 
-def _check(result: Any, what: str) -> Any:
-    """cuda-python returns (error, *values); raise on error, return the values."""
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed; the message keeps CUDA's own error name."""
+
+
+def _version(number: int) -> str:
+    """12020 -> '12.2' (CUDA's encoding: 1000 x major + 10 x minor)."""
+    return f"{number // 1000}.{(number % 1000) // 10}"
+
+
+def error_name(cudart: Any, error: Any) -> str:
+    """CUDA's name for an error code ('cudaErrorInsufficientDriver'), falling back to its repr."""
+    try:
+        status, name = cudart.cudaGetErrorName(error)
+        if int(status) == 0:
+            return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # an unknown code or an old binding: the number still says something
+        pass
+    return str(error)
+
+
+def driver_problem(cudart: Any, error: Any) -> str | None:
+    """For cudaErrorInsufficientDriver / cudaErrorNoDevice, what is wrong in words (which CUDA the driver
+    supports, which one cuda-bindings needs); None for other errors."""
+    name = error_name(cudart, error)
+    if name == "cudaErrorNoDevice":
+        return "no NVIDIA GPU found (cudaErrorNoDevice)"
+    if name != "cudaErrorInsufficientDriver":
+        return None
+    driver = _safe_int(cudart.cudaDriverGetVersion())
+    runtime = _safe_int(cudart.cudaRuntimeGetVersion())
+    needed = f"CUDA {_version(runtime)}" if runtime else "its CUDA version"
+    if not driver:
+        return f"no NVIDIA driver is loaded (cudaErrorInsufficientDriver; cuda-bindings needs a driver for {needed})"
+    return (f"the NVIDIA driver is too old (cudaErrorInsufficientDriver): it supports CUDA {_version(driver)}, "
+            f"cuda-bindings needs {needed}; update the driver, or install the cuda-python release matching "
+            f"CUDA {_version(driver).split('.')[0]}")
+
+
+def _safe_int(result: Any) -> int:
+    try:
+        error, value = result
+        return int(value) if int(error) == 0 else 0
+    except Exception:
+        return 0
+
+
+def _check(result: Any, what: str, cudart: Any = None) -> Any:
+    """cuda-python returns (error, *values); raise CudaError naming the error, else return the values."""
     error, *values = result if isinstance(result, tuple) else (result,)
     if int(error) != 0:
-        raise RuntimeError(f"CUDA error in {what}: {error}")
+        name = error_name(cudart, error) if cudart is not None else str(error)
+        raise CudaError(f"CUDA error in {what}: {name}")
     return values[0] if len(values) == 1 else values
 
 
-def _gpu_count(cudart: Any) -> int:
+def gpu_status(cudart: Any) -> tuple[int, str | None]:
+    """(number of GPUs, None) or (0, why not): cudaGetDeviceCount's error keeps its name."""
     error, count = cudart.cudaGetDeviceCount()
-    return int(count) if int(error) == 0 else 0
+    if int(error) == 0:
+        return int(count), (None if int(count) else "no NVIDIA GPU found")
+    return 0, driver_problem(cudart, error) or f"CUDA cannot list the GPUs ({error_name(cudart, error)})"
+
+
+def _gpu_count(cudart: Any) -> int:
+    return gpu_status(cudart)[0]
 
 
 def available(device: str = "cuda") -> bool:
+    """Whether TensorRT could run here. A driver too old for cuda-bindings counts as available, so that
+    loading reports it (with the versions) instead of `auto` skipping TensorRT in silence."""
     if device != "cuda":
         return False
     try:
         _, cudart = _modules()
     except BackendUnavailable:
         return False
-    return _gpu_count(cudart) > 0
+    count, problem = gpu_status(cudart)
+    return count > 0 or (problem is not None and "too old" in problem)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -108,18 +170,19 @@ class TensorRtBackend(Backend):
         self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         batch_dim = engine.get_tensor_shape(self.input_name)[0]
         if batch_dim == -1:
-            self.max_batch = int(engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+            low, _, high = engine.get_tensor_profile_shape(self.input_name, 0)
+            self.min_batch, self.max_batch = int(low[0]), int(high[0])
         else:
-            self.max_batch = int(batch_dim)
-        self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+            self.min_batch = self.max_batch = int(batch_dim)
+        self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate", cudart)
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
 
     def _buffer(self, name: str, nbytes: int) -> int:
         pointer, size = self.buffers.get(name, (0, 0))
         if size < nbytes:
             if pointer:
-                _check(self.cudart.cudaFree(pointer), "cudaFree")
-            pointer = int(_check(self.cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
+                _check(self.cudart.cudaFree(pointer), "cudaFree", self.cudart)
+            pointer = int(_check(self.cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})", self.cudart))
             self.buffers[name] = (pointer, nbytes)
         return pointer
 
@@ -128,12 +191,16 @@ class TensorRtBackend(Backend):
         batch = np.ascontiguousarray(self.check_batch(batch), dtype=self.dtypes[self.input_name])
         if self.max_batch is not None and batch.shape[0] > self.max_batch:
             raise ValueError(f"batch {batch.shape[0]} exceeds the engine's maximum batch {self.max_batch}")
+        count = batch.shape[0]
+        if count < self.min_batch:  # an engine built elsewhere with a profile starting above 1: pad, then drop
+            padding = np.repeat(batch[-1:], self.min_batch - count, axis=0)
+            batch = np.ascontiguousarray(np.concatenate([batch, padding]))
         cudart, context = self.cudart, self.context
         if not context.set_input_shape(self.input_name, tuple(batch.shape)):
             raise ValueError(f"the engine does not accept input shape {tuple(batch.shape)}")
         pointer = self._buffer(self.input_name, batch.nbytes)
         _check(cudart.cudaMemcpyAsync(pointer, batch.ctypes.data, batch.nbytes,
-                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "copy to GPU")
+                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "copy to GPU", cudart)
         context.set_tensor_address(self.input_name, pointer)
         host: dict[str, np.ndarray] = {}
         for name in self.outputs:  # every output needs an address, requested or not
@@ -145,10 +212,11 @@ class TensorRtBackend(Backend):
         if not context.execute_async_v3(stream_handle=int(self.stream)):
             raise RuntimeError(f"TensorRT failed to run {self.path.name}")
         for name, array in host.items():
-            _check(cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes,
-                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "copy back")
-        _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return {t: host[t].astype(np.float32, copy=False) for t in tasks}
+            copy = cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes,
+                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
+            _check(copy, "copy back", cudart)
+        _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize", cudart)
+        return {t: host[t][:count].astype(np.float32, copy=False) for t in tasks}
 
     def close(self) -> None:
         for pointer, _ in self.buffers.values():
@@ -170,8 +238,9 @@ def load(path: str | Path, device: str = "cuda", **_: Any) -> TensorRtBackend:
         raise BackendUnavailable(f"TensorRT engines run on an NVIDIA GPU; pass --device cuda (got {device!r}), "
                                  f"or run the .onnx export on the CPU")
     trt, cudart = _modules()
-    if _gpu_count(cudart) == 0:
-        raise BackendUnavailable("TensorRT needs an NVIDIA GPU with a working driver, and none was found")
+    count, problem = gpu_status(cudart)
+    if count == 0:
+        raise BackendUnavailable(f"TensorRT cannot run here: {problem}")
     metadata = read_sidecar(path)
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
