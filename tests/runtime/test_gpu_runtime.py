@@ -219,3 +219,18 @@ def test_auto_on_cuda_does_not_hand_out_a_cpu_session(nano_onnx, ort_claims_cuda
     with pytest.warns(UserWarning, match="onnxruntime skipped on cuda.*CPUExecutionProvider"), \
             pytest.raises(BackendUnavailable, match="no backend could run it"):  # fmt: skip
         auto.select_backend(nano_onnx, "cuda", cache=tmp_path / "auto.json")
+
+
+def test_gpu_check_without_a_gpu_is_one_line_and_exit_0():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script), "--out", "unused"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    if "no usable NVIDIA GPU" not in done.stdout and done.returncode == 0:
+        pytest.skip("this machine has a GPU: the check ran for real")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gpu-check: no usable NVIDIA GPU here")
