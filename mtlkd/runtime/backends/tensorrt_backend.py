@@ -111,10 +111,6 @@ def gpu_status(cudart: Any) -> tuple[int, str | None]:
     return 0, driver_problem(cudart, error) or f"CUDA cannot list the GPUs ({error_name(cudart, error)})"
 
 
-def _gpu_count(cudart: Any) -> int:
-    return gpu_status(cudart)[0]
-
-
 def available(device: str = "cuda") -> bool:
     """Whether TensorRT could run here. A driver too old for cuda-bindings counts as available, so that
     loading reports it (with the versions) instead of `auto` skipping TensorRT in silence."""
