@@ -11,6 +11,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
 # name -> module; each module has `command` (one command) or `app` with subcommands (data).
 COMMANDS = {
+    "pretrain": "mtlkd.cli.pretrain",
     "train": "mtlkd.cli.train",
     "eval": "mtlkd.cli.evaluate",
     "export": "mtlkd.cli.export",

@@ -396,14 +396,34 @@ def add_wall_item(scene: Scene) -> None:
             return
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
+@dataclass(frozen=True)
+class SceneRanges:
+    """How varied the rooms are. The defaults make the benchmark's scenes (bit-identical to every earlier
+    version); `WIDE` is the pretraining distribution: emptier and fuller rooms, more wall items, a camera
+    that looks further around, wider lenses and stronger or dimmer light."""
+
+    floor_objects: tuple[int, int] = (4, 11)
+    wall_items: tuple[int, int] = (1, 5)
+    yaw: tuple[float, float] = (-35.0, 35.0)
+    pitch: tuple[float, float] = (-22.0, 2.0)
+    fov: tuple[float, float] = (55.0, 70.0)
+    ambient: tuple[float, float] = (0.3, 0.45)
+    exposure: tuple[float, float] = (0.9, 1.2)
+
+
+BENCHMARK = SceneRanges()
+WIDE = SceneRanges(floor_objects=(1, 16), wall_items=(0, 8), yaw=(-60.0, 60.0), pitch=(-40.0, 12.0),
+                   fov=(45.0, 85.0), ambient=(0.15, 0.6), exposure=(0.6, 1.5))
+
+
+def sample_scene(rng: np.random.Generator, ranges: SceneRanges = BENCHMARK) -> Scene:
     scene = Scene(rng)
-    for _ in range(rng.integers(4, 11)):
+    for _ in range(rng.integers(*ranges.floor_objects)):
         add_floor_object(scene)
     for lo, hi in list(scene.supports):
         for _ in range(rng.integers(1, 4)):
             add_on_support(scene, lo, hi)
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(*ranges.wall_items)):
         add_wall_item(scene)
     return scene
 
@@ -411,9 +431,9 @@ def sample_scene(rng: np.random.Generator) -> Scene:
 # --------------------------------------------------------------------------------------- rendering
 
 
-def look_rotation(rng: np.random.Generator) -> np.ndarray:
+def look_rotation(rng: np.random.Generator, ranges: SceneRanges = BENCHMARK) -> np.ndarray:
     """Camera-to-world rotation (columns: right, down, forward) looking roughly along +x, slightly down."""
-    yaw, pitch, roll = np.radians([rng.uniform(-35, 35), rng.uniform(-22, 2), rng.uniform(-4, 4)])
+    yaw, pitch, roll = np.radians([rng.uniform(*ranges.yaw), rng.uniform(*ranges.pitch), rng.uniform(-4, 4)])
     forward = np.array([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)])
     right = np.cross(forward, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
@@ -452,11 +472,12 @@ def pixel_window(
     return (slice(v0, v1), slice(u0, u1)) if u0 < u1 and v0 < v1 else None
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> dict[str, np.ndarray]:
+def render_scene(rng: np.random.Generator, height: int, width: int,
+                 ranges: SceneRanges = BENCHMARK) -> dict[str, np.ndarray]:  # fmt: skip
     """Sample a room and ray-cast it: image, label, depth and normal (see the module docstring)."""
-    scene = sample_scene(rng)
-    rot = look_rotation(rng)
-    focal = width / 2 / np.tan(np.radians(rng.uniform(55, 70)) / 2)
+    scene = sample_scene(rng, ranges)
+    rot = look_rotation(rng, ranges)
+    focal = width / 2 / np.tan(np.radians(rng.uniform(*ranges.fov)) / 2)
     cx, cy = width / 2, height / 2
     n_pix = height * width
     ray_cam = np.empty((3, height, width))
@@ -521,10 +542,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> dict[str,
     to_lamp = lamp - points
     lamp_dist = np.linalg.norm(to_lamp, axis=1)
     lamp_term = np.maximum((normal * to_lamp).sum(axis=1) / lamp_dist, 0) / (1 + (lamp_dist / 2.5) ** 2)
-    shade = u(0.3, 0.45) + u(0.25, 0.45) * np.maximum(normal @ sun, 0) + u(0.4, 0.8) * lamp_term
+    shade = u(*ranges.ambient) + u(0.25, 0.45) * np.maximum(normal @ sun, 0) + u(0.4, 0.8) * lamp_term
     shade = shade / (1 + 0.01 * t**2)
     shade = shade * (1 - emissive) + emissive
-    image = albedo * (shade * u(0.9, 1.2))[:, None] + rng.normal(0, u(0.005, 0.02), (n_pix, 3))
+    image = albedo * (shade * u(*ranges.exposure))[:, None] + rng.normal(0, u(0.005, 0.02), (n_pix, 3))
 
     normal_cam = normal @ rot
     facing_away = (normal_cam * ray_cam.T).sum(axis=1) > 0

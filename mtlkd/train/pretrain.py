@@ -1,0 +1,287 @@
+"""Masked-image-modelling pretraining of a ViT backbone: the stand-in for the papers' ImageNet start.
+
+All three papers start every network (multi-task, single-task, teacher, student) from one ImageNet
+checkpoint. There is no ImageNet here and nothing is downloaded, so `pretrain` makes the equivalent on
+this machine: a backbone trained on images that are not the benchmark's, with an objective that is not
+the benchmark's tasks.
+
+- Objective: SimMIM (Xie et al., CVPR 2022). Patches are hidden in 2x2-patch blocks (60% of the image),
+  replaced by one learned mask token before the position embedding; a linear layer reads each masked
+  patch's final token and regresses its normalised pixels (L1 over the masked patches only). Why SimMIM
+  rather than MAE: the encoder sees every token, masked or not, exactly as it will when it predicts
+  dense maps, so nothing about the architecture changes between pretraining and fine-tuning; and why a
+  self-supervised objective at all: it uses no label of the benchmark's three tasks, which is what makes
+  it an honest stand-in for a generic ImageNet start.
+- Data: synthetic rooms from the same generator with another seed (`data_seed`, never the benchmark's 0)
+  and the wider `SceneRanges` (`WIDE`: emptier and fuller rooms, more camera angles, lenses and light),
+  several times the benchmark's training set, with random resized crops, flips and colour jitter on top.
+- Output: `backbone.safetensors`, the timm ViT state dict (the keys `--backbone-weights` reads) with
+  mtlkd metadata: preset, backbone config, objective, data, epochs, final loss. Resume: `state.safetensors`
+  + `state.json` after every epoch (no pickle), like training runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlkd.checkpoint import model_metadata, save_checkpoint, write_json
+from mtlkd.models import preset_config
+from mtlkd.models.nets import build_backbone
+from mtlkd.ui import console, progress_bar
+
+BACKBONE_FILE = "backbone.safetensors"
+STATE_FILE = "state.safetensors"
+STATE_JSON = "state.json"
+
+
+@dataclass
+class PretrainOptions:
+    """A pretraining run; stored in `pretrain.json` beside the backbone."""
+
+    out: str = "runs/pretrain"
+    preset: str = "vit-micro"
+    images: int = 4800  # 6x the demo's training set of 800
+    data_seed: int = 1000  # the benchmark's scenes are seed 0
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    mask_ratio: float = 0.6
+    mask_block: int = 2  # masked blocks of mask_block x mask_block patches
+    seed: int = 0
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        for name in ("images", "epochs", "batch_size", "mask_block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.images < self.batch_size:
+            raise ValueError(f"{self.images} images is less than one batch of {self.batch_size}")
+
+
+class SimMIM(nn.Module):
+    """A ViT backbone with a mask token and a linear pixel decoder."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.backbone = build_backbone(config)
+        if not hasattr(self.backbone, "vit"):
+            raise ValueError(f"masked-image pretraining needs a ViT backbone, not {config['backbone']['name']!r}")
+        vit = self.backbone.vit
+        self.patch = int(vit.patch_embed.patch_size[0])
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Linear(self.backbone.embed_dim, self.patch * self.patch * 3)
+        self.register_buffer("mean", torch.tensor(config["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config["std"]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """images: B x 3 x H x W in [0, 1]; mask: B x N bool (True = hidden). Returns the L1 loss."""
+        x = (images - self.mean) / self.std
+        vit = self.backbone.vit
+        tokens = vit.patch_embed(x)
+        tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype).expand_as(tokens), tokens)
+        tokens = vit.norm_pre(vit._pos_embed(tokens))
+        tokens = vit.norm(vit.blocks(tokens))[:, self.backbone.num_prefix :]
+        pred = self.decoder(tokens)
+        target = patchify(x, self.patch)
+        error = (pred.float() - target).abs().mean(dim=-1)
+        return (error * mask).sum() / mask.sum().clamp(min=1)
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """B x C x H x W -> B x N x (patch * patch * C), patches in row-major order (the ViT's token order)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def block_mask(batch: int, grid: tuple[int, int], ratio: float, block: int, generator: torch.Generator) -> torch.Tensor:
+    """B x N bool: `ratio` of the patches hidden, chosen as whole block x block squares (SimMIM's masking
+    at a coarser size than the patch, so a hidden patch cannot be copied from its neighbour)."""
+    gh, gw = math.ceil(grid[0] / block), math.ceil(grid[1] / block)
+    hidden = round(ratio * gh * gw)
+    scores = torch.rand(batch, gh * gw, generator=generator)
+    coarse = torch.zeros(batch, gh * gw, dtype=torch.bool)
+    coarse.scatter_(1, scores.argsort(dim=1)[:, :hidden], True)
+    coarse = coarse.view(batch, gh, gw).repeat_interleave(block, 1).repeat_interleave(block, 2)
+    return coarse[:, : grid[0], : grid[1]].reshape(batch, -1)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random resized crop (scale 0.4-1), horizontal flip and colour jitter (brightness, contrast,
+    saturation, channel order): more textures and lighting than the generator alone draws."""
+    b, _, h, w = images.shape
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    scale = 0.4 + 0.6 * rand(b)
+    aspect = torch.exp((rand(b) - 0.5) * 0.6)
+    sh, sw = (scale / aspect).sqrt().clamp(max=1), (scale * aspect).sqrt().clamp(max=1)
+    cy, cx = (rand(b) * 2 - 1) * (1 - sh), (rand(b) * 2 - 1) * (1 - sw)
+    flip = torch.where(rand(b) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = sw * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = sh, cy
+    grid = F.affine_grid(theta, (b, 3, h, w), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    gray = out.mean(dim=1, keepdim=True)
+    saturation = (0.5 + rand(b, 1, 1, 1)).clamp(max=1.3)
+    out = gray + (out - gray) * saturation
+    contrast = 0.7 + 0.6 * rand(b, 1, 1, 1)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = mean + (out - mean) * contrast
+    out = out * (0.7 + 0.6 * rand(b, 1, 1, 1))
+    permute = rand(b) < 0.2
+    if permute.any():
+        out[permute] = out[permute][:, torch.randperm(3, generator=generator)]
+    return out.clamp(0, 1)
+
+
+def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path | None = None) -> np.ndarray:
+    """count x H x W x 3 uint8 renders of the wide scene distribution, cached as one .npy file."""
+    from mtlkd.data import cache_dir
+    from mtlkd.data.synthetic import WIDE, render_scene, scene_rng
+
+    base = Path(cache) if cache is not None else cache_dir()
+    path = base / f"pretrain-wide-{size[0]}x{size[1]}-s{seed}-n{count}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    images = np.empty((count, size[0], size[1], 3), dtype=np.uint8)
+    with progress_bar("img") as bar:
+        job = bar.add_task("rendering pretraining scenes", total=count, info="")
+        for i in range(count):
+            image = render_scene(scene_rng(seed, "train", i), size[0], size[1], WIDE)["image"]
+            images[i] = np.round(image * 255).astype(np.uint8)
+            bar.advance(job)
+    base.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial.npy")
+    np.save(partial, images)
+    partial.replace(path)
+    return images
+
+
+def pretrain(options: PretrainOptions) -> Path:
+    """Run (or resume) SimMIM pretraining; returns the path of the backbone checkpoint."""
+    out = Path(options.out)
+    config = preset_config(options.preset, [])
+    size = tuple(config["backbone"]["img_size"])
+    torch.manual_seed(options.seed)
+    model = SimMIM(config)
+    images = torch.from_numpy(pretraining_images(options.images, size, options.data_seed))
+    steps = options.images // options.batch_size
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay,
+                                  betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=options.lr, total_steps=options.epochs * steps,
+                                                    pct_start=0.1)
+    start, history = 0, []
+    if options.resume and (out / STATE_JSON).is_file():
+        start, history = _load_state(out, model, optimizer, scheduler)
+        console.print(f"resuming {out} after epoch {start}")
+    elif (out / BACKBONE_FILE).exists() or (out / STATE_JSON).exists():
+        raise ValueError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "pretrain.json", asdict(options) | {"backbone": config["backbone"]})
+    grid = tuple(model.backbone.grid)
+    for epoch in range(start, options.epochs):
+        generator = torch.Generator().manual_seed(options.seed * 100003 + epoch)
+        order = torch.randperm(len(images), generator=generator)
+        model.train()
+        total, started = 0.0, time.perf_counter()
+        with progress_bar("img", transient=True) as bar:
+            job = bar.add_task(f"pretrain {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="")
+            for step in range(steps):
+                index = order[step * options.batch_size : (step + 1) * options.batch_size]
+                batch = images[index].permute(0, 3, 1, 2).float() / 255.0
+                batch = augment(batch, generator)
+                mask = block_mask(len(batch), grid, options.mask_ratio, options.mask_block, generator)
+                loss = model(batch, mask)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item()
+                bar.update(job, advance=len(batch), info=f"loss {loss.item():.4f}")
+        record = {"epoch": epoch + 1, "loss": total / steps, "seconds": round(time.perf_counter() - started, 1)}
+        history.append(record)
+        console.print(f"epoch {epoch + 1}  masked-patch L1 {record['loss']:.4f}  {record['seconds']:.0f}s")
+        _save_state(out, model, optimizer, scheduler, epoch + 1, history)
+    meta = model_metadata(
+        config, kind="backbone", objective="simmim", preset=options.preset,
+        pretraining={**asdict(options), "history": history, "scene_ranges": "wide"},
+    )
+    path = save_checkpoint(out / BACKBONE_FILE, model.backbone.vit.state_dict(), meta)
+    _plot(out, history)
+    return path
+
+
+def _save_state(out: Path, model: nn.Module, optimizer, scheduler, epochs_done: int, history: list) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    scalars: dict[str, Any] = {}
+    for index, slot in optimizer.state_dict()["state"].items():
+        for key, value in slot.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    save_checkpoint(out / STATE_FILE, tensors, {"state": "pretraining"})
+    write_json(out / STATE_JSON, {"epochs_done": epochs_done, "history": history, "optim_scalars": scalars,
+                                  "param_groups": optimizer.state_dict()["param_groups"],
+                                  "scheduler": scheduler.state_dict()})
+
+
+def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int, list]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(out / STATE_FILE))
+    try:
+        meta = json.loads((out / STATE_JSON).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new --out") from None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    slots: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value
+    for key, value in meta["optim_scalars"].items():
+        index, name = key.split(".", 1)
+        slots.setdefault(int(index), {})[name] = value
+    groups = meta["param_groups"]
+    for group in groups:
+        group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+    scheduler.load_state_dict(meta["scheduler"])
+    return meta["epochs_done"], meta["history"]
+
+
+def _plot(out: Path, history: list[dict[str, Any]]) -> None:
+    """pretrain.png: the masked-patch loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("masked-patch L1 (normalised pixels)")
+    ax.set_title("SimMIM pretraining")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pretrain.png")
+    plt.close(fig)
