@@ -17,23 +17,30 @@ STATE_FILE = "state.safetensors"
 STATE_JSON = "state.json"
 
 
-def save(out: Path, method, optimizer, scheduler, epochs_done: int, best: dict) -> None:
+def _prefix(k: int) -> str:
+    """The trainer's optimiser is `optim`, a method's own ones `optim1`, `optim2`, ..."""
+    return "optim" if k == 0 else f"optim{k}"
+
+
+def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selection: dict) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for name, net in method.nets.items():
         tensors.update({f"nets.{name}.{k}": v for k, v in unwrap(net).state_dict().items()})
     tensors.update({f"extra.{k}": v for k, v in method.extra.state_dict().items()})
-    opt = optimizer.state_dict()
-    scalars: dict[str, Any] = {}
-    for index, slot in opt["state"].items():
-        for key, value in slot.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{index}.{key}"] = value
-            else:
-                scalars[f"{index}.{key}"] = value
+    groups, scalars = {}, {}
+    for k, optimizer in enumerate(optimizers):
+        opt = optimizer.state_dict()
+        groups[_prefix(k)] = opt["param_groups"]
+        for index, slot in opt["state"].items():
+            for key, value in slot.items():
+                if torch.is_tensor(value):
+                    tensors[f"{_prefix(k)}.{index}.{key}"] = value
+                else:
+                    scalars[f"{_prefix(k)}.{index}.{key}"] = value
     meta = {
         "epochs_done": epochs_done,
-        "best": best,
-        "param_groups": opt["param_groups"],
+        "selection": selection,
+        "param_groups": groups,
         "optim_scalars": scalars,
         "scheduler": scheduler.state_dict(),
     }
@@ -42,30 +49,32 @@ def save(out: Path, method, optimizer, scheduler, epochs_done: int, best: dict) 
     write_json(out / STATE_JSON, meta)
 
 
-def load(out: Path, method, optimizer, scheduler) -> tuple[int, dict]:
-    """Restore everything `save` wrote; returns (epochs done, best scores so far)."""
+def load(out: Path, method, optimizers: list, scheduler) -> tuple[int, dict]:
+    """Restore everything `save` wrote; returns (epochs done, the epoch selection's state)."""
     tensors = load_file(str(out / STATE_FILE))
-    meta = json.loads((out / STATE_JSON).read_text())
+    try:
+        meta = json.loads((out / STATE_JSON).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{out / STATE_JSON}: corrupt training state ({exc}); train again into a new --out") from None
     for name, net in method.nets.items():
         prefix = f"nets.{name}."
         unwrap(net).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     method.extra.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
-    slots: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value
-    for key, value in meta["optim_scalars"].items():
-        index, name = key.split(".", 1)
-        slots.setdefault(int(index), {})[name] = value
-    groups = meta["param_groups"]
-    for group in groups:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+    for k, optimizer in enumerate(optimizers):
+        prefix = _prefix(k)
+        slots: dict[int, dict[str, Any]] = {}
+        for key, value in list(tensors.items()) + list(meta["optim_scalars"].items()):
+            if key.startswith(prefix + "."):
+                _, index, name = key.split(".", 2)
+                slots.setdefault(int(index), {})[name] = value
+        groups = meta["param_groups"][prefix]
+        for group in groups:
+            if "betas" in group:
+                group["betas"] = tuple(group["betas"])
+        optimizer.load_state_dict({"state": slots, "param_groups": groups})
     scheduler.load_state_dict(meta["scheduler"])
     _truncate_history(out, meta["epochs_done"])
-    return meta["epochs_done"], meta["best"]
+    return meta["epochs_done"], meta["selection"]
 
 
 def _truncate_history(out: Path, epochs_done: int) -> None:

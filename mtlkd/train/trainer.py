@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
-from mtlkd.checkpoint import model_metadata, save_checkpoint, write_json
+from mtlkd.checkpoint import load_checkpoint, model_metadata, save_checkpoint, write_json
 from mtlkd.data import open_dataset
 from mtlkd.eval.evaluate import metric_arrays
 from mtlkd.models import preset_config
@@ -25,6 +25,7 @@ from mtlkd.tasks import get_task, parse_tasks
 from mtlkd.train import state as train_state
 from mtlkd.train.methods import create_method
 from mtlkd.train.methods.base import MethodContext, forward, task_losses, unwrap
+from mtlkd.train.selection import EpochSelector, holdout_split
 from mtlkd.ui import console, progress_bar
 
 
@@ -52,6 +53,8 @@ class TrainOptions:
     max_steps_per_epoch: int | None = None
     max_val_batches: int | None = None
     backbone_weights: str | None = None
+    select_fraction: float = 0.1  # share of the training images held out to choose the epoch (0: the last)
+    select_seed: int = 0  # which images; the same for every run and seed, so rows are chosen alike
     method_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,12 +92,15 @@ def train(options: TrainOptions) -> Path:
     out = Path(options.out)
     torch.manual_seed(options.seed)
 
-    train_set = open_dataset(options.dataset, options.data_dir, "train", options.tasks, augment=options.augment)
-    val_set = open_dataset(options.dataset, options.data_dir, "val", options.tasks, augment=False)
-    tasks = parse_tasks(options.tasks, available=list(train_set.tasks))
+    full_train = open_dataset(options.dataset, options.data_dir, "train", options.tasks, augment=options.augment)
+    eval_set = open_dataset(options.dataset, options.data_dir, "val", options.tasks, augment=False)
+    train_ids, select_ids = holdout_split(len(full_train), options.select_fraction, options.select_seed)
+    train_set = Subset(full_train, train_ids)
+    select_set = Subset(open_dataset(options.dataset, options.data_dir, "train", options.tasks), select_ids)
+    tasks = parse_tasks(options.tasks, available=list(full_train.tasks))
     config = preset_config(
-        options.preset, tasks, train_set.num_classes if "seg" in tasks else None,
-        list(train_set.class_names) if "seg" in tasks else None,
+        options.preset, tasks, full_train.num_classes if "seg" in tasks else None,
+        list(full_train.class_names) if "seg" in tasks else None,
         img_size=tuple(options.img_size) if options.img_size else None,
     )
     steps = len(train_set) // (options.batch_size * dinfo.world)
@@ -114,11 +120,12 @@ def train(options: TrainOptions) -> Path:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=options.epochs * steps
     )
+    optimizers = [optimizer, *method.extra_optimizers()]
     scaler = torch.amp.GradScaler("cuda", enabled=options.amp and device.type == "cuda")
 
-    start_epoch, best = 0, {}
+    start_epoch, selection = 0, {}
     if (out / train_state.STATE_FILE).exists() and options.resume:
-        start_epoch, best = train_state.load(out, method, optimizer, scheduler)
+        start_epoch, selection = train_state.load(out, method, optimizers, scheduler)
         if dinfo.main:
             console.print(f"resuming {out} after epoch {start_epoch}")
     elif dinfo.main:
@@ -126,10 +133,11 @@ def train(options: TrainOptions) -> Path:
         (out / "history.jsonl").write_text("")
     if dinfo.main:
         write_json(out / "run.json", {k: v for k, v in asdict(options).items()} | {"config": config})
+    selector = EpochSelector(selection)
 
     sampler = (DistributedSampler(train_set, dinfo.world, dinfo.rank, shuffle=True, seed=options.seed, drop_last=True)
                if dinfo.world > 1 else None)
-    val_loader = DataLoader(val_set, batch_size=options.batch_size, shuffle=False, num_workers=options.workers)
+    select_loader = DataLoader(select_set, batch_size=options.batch_size, num_workers=options.workers)
     for epoch in range(start_epoch, options.epochs):
         torch.manual_seed(options.seed * 100003 + epoch)  # augmentation and random weights, per epoch
         if sampler is not None:
@@ -140,16 +148,20 @@ def train(options: TrainOptions) -> Path:
             sampler=sampler or RandomSampler(train_set, generator=generator),
         )
         started = time.perf_counter()
-        train_logs = _train_epoch(method, loader, optimizer, scheduler, scaler, options, device, epoch, steps, dinfo)
+        train_logs = _train_epoch(method, loader, optimizers, scheduler, scaler, options, device, epoch, steps, dinfo)
         train_seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train": train_logs,
                   "train_seconds": round(train_seconds, 2)}
         record.update(method.on_epoch_end(epoch, train_logs))
         if dinfo.main:
-            val = validate(method, val_loader, device, options.max_val_batches)
-            record["val"] = val
-            best = _save_best(out, method, val, best, epoch, options, config)
-            train_state.save(out, method, optimizer, scheduler, epoch + 1, best)
+            trained = method.trained_networks(epoch)
+            if select_ids:
+                record["val"] = validate(method, select_loader, device, options.max_val_batches)
+                record["select_delta"] = selector.update(epoch + 1, record["val"], trained)
+            else:  # nothing held out: keep the last epoch
+                selector.keep_last(epoch + 1, trained)
+            _save_selected(out, method, selector, epoch, options, config)
+            train_state.save(out, method, optimizers, scheduler, epoch + 1, selector.state)
             with open(out / "history.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             _print_epoch(record)
@@ -159,11 +171,32 @@ def train(options: TrainOptions) -> Path:
         if dinfo.world > 1:
             dist.barrier()
     if dinfo.main:
-        write_json(out / "metrics.json", merged_metrics(best))
+        _final_scores(out, method, eval_set, selector, options, device)
     return out
 
 
-def _train_epoch(method, loader, optimizer, scheduler, scaler, options, device, epoch, steps, dinfo) -> dict:
+def _final_scores(out: Path, method, eval_set, selector: EpochSelector, options: TrainOptions, device) -> None:
+    """Score the evaluation split once with the last epoch's weights (last_metrics.json) and once with
+    the chosen checkpoints (metrics.json, what reports read); selection.json says what was chosen."""
+    loader = DataLoader(eval_set, batch_size=options.batch_size, num_workers=options.workers)
+    last = validate(method, loader, device)
+    stems = method.checkpoints()
+    for name in method.eval_targets():
+        stem = _stem(name, stems)
+        if stem in stems and (out / f"{stem}.safetensors").is_file():
+            state, _ = load_checkpoint(out / f"{stem}.safetensors", device=str(device))
+            stems[stem].load_state_dict(state)
+    chosen = validate(method, loader, device)
+    write_json(out / "last_metrics.json", merged_metrics(last))
+    write_json(out / "metrics.json", merged_metrics(chosen))
+    write_json(out / "selection.json", {
+        "rule": "highest Delta against the network's first trained epoch, on the held-out training images",
+        "select_fraction": options.select_fraction, "select_seed": options.select_seed,
+        "evaluation_split": "val", "evaluation_images": len(eval_set), "networks": selector.chosen(),
+    })
+
+
+def _train_epoch(method, loader, optimizers, scheduler, scaler, options, device, epoch, steps, dinfo) -> dict:
     method.train(True)
     sums: dict[str, Any] = {}
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -179,11 +212,13 @@ def _train_epoch(method, loader, optimizer, scheduler, scaler, options, device, 
                 loss, logs = method.training_step(batch, epoch * steps + step, epoch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}")
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if dinfo.world > 1:
                 _allreduce_extra(method, dinfo.world)
-            scaler.step(optimizer)
+            for optimizer in optimizers:
+                scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             method.after_optimizer_step()
@@ -217,32 +252,29 @@ def validate(method, loader, device, max_batches: int | None = None) -> dict[str
     return results
 
 
-def _save_best(out: Path, method, val: dict, best: dict, epoch: int, options: TrainOptions, config) -> dict:
-    """Keep, per evaluated network, the epoch with the lowest summed validation loss, and save it."""
+def _stem(name: str, stems: dict) -> str:
+    return "model" if name == "mtl" and "model" in stems else name
+
+
+def _save_selected(out: Path, method, selector: EpochSelector, epoch: int, options: TrainOptions, config) -> None:
+    """Save each network whose held-out Delta improved this epoch: its checkpoint is the chosen one."""
     stems = method.checkpoints()
-    for name, result in val.items():
-        score = sum(result["loss"].values())
-        if name in best and best[name]["score"] <= score:
+    for name in method.eval_targets():
+        net = stems.get(_stem(name, stems))
+        if net is None or not selector.improved(name, epoch + 1):
             continue
-        best[name] = {"score": score, "epoch": epoch + 1, "metrics": result["metrics"]}
-        stem = "model" if name == "mtl" and "model" in stems else name
-        net = stems.get(stem)
-        if net is not None:
-            meta = model_metadata(
-                net.config, method=options.method, dataset=options.dataset, epoch=epoch + 1,
-                metrics=result["metrics"], preset=options.preset,
-            )
-            save_checkpoint(out / f"{stem}.safetensors", net.state_dict(), meta)
-    return best
+        meta = model_metadata(net.config, method=options.method, dataset=options.dataset, epoch=epoch + 1,
+                              preset=options.preset, selection=selector.chosen()[name])
+        save_checkpoint(out / f"{_stem(name, stems)}.safetensors", net.state_dict(), meta)
 
 
-def merged_metrics(best: dict) -> dict[str, Any]:
-    """metrics.json: the deployable multi-task network's best-epoch metrics; for STL runs, each task's
-    from its own network."""
-    if "mtl" in best:
-        return best["mtl"]["metrics"]
+def merged_metrics(results: dict) -> dict[str, Any]:
+    """metrics.json from `validate`'s results: the deployable multi-task network's metrics; for STL
+    runs, each task's from its own network."""
+    if "mtl" in results:
+        return results["mtl"]["metrics"]
     merged: dict[str, Any] = {}
-    for entry in best.values():
+    for entry in results.values():
         merged.update(entry["metrics"])
     return merged
 

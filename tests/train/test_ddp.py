@@ -57,6 +57,7 @@ def worker(data: str, out: str, weights: str, method_name: str, options: str) ->
     trainer.train(trainer.TrainOptions(
         dataset="synthetic", data_dir=data, out=str(Path(out) / f"rank{rank}"), method=method_name,
         preset="vit-nano", epochs=2, batch_size=2, device="cpu", seed=3, method_options=json.loads(options),
+        select_fraction=0.2,  # 2 of 10 held out: 8 training images, 2 steps per epoch on each rank
     ))
     save_file(_snapshot(seen["method"]), str(Path(weights) / f"rank{rank}.safetensors"))
     save_file(seen["initial"], str(Path(weights) / f"rank{rank}-initial.safetensors"))
@@ -68,7 +69,7 @@ def worker(data: str, out: str, weights: str, method_name: str, options: str) ->
 def data(tmp_path_factory):
     from mtlkd.data.synthetic import write_synthetic
 
-    return write_synthetic(tmp_path_factory.mktemp("ddp") / "data", n_train=8, n_val=2, size=(32, 32),
+    return write_synthetic(tmp_path_factory.mktemp("ddp") / "data", n_train=10, n_val=2, size=(32, 32),
                            progress=False)
 
 

@@ -107,6 +107,16 @@ class Method:
         """File stem -> network to save as `<stem>.safetensors`; `model` is the deployable one."""
         return {"model": unwrap(self.nets["mtl"])}
 
+    def extra_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers of the method's own, stepped with the trainer's AdamW but outside its schedule
+        (KD-MTL's adaptors: the paper's constant-rate Adam)."""
+        return []
+
+    def trained_networks(self, epoch: int) -> set[str]:
+        """Names of `eval_targets` that trained in this (0-based) epoch; the epoch selection ignores the
+        others (OKD's multi-task network during the single-task warm-up)."""
+        return set(self.eval_targets())
+
     def on_epoch_end(self, epoch: int, epoch_logs: dict[str, Any]) -> dict[str, Any]:
         """Hook after each epoch; returns extra numbers for history.jsonl. A method with a task weighting
         (`self.extra["weighting"]`) hands it the epoch's MTL losses (DWA reads them) and logs its weights."""

@@ -200,6 +200,10 @@ class OKDMethod(Method):
         targets.update({f"stl_{t}": (self.nets[f"stl_{t}"], [t]) for t in self.tasks})
         return targets
 
+    def trained_networks(self, epoch):
+        names = set(self.eval_targets())
+        return names if epoch >= self.warmup_epochs else names - {"mtl"}
+
     def checkpoints(self):
         stems = {"model": unwrap(self.nets["mtl"])}
         stems.update({f"stl_{t}": unwrap(self.nets[f"stl_{t}"]) for t in self.tasks})
