@@ -20,12 +20,19 @@ The dense layout (`kd_view`): a prediction B x C x H x W is a set of instances, 
   its distribution is a softmax over the spatial positions at T - "where is this channel's mass" in the
   image (as in channel-wise distillation). Depth uses its predicted metres, normals their unit-vector
   components, as the logits. Inter averages D over images and channels.
-* Intra (eq. 6): for every channel (and, for segmentation, every pixel position) the distribution over
-  the B instances of the batch. Eq. 6 takes the columns P[:, j] of the same P = softmax(F / T) as eq. 3,
-  so we keep those probabilities and renormalise each column across the batch (dim 0) to make it a
-  distribution. For the scale-invariant CS divergence and Pearson this is exactly the column of eq. 6;
-  the renormalisation matters only for a non-scale-invariant divergence. A batch of one image has no
-  intra-task information: the term is 0.
+* Intra (eq. 6), dense form: P is the matrix whose rows are the instances above (for segmentation every
+  pixel of every image, B x H x W rows; for depth and normals every image-channel pair) and whose
+  columns are the distribution's entries (classes; for depth and normals, positions). Eq. 6 compares each
+  column P[:, j] across *all* rows, as DIST does for dense prediction: for segmentation, class j's
+  probability over every pixel of the batch. It keeps the probabilities of eq. 3 and renormalises each
+  column over the rows (for the scale-invariant CS divergence and Pearson this is exactly the column of
+  eq. 6; it matters only for a non-scale-invariant divergence). A batch of one image still has intra
+  information for segmentation (its pixels); a single instance (one image, one channel) has none: 0.
+  An earlier form compared each column across the B images at one pixel position only: B instances per
+  column instead of B x H x W, which ignores how a class is spread over an image.
+* `regression="channel"` is the alternative reading for depth and normals: like segmentation, each
+  pixel is an instance whose distribution is a softmax over the task's channels (normals: the three
+  components); depth has one channel, so its softmax is constant 1 and depth gets no distillation.
 """
 
 from __future__ import annotations
@@ -79,10 +86,11 @@ def inter_distribution(logits: torch.Tensor, T: float, dim: int = 1) -> torch.Te
 
 
 def intra_distribution(logits: torch.Tensor, T: float, dim: int = 1, eps: float = 1e-12) -> torch.Tensor:
-    """The columns P[:, j] of eq. 6: P = softmax(F / T) along `dim`, renormalised across the batch (dim 0),
-    so that for every channel (and position) the values of the B instances sum to 1."""
-    p = inter_distribution(logits, T, dim)
-    return p / p.sum(0, keepdim=True).clamp_min(eps)
+    """The columns P[:, j] of eq. 6 in dense form, as a C x N matrix: P = softmax(F / T) along `dim`, with
+    every other axis (batch and positions) flattened into the N instances, each row renormalised to sum
+    to 1 over them."""
+    p = inter_distribution(logits, T, dim).movedim(dim, 0).reshape(logits.shape[dim], -1)
+    return p / p.sum(1, keepdim=True).clamp_min(eps)
 
 
 def inter_intra(
@@ -94,17 +102,17 @@ def inter_intra(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KDAM eq. 5 and 6 for one task: (L_inter, L_intra), both scalars.
 
-    `student`, `teacher`: logits with the batch on axis 0 and the distribution on `dim` (B x C for
+    `student`, `teacher`: logits with the distribution on `dim` and instances on every other axis (B x C for
     classification, B x C x H x W for segmentation, B x C x HW with dim=2 for regression maps; see
-    `kd_view`). L_inter = mean over instances of D(P_S[i, :], P_T[i, :]); L_intra = mean over channels
-    (and positions) of D(P_S[:, j], P_T[:, j]) across the batch.
+    `kd_view`). L_inter = mean over instances of D(P_S[i, :], P_T[i, :]); L_intra = mean over the entries j
+    of the distribution of D(P_S[:, j], P_T[:, j]) across every instance (the dense form, module doc).
     """
     if student.shape != teacher.shape:
         raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
     inter = divergence(inter_distribution(student, T, dim), inter_distribution(teacher, T, dim), dim).mean()
-    if student.shape[0] < 2:
+    if student.numel() // student.shape[dim] < 2:
         return inter, inter.new_zeros(())
-    intra = divergence(intra_distribution(student, T, dim), intra_distribution(teacher, T, dim), 0).mean()
+    intra = divergence(intra_distribution(student, T, dim), intra_distribution(teacher, T, dim), 1).mean()
     return inter, intra
 
 
@@ -148,23 +156,29 @@ def normalized_feature_loss(student_feat: torch.Tensor, teacher_feat: torch.Tens
     return (a - b).pow(2).sum(dim).mean()
 
 
-def kd_view(task: str, pred: torch.Tensor) -> tuple[torch.Tensor, int]:
+REGRESSION_VIEWS = ("spatial", "channel")
+
+
+def kd_view(task: str, pred: torch.Tensor, regression: str = "spatial") -> tuple[torch.Tensor, int]:
     """(logits, distribution axis) of a task's B x C x H x W prediction for the logit losses above:
-    class logits with the classes on axis 1; for depth and normals (no class distribution) each channel's
-    map flattened to B x C x HW with the spatial positions as the distribution axis (see the module doc)."""
-    if get_task(task).output == LOGITS:
+    class logits with the classes on axis 1; for depth and normals (no class distribution) by default each
+    channel's map flattened to B x C x HW with the spatial positions as the distribution axis, or with
+    `regression="channel"` the channels at each pixel, like classes (see the module doc)."""
+    if regression not in REGRESSION_VIEWS:
+        raise ValueError(f"regression KD view {regression!r}: expected spatial or channel")
+    if get_task(task).output == LOGITS or regression == "channel":
         return pred, 1
     return pred.flatten(2), 2
 
 
 def task_kd_loss(task: str, student_pred: torch.Tensor, teacher_pred: torch.Tensor, kind: str = "cs",
-                 T: float = 3.0) -> tuple[torch.Tensor, dict[str, float]]:
+                 T: float = 3.0, regression: str = "spatial") -> tuple[torch.Tensor, dict[str, float]]:
     """One task's distillation loss for KDAM and its baselines, and its parts for the logs.
 
     cs: L_inter + L_intra with the CS divergence (eq. 5-7). kl: plain KD, T^2 KL on the instance
     distributions only (Hinton's KD has no intra term). dist: DIST's T^2 (inter + intra) with Pearson."""
-    s, dim = kd_view(task, student_pred)
-    t, _ = kd_view(task, teacher_pred.detach())
+    s, dim = kd_view(task, student_pred, regression)
+    t, _ = kd_view(task, teacher_pred.detach(), regression)
     if kind == "cs":
         inter, intra = inter_intra(s, t, T, cs_divergence, dim)
         return inter + intra, {"inter": inter.item(), "intra": intra.item()}

@@ -112,22 +112,25 @@ class DynamicWeightAverage(Weighting):
 
 @register_weighting("uw")
 class UncertaintyWeighting(Weighting):
-    """Homoscedastic uncertainty weighting (Kendall et al., CVPR 2018), in the usual log-variance form:
+    """Homoscedastic uncertainty weighting (Kendall et al., CVPR 2018) in LibMTL's form, the one the
+    weighting baselines of the tables are usually run with:
 
-        total = sum_k exp(-s_k) L_k + s_k,     s_k = log sigma_k^2, learned, initialised to 0,
+        total = sum_k L_k / (2 exp(s_k)) + s_k / 2,     s_k = log sigma_k^2, learned, initialised to -0.5,
 
-    (Kendall's 1 / (2 sigma^2) factor for regression is absorbed into s_k; this is the form the MTAN and
-    LibMTL re-implementations use for every task). The reported weight of task k is exp(-s_k); the
-    weights do not sum to K."""
+    i.e. Kendall's regression form 1 / (2 sigma^2) L + log sigma applied to every task (so the initial
+    weight is 1 / (2 e^-0.5) = 0.82). The reported weight of task k is 1 / (2 exp(s_k)); the weights do
+    not sum to K."""
+
+    INITIAL_LOG_VARIANCE = -0.5
 
     def __init__(self, tasks, options=None):
         super().__init__(tasks, options)
-        self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))
+        self.log_vars = nn.Parameter(torch.full((len(self.tasks),), self.INITIAL_LOG_VARIANCE))
 
     def combine(self, losses, shared=None, **context):
         s = self.log_vars
-        total = sum(torch.exp(-s[i]) * losses[t] + s[i] for i, t in enumerate(self.tasks))
-        return total, _floats(self.tasks, torch.exp(-s))
+        total = sum(losses[t] / (2 * torch.exp(s[i])) + s[i] / 2 for i, t in enumerate(self.tasks))
+        return total, _floats(self.tasks, 1 / (2 * torch.exp(s)))
 
 
 def last_shared_weight(shared: list[nn.Parameter]) -> nn.Parameter:

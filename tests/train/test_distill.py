@@ -106,17 +106,30 @@ def test_inter_intra_return_scalars_and_match_their_definitions():
     ps, pt = F.softmax(s / T, 1), F.softmax(t / T, 1)
     # eq. 5: every pixel of every image is an instance with a class distribution
     assert inter.item() == pytest.approx(cs_divergence(ps, pt, dim=1).mean().item(), rel=1e-6)
-    # eq. 6: each channel at each position, across the 3 images of the batch
-    manual = torch.stack([
-        cs_divergence(ps[:, c, i, j], pt[:, c, i, j], dim=0) for c in range(5) for i in range(4) for j in range(4)
-    ]).mean()
+    # eq. 6, dense: each class's column across every pixel of every image (3 x 4 x 4 = 48 instances)
+    manual = torch.stack([cs_divergence(ps[:, c].flatten(), pt[:, c].flatten(), dim=0) for c in range(5)]).mean()
     assert intra.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_dense_intra_on_a_hand_case():
+    """Two classes, one image of two pixels: P_S = [[.5, .5], [.5, .5]], P_T = [[1, 0], [0, 1]] (rows are
+    pixels). Class 0's column is (.5, .5) for the student and (1, 0) for the teacher, so
+    D_CS = -ln(.5 / sqrt(.5 * 1)) = ln(sqrt 2); class 1 the same: L_intra = ln(2) / 2."""
+    student = torch.zeros(1, 2, 1, 2)  # uniform over the two classes at both pixels
+    big = 60.0  # softmax of (+big, -big) is (1, 0) to float precision
+    teacher = torch.tensor([[[[big, -big]], [[-big, big]]]])  # pixel 0 -> class 0, pixel 1 -> class 1
+    inter, intra = inter_intra(student, teacher, T=1.0)
+    assert intra.item() == pytest.approx(math.log(2) / 2, rel=1e-5)
+    # the old per-position form saw one instance per column (one image) and gave 0 here
+    assert inter.item() == pytest.approx(math.log(2) / 2, rel=1e-5)  # each pixel: (.5, .5) vs one-hot
 
 
 def test_distributions_normalise_over_classes_and_across_the_batch():
     z = torch.randn(4, 6, 3, 3)
     assert torch.allclose(inter_distribution(z, 3.0).sum(1), torch.ones(4, 3, 3), atol=1e-6)
-    assert torch.allclose(intra_distribution(z, 3.0).sum(0), torch.ones(6, 3, 3), atol=1e-6)
+    columns = intra_distribution(z, 3.0)  # classes x (images x positions)
+    assert columns.shape == (6, 4 * 3 * 3)
+    assert torch.allclose(columns.sum(1), torch.ones(6), atol=1e-6)
 
 
 def test_inter_intra_zero_for_equal_positive_otherwise_and_intra_zero_for_one_image():
@@ -125,8 +138,10 @@ def test_inter_intra_zero_for_equal_positive_otherwise_and_intra_zero_for_one_im
     assert inter.item() == pytest.approx(0, abs=1e-6) and intra.item() == pytest.approx(0, abs=1e-6)
     inter, intra = inter_intra(s, t)
     assert inter.item() > 0 and intra.item() > 0
-    inter, intra = inter_intra(s[:1], t[:1])
+    inter, intra = inter_intra(s[:1, :, :1, :1], t[:1, :, :1, :1])  # one instance: no intra information
     assert inter.item() > 0 and intra.item() == 0
+    inter, intra = inter_intra(s[:1], t[:1])  # one image still has 9 pixels: dense intra is informative
+    assert intra.item() > 0
 
 
 def test_inter_intra_rejects_different_shapes():
@@ -144,6 +159,17 @@ def test_kd_view_uses_classes_for_seg_and_positions_for_regression():
     assert depth.shape == (2, 1, 24) and dim == 2
     normal, dim = kd_view("normal", torch.randn(2, 3, 4, 6))
     assert normal.shape == (2, 3, 24) and dim == 2
+    normal, dim = kd_view("normal", torch.randn(2, 3, 4, 6), regression="channel")
+    assert normal.shape == (2, 3, 4, 6) and dim == 1
+
+
+def test_channel_view_gives_depth_no_distillation():
+    """One channel: the per-pixel softmax is 1 everywhere, so student and teacher never differ."""
+    s, t = torch.rand(2, 1, 4, 6) * 5, torch.rand(2, 1, 4, 6) * 5
+    loss, _ = task_kd_loss("depth", s, t, "cs", T=3.0, regression="channel")
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    loss, _ = task_kd_loss("depth", s, t, "cs", T=3.0)
+    assert loss.item() > 0
 
 
 @pytest.mark.parametrize("kind", ["cs", "kl", "dist"])

@@ -89,8 +89,22 @@ def test_paper_defaults_and_layers(stl_run):
     assert layer_indices(12, "mid+last") == [5, 11] and layer_indices(4, "last") == [3]
 
 
-def test_adaptor_group_has_its_own_learning_rate(stl_run):
-    method = create_method("kd-mtl", _ctx(teachers=[str(stl_run)], adaptor_lr=0.05))
+def test_adaptors_have_the_papers_own_constant_rate_adam_by_default(stl_run):
+    method = create_method("kd-mtl", _ctx(teachers=[str(stl_run)]))
+    (network,) = method.parameter_groups(1e-3)  # the trainer's AdamW + OneCycle sees the network only
+    adaptor_ids = {id(p) for p in method.extra["adaptors"].parameters()}
+    assert not adaptor_ids & {id(p) for p in network["params"]}
+    (own,) = method.extra_optimizers()
+    assert own is method.extra_optimizers()[0]  # one instance, so its state is the one saved on resume
+    assert isinstance(own, torch.optim.Adam) and not isinstance(own, torch.optim.AdamW)
+    (group,) = own.param_groups
+    assert group["lr"] == 0.1 and group["weight_decay"] == 5e-4
+    assert {id(p) for p in group["params"]} == adaptor_ids
+
+
+def test_shared_adaptor_group_has_its_own_learning_rate(stl_run):
+    method = create_method("kd-mtl", _ctx(teachers=[str(stl_run)], adaptor_lr=0.05, adaptor_optimizer="shared"))
+    assert method.extra_optimizers() == []
     optimizer = torch.optim.AdamW(method.parameter_groups(1e-3))
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["network"]["lr"] == 1e-3 and groups["adaptors"]["lr"] == 0.05
@@ -102,7 +116,7 @@ def test_adaptor_group_has_its_own_learning_rate(stl_run):
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=10)
     assert scheduler.get_last_lr()[1] / scheduler.get_last_lr()[0] == pytest.approx(50.0)
-    default = create_method("kd-mtl", _ctx(teachers=[str(stl_run)]))
+    default = create_method("kd-mtl", _ctx(teachers=[str(stl_run)], adaptor_optimizer="shared"))
     assert default.parameter_groups(1e-3)[1]["lr"] == pytest.approx(default.adaptor_lr(1e-3))
     assert default.adaptor_lr(1e-3) == pytest.approx(1.0)  # the paper's 0.1 / 1e-4 ratio
 

@@ -135,14 +135,16 @@ def test_select_is_one_hot_forward_and_still_trains_omega():
     assert afd.omega.grad is not None and afd.omega.grad.abs().sum() > 0  # straight-through
 
 
-def test_last_distils_only_the_last_block():
+def test_last_distils_only_the_penultimate_block():
     afd = AdaptiveFeatureDistillation("last", TASKS, 3)
+    assert afd.layers == [1]
     mtl, stl = random_features()
     before = afd(mtl, stl).item()
     mtl[0] = mtl[0] + 100.0
-    stl[1][1] = stl[1][1] - 50.0
+    mtl[2] = mtl[2] + 100.0  # the last block is not distilled (the paper: "the penultimate layer only")
+    stl[1][2] = stl[1][2] - 50.0
     assert afd(mtl, stl).item() == pytest.approx(before, rel=1e-6)
-    mtl[2] = mtl[2] + 1.0
+    mtl[1] = mtl[1] + 1.0
     assert afd(mtl, stl).item() != pytest.approx(before, rel=1e-3)
 
 

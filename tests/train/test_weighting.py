@@ -68,22 +68,22 @@ def test_dwa_uses_the_last_two_epochs_its_temperature_and_skips_empty_epochs():
 # ---------------------------------------------------------------------------------------------------- UW
 
 
-def test_uw_total_weights_and_gradients_match_the_log_variance_form():
+def test_uw_total_weights_and_gradients_match_libmtls_form():
     uw = create_weighting("uw", TASKS)
-    assert torch.equal(uw.log_vars.detach(), torch.zeros(3))
+    assert torch.equal(uw.log_vars.detach(), torch.full((3,), -0.5))  # LibMTL's start: weight 0.82
     with torch.no_grad():
         uw.log_vars.copy_(torch.tensor([0.5, -1.0, 0.0]))
     losses = losses_of(2.0, 1.0, 4.0)
     total, weights = uw.combine(losses)
     s = [0.5, -1.0, 0.0]
-    expected = sum(math.exp(-si) * li + si for si, li in zip(s, [2.0, 1.0, 4.0], strict=True))
+    expected = sum(li / (2 * math.exp(si)) + si / 2 for si, li in zip(s, [2.0, 1.0, 4.0], strict=True))
     assert total.item() == pytest.approx(expected, rel=1e-6)
-    assert [weights[t] for t in TASKS] == pytest.approx([math.exp(-si) for si in s], rel=1e-6)
+    assert [weights[t] for t in TASKS] == pytest.approx([1 / (2 * math.exp(si)) for si in s], rel=1e-6)
     total.backward()
-    # d/ds_k (exp(-s_k) L_k + s_k) = 1 - exp(-s_k) L_k ;  d/dL_k = exp(-s_k)
-    assert uw.log_vars.grad.tolist() == pytest.approx([1 - math.exp(-si) * li for si, li in
+    # d/ds_k (L_k / (2 e^s_k) + s_k / 2) = 1/2 - L_k / (2 e^s_k);  d/dL_k = 1 / (2 e^s_k)
+    assert uw.log_vars.grad.tolist() == pytest.approx([0.5 - li / (2 * math.exp(si)) for si, li in
                                                        zip(s, [2.0, 1.0, 4.0], strict=True)], rel=1e-5)
-    assert losses["seg"].grad.item() == pytest.approx(math.exp(-0.5), rel=1e-6)
+    assert losses["seg"].grad.item() == pytest.approx(1 / (2 * math.exp(0.5)), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- GradNorm

@@ -31,15 +31,17 @@ def nano_context(tasks=TASKS, epochs: int = 10, **options) -> MethodContext:
 
 def run_steps(method, batch, steps: int, epoch: int = 0, lr: float = 2e-3) -> list[dict]:
     """The trainer's step (zero_grad, backward, step, after_optimizer_step) on one repeated batch."""
-    optimizer = torch.optim.AdamW(method.parameter_groups(lr), weight_decay=0.0)
+    optimizers = [torch.optim.AdamW(method.parameter_groups(lr), weight_decay=0.0), *method.extra_optimizers()]
     method.train(True)
     logs = []
     for step in range(steps):
         loss, log = method.training_step(batch, step, epoch)
         assert torch.isfinite(loss), (step, loss)
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
         method.after_optimizer_step()
         logs.append({"loss": loss.item(), **log})
     return logs

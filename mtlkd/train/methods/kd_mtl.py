@@ -14,9 +14,11 @@ Defaults, with where they come from (line numbers of the paper's text in /work/s
   and re-implements KD-MTL, okd-mtl-wacv2023.txt 53 and 215; best on Cityscapes and SVHN & Omniglot,
   kd4mtl 679-680) or mid+last (the middle and the last block: the paper's NYUv2 setting, Table 4,
   kd4mtl 641-657). The middle block of n is block (n - 1) // 2 (0-based): 5 of 12, 1 of 4.
-* adaptor learning rate: the paper uses Adam with 1e-4 for the network and 0.1 for the adaptors
-  (554-556). Our trainer drives every group with AdamW + OneCycle; the adaptors' group peaks at
-  `adaptor_lr` if given, otherwise at the paper's ratio (1000) x the network's peak lr (ADAPTOR_LR_RATIO).
+* adaptors' optimiser (`adaptor_optimizer`): `own` (default) is the paper's and the authors' code's: a
+  separate Adam at a constant learning rate of 0.1 with weight decay 5e-4 (kd4mtl-adaptors.txt 554-556),
+  stepped with the network's optimiser but outside its schedule. `shared` puts the adaptors into the
+  trainer's AdamW + OneCycle as their own group peaking at `adaptor_lr` (default 1000 x the network's
+  peak, the paper's ratio 0.1 / 1e-4).
 
 Normalisation: per token / pixel over the channels, squared distance summed over channels and averaged
 over positions and images (the per-location L2 normalisation of the authors' implementation; eq. 4 only
@@ -49,6 +51,9 @@ KD_LAYERS = ("last", "mid+last")
 # stable at such rates: on vit-nano (150 AdamW + OneCycle steps, network lr 1e-3) the distillation loss
 # ended at 3.17 / 2.10 / 1.81 / 1.76 / 1.76 for adaptor lr 1e-3 / 1e-2 / 0.1 / 1 / 10.
 ADAPTOR_LR_RATIO = 1000.0
+ADAPTOR_OPTIMIZERS = ("own", "shared")
+PAPER_ADAPTOR_LR = 0.1
+PAPER_ADAPTOR_WEIGHT_DECAY = 5e-4
 
 
 class FeatureAdaptor(nn.Module):
@@ -153,6 +158,9 @@ class KDMTLMethod(Method):
             raise ValueError(f"--kd-weights names {', '.join(unknown)}, not trained here ({', '.join(self.tasks)})")
         self.kd_weights = {t: float(weights.get(t, PAPER_KD_WEIGHTS.get(t, 1.0))) for t in self.tasks}
         self.adaptor_lr_option = options.get("adaptor_lr")
+        self.adaptor_optimizer = options.get("adaptor_optimizer") or "own"
+        if self.adaptor_optimizer not in ADAPTOR_OPTIMIZERS:
+            raise ValueError(f"--adaptor-optimizer {self.adaptor_optimizer!r}: expected own (the paper's) or shared")
 
         # Frozen teachers: a plain dict, outside self.nets (the optimiser and DDP never see them).
         self.teacher_paths = find_teachers(options.get("teachers"), self.tasks)
@@ -178,17 +186,28 @@ class KDMTLMethod(Method):
 
     # -- optimiser ----------------------------------------------------------------------------------
     def adaptor_lr(self, lr: float) -> float:
-        """The adaptors' peak learning rate: `adaptor_lr` if set, else the paper's ratio x the network's."""
+        """The adaptors' (peak) learning rate: `adaptor_lr` if set; else 0.1 with their own optimiser, or the
+        paper's ratio x the network's peak in the shared schedule."""
         if self.adaptor_lr_option is not None:
             return float(self.adaptor_lr_option)
-        return ADAPTOR_LR_RATIO * lr
+        return PAPER_ADAPTOR_LR if self.adaptor_optimizer == "own" else ADAPTOR_LR_RATIO * lr
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         network = [p for p in list(self.nets.parameters()) + list(self.extra["weighting"].parameters())
                    if p.requires_grad]
-        adaptors = [p for p in self.extra["adaptors"].parameters() if p.requires_grad]
-        return [{"params": network, "lr": lr, "name": "network"},
-                {"params": adaptors, "lr": self.adaptor_lr(lr), "name": "adaptors"}]
+        groups = [{"params": network, "lr": lr, "name": "network"}]
+        if self.adaptor_optimizer == "shared":
+            adaptors = [p for p in self.extra["adaptors"].parameters() if p.requires_grad]
+            groups.append({"params": adaptors, "lr": self.adaptor_lr(lr), "name": "adaptors"})
+        return groups
+
+    def extra_optimizers(self) -> list[torch.optim.Optimizer]:
+        if self.adaptor_optimizer != "own":
+            return []
+        if not hasattr(self, "_adaptor_optimizer"):  # one instance: the trainer steps and saves this one
+            self._adaptor_optimizer = torch.optim.Adam(self.extra["adaptors"].parameters(), lr=self.adaptor_lr(0.0),
+                                                       weight_decay=PAPER_ADAPTOR_WEIGHT_DECAY)
+        return [self._adaptor_optimizer]
 
     # -- training -----------------------------------------------------------------------------------
     def training_step(self, batch, step, epoch):

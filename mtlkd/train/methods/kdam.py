@@ -11,7 +11,8 @@ T^2 KL on the instance distributions, no intra term, as Hinton's KD) or dist (DI
 DIST's own default). How depth and normals get distributions: see mtlkd.train.distill.
 
 Options: teacher (checkpoint path, or a run folder holding model.safetensors), kd, alpha, beta,
-kd_temperature, task_weighting (the lambda_n of eq. 8; default equal).
+kd_temperature, task_weighting (the lambda_n of eq. 8; default equal), regression_kd (spatial, default, or
+channel: how depth and normals become distributions, see mtlkd.train.distill).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from mtlkd.models import create_model
-from mtlkd.train.distill import task_kd_loss
+from mtlkd.train.distill import REGRESSION_VIEWS, task_kd_loss
 from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import Method, MethodContext, forward, load_frozen, task_losses, unwrap
 from mtlkd.train.weighting import create_weighting
@@ -43,6 +44,9 @@ class KDAMMethod(Method):
         self.alpha = float(options.get("alpha", DEFAULT_ALPHA))
         self.beta = float(options.get("beta", DEFAULT_BETA))
         self.temperature = float(options.get("kd_temperature", DEFAULT_TEMPERATURE[self.kd]))
+        self.regression_kd = options.get("regression_kd") or "spatial"
+        if self.regression_kd not in REGRESSION_VIEWS:
+            raise ValueError(f"--regression-kd {self.regression_kd!r}: expected spatial or channel")
         if self.temperature <= 0:
             raise ValueError(f"--kd-temperature must be > 0, got {self.temperature}")
 
@@ -78,7 +82,8 @@ class KDAMMethod(Method):
             teacher_preds = forward(self.teacher, images, self.tasks)
         kd_losses, inter, intra = {}, {}, {}
         for task in self.tasks:
-            kd_losses[task], parts = task_kd_loss(task, preds[task], teacher_preds[task], self.kd, self.temperature)
+            kd_losses[task], parts = task_kd_loss(task, preds[task], teacher_preds[task], self.kd, self.temperature,
+                                                       self.regression_kd)
             inter[task], intra[task] = parts["inter"], parts["intra"]
         l_kd = sum(kd_losses.values())
         total = self.alpha * l_mt + self.beta * l_kd

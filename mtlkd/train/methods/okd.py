@@ -58,8 +58,9 @@ class AdaptiveFeatureDistillation(nn.Module):
     - select (AFD-select/skip): only the task with the largest softmax weight in each layer, weight 1;
       straight-through: the forward value is the one-hot selection, the gradient is that of the
       softmax, so omega keeps learning and the selection can change.
-    - last (AFD-last layer): one learned row, applied to the last backbone block only (the feature the
-      heads read, as KD-MTL distils).
+    - last (AFD-last layer): one learned row, applied to one block only: the penultimate one, as the
+      paper describes the row ("feature distillation on the penultimate layer only, similar to KD-MTL",
+      okd-mtl-wacv2023.txt 215); with a single block, that block.
     - none: no feature distillation (Table 4's OKD-MTL-OTW row).
     """
 
@@ -73,7 +74,7 @@ class AdaptiveFeatureDistillation(nn.Module):
         if variant == "none":
             self.layers: list[int] = []
         elif variant == "last":
-            self.layers = [num_layers - 1]
+            self.layers = [max(num_layers - 2, 0)]
         else:
             self.layers = list(range(num_layers))
         shape = (len(self.layers), n)
