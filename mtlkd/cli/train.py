@@ -42,11 +42,26 @@ def command(
     kd_weights: str | None = typer.Option(
         None, help="kd-mtl: per-task distillation weights (default seg=1,depth=1,normal=2)."
     ),
+    adaptor_optimizer: str | None = typer.Option(
+        None, help="kd-mtl: own (default: the paper's Adam, constant lr 0.1, weight decay 5e-4) or shared "
+        "(a group of the network's AdamW + OneCycle)."
+    ),
     adaptor_lr: float | None = typer.Option(
-        None, help="kd-mtl: adaptor peak lr (default 1000 x --lr, the paper's 0.1 vs 1e-4)."
+        None, help="kd-mtl: adaptor lr (own: default 0.1; shared: peak, default 1000 x --lr)."
+    ),
+    regression_kd: str | None = typer.Option(
+        None, help="kdam: how depth and normals become distributions: spatial (default) or channel."
     ),
     img_size: str | None = typer.Option(None, help="Network input HxW, overriding the preset's (e.g. 288x384)."),
     backbone_weights: Path | None = typer.Option(None, help="Local timm ViT or ResNet checkpoint (.safetensors)."),
+    pretrained: bool = typer.Option(
+        False, help="Start every network from the preset's pretrained backbone: the bundled SimMIM one for "
+        "vit-micro(-wide), timm's ImageNet weights for the others (downloaded once)."
+    ),
+    select_fraction: float = typer.Option(
+        0.1, help="Share of the training images held out to choose the epoch to keep (0: keep the last)."
+    ),
+    select_seed: int = typer.Option(0, help="Which training images are held out (the same for every --seed)."),
     seed: int = typer.Option(0, help="Seed; a CPU run with the same seed repeats exactly."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     amp: bool = typer.Option(False, help="Mixed precision (fp16 on CUDA, bf16 on CPU)."),
@@ -70,6 +85,12 @@ def command(
         from mtlkd.train.trainer import TrainOptions, train
 
         size = [int(v) for v in img_size.lower().split("x")] if img_size else None
+        if pretrained and backbone_weights:
+            raise ValueError("--pretrained and --backbone-weights both name a starting point; pass one")
+        if pretrained:
+            from mtlkd.models.pretrained import pretrained_backbone
+
+            backbone_weights = pretrained_backbone(preset)
         options = TrainOptions(
             dataset=dataset,
             out=str(out or Path("runs") / f"{dataset}-{method}"),
@@ -89,6 +110,8 @@ def command(
             max_steps_per_epoch=max_steps,
             resume=resume,
             backbone_weights=str(backbone_weights) if backbone_weights else None,
+            select_fraction=select_fraction,
+            select_seed=select_seed,
             method_options=_method_options(
                 task_weighting=task_weighting,
                 dwa_temperature=dwa_temperature,
@@ -105,6 +128,8 @@ def command(
                 kd_layers=kd_layers,
                 kd_weights=_parse_weights(kd_weights),
                 adaptor_lr=adaptor_lr,
+                adaptor_optimizer=adaptor_optimizer,
+                regression_kd=regression_kd,
             ),
         )
         run = train(options)

@@ -29,7 +29,10 @@ def create_model(config: dict[str, Any], backbone_weights: str | None = None) ->
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     model = ARCHS[arch](config)
     if backbone_weights:
-        model.backbone.load_pretrained(backbone_weights)
+        missing, _ = model.backbone.load_pretrained(backbone_weights)
+        if missing:
+            lacks = ", ".join(missing[:3])
+            raise ValueError(f"{backbone_weights}: not a checkpoint of this backbone (it lacks {lacks})")
     return model
 
 
@@ -53,8 +56,9 @@ def explicit_attention(model: nn.Module) -> Iterator[None]:
 
 def load_model(path: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A network and its metadata from an mtlkd checkpoint (safetensors; never a pickle)."""
-    from mtlkd.checkpoint import CheckpointError, load_checkpoint
+    from mtlkd.checkpoint import CheckpointError, load_checkpoint, read_metadata
 
+    check_shapes(path, read_metadata(path))
     state, metadata = load_checkpoint(path, device=device)
     model = create_model(metadata["config"]).to(device)
     result = model.load_state_dict(state, strict=False)
@@ -64,3 +68,26 @@ def load_model(path: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any
             f"unexpected {result.unexpected_keys[:3]})"
         )
     return model.eval(), metadata
+
+
+def check_shapes(path: str, metadata: dict[str, Any]) -> None:
+    """The network the metadata's config describes has exactly the tensors the file holds, shape for shape.
+
+    Built on torch's meta device (no memory), from the header alone, so that a forged config cannot make
+    the real build allocate gigabytes before the weights are found not to fit."""
+    import torch
+
+    from mtlkd.checkpoint import CheckpointError, tensor_shapes
+
+    if not isinstance(metadata.get("config"), dict):
+        raise CheckpointError(f"{path}: no network config in its metadata; pass a model.safetensors of mtl-train")
+    try:
+        with torch.device("meta"):
+            wanted = {k: tuple(v.shape) for k, v in create_model(metadata["config"]).state_dict().items()}
+    except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: its config does not describe a network ({type(exc).__name__}: {exc})") from None
+    found = tensor_shapes(path)
+    for key, shape in wanted.items():
+        if key in found and found[key] != shape:
+            raise CheckpointError(f"{path}: tensor {key} has shape {list(found[key])} but the config needs "
+                                  f"{list(shape)}; the metadata does not match the weights")

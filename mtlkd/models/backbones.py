@@ -83,5 +83,10 @@ class ViTBackbone(nn.Module):
             state["pos_embed"] = resample_abs_pos_embed(
                 pos, new_size=list(self.grid), num_prefix_tokens=self.num_prefix
             )
-        result = self.vit.load_state_dict(state, strict=False)
+        try:
+            result = self.vit.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes that do not fit: another width or depth
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+            raise ValueError(f"{path}: weights do not fit this ViT ({detail}); pass a checkpoint of the same "
+                             "width and depth") from None
         return list(result.missing_keys), list(result.unexpected_keys)
