@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +21,11 @@ class CheckpointError(ValueError):
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write through a temporary file in the same folder and rename, so a crash never leaves half a file;
+    the file gets the user's umask (mtlkd.files)."""
+    from mtlkd.files import atomic_write
+
+    atomic_write(path, write)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], metadata: dict[str, Any]) -> Path:
@@ -59,9 +52,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if raw is None:
         raise CheckpointError(f"{path}: safetensors file without mtlkd metadata; was it written by mtlkd?")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: mtlkd metadata is not valid JSON ({exc})") from None
+    from mtlkd.metadata import check_metadata
+
+    return check_metadata(data, str(path), require=(), error=CheckpointError)
+
+
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor, from the safetensors header alone (nothing is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(_existing(path)), framework="numpy") as f:
+        return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:

@@ -195,8 +195,10 @@ def parse_tasks(text: str | list[str] | tuple[str, ...] | None, available: list[
     if text is None:
         return list(available or TASKS)
     names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
-    for name in names:
+    for i, name in enumerate(names):
         get_task(name)
+        if name in names[:i]:
+            raise ValueError(f"task {name!r} is given twice in {','.join(names)!r}; name each task once")
         if available is not None and name not in available:
             raise ValueError(f"task {name!r} is not available here; available: {', '.join(available)}")
     if not names:

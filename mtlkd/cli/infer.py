@@ -6,6 +6,7 @@ install.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,22 +47,45 @@ def _report_failure(summary: InferSummary, message: str) -> None:
 
 
 class _Stems:
-    """Output name per input: its stem, made unique when two inputs share one (a/x.png, b/x.png)."""
+    """Output name per input: its stem, made unique when two inputs share one (a/x.png, b/x.png), and never
+    one whose outputs would land on an input file (--out set to the input folder holding x_seg.png)."""
 
-    def __init__(self):
+    def __init__(self, out: Path | None = None, inputs: set[Path] | None = None):
         self.used: dict[str, int] = {}
+        self.out, self.inputs = out, inputs or set()
 
     def __call__(self, stem: str) -> str:
         count = self.used.get(stem, 0)
-        self.used[stem] = count + 1
-        return stem if count == 0 else f"{stem}_{count + 1}"
+        while True:
+            name = stem if count == 0 else f"{stem}_{count + 1}"
+            count += 1
+            if not self._hits_input(name):
+                break
+        self.used[stem] = count
+        return name
+
+    def _hits_input(self, name: str) -> bool:
+        if self.out is None or not self.inputs:
+            return False
+        return any(_resolved(self.out / f"{name}_{kind}") in self.inputs for kind in OUTPUT_KINDS)
+
+
+OUTPUT_KINDS = ("seg.png", "depth.png", "normal.png", "panel.png", "panel.mp4",
+                *(f"{task}.npy" for task in ("seg", "depth", "normal")))
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare as written
+        return path.absolute()
 
 
 def write_outputs(out: Path, stem: str, image, result: dict, class_names: list[str], save_raw: bool) -> None:
     """<stem>_seg.png (with legend), <stem>_depth.png (with colour bar), <stem>_normal.png, <stem>_panel.png,
-    and with save_raw the arrays as <stem>_<task>.npy."""
-    import numpy as np
+    and with save_raw the arrays as <stem>_<task>.npy. Each file is written beside and renamed into place."""
 
+    from mtlkd.files import atomic_write
     from mtlkd.runtime import visualize
 
     if "seg" in result:
@@ -73,7 +97,32 @@ def write_outputs(out: Path, stem: str, image, result: dict, class_names: list[s
     visualize.save_png(out / f"{stem}_panel.png", visualize.panel(image, result, class_names))
     if save_raw:
         for task, array in result.items():
-            np.save(out / f"{stem}_{task}.npy", array, allow_pickle=False)
+            atomic_write(out / f"{stem}_{task}.npy", lambda tmp, a=array: _save_npy(tmp, a), suffix=".npy")
+
+
+def _save_npy(path: str, array) -> None:
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an --out that is a file or cannot be written, before any image is read."""
+    from mtlkd.ui import UserError
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the pictures")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc}); pass another --out") from None
+    if not _writable(out):
+        raise UserError(f"--out {out}: the folder is not writable; pass another --out")
 
 
 def infer_paths(predictor: Any, sources: list[str | Path], out: str | Path, tasks: str | list[str] | None = None,
@@ -85,11 +134,11 @@ def infer_paths(predictor: Any, sources: list[str | Path], out: str | Path, task
     from mtlkd.runtime.media import expand_sources
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     tasks = predictor.resolve_tasks(tasks)
+    check_out_folder(out)
     summary = InferSummary(out=out)
-    stems = _Stems()
     expanded = expand_sources([str(s) for s in sources])
+    stems = _Stems(out, {_resolved(Path(s.path)) for s in expanded if s.kind in ("image", "video")})
     for source in expanded:
         if source.kind == "missing":
             _report_failure(summary, f"{source.path}: no such file, folder, glob match or camera")
@@ -117,14 +166,20 @@ def _infer_images(predictor, images, out, tasks, save_raw, batch_size, show_prog
                 try:
                     arrays.append(read_image(source.path))
                     chunk.append(source)
-                except MediaError as exc:
+                except MediaError as exc:  # read_image turns whatever its decoder raises into this
                     _report_failure(summary, str(exc))
             decode = time.perf_counter() - t0
             if arrays:
                 results = predictor.predict_batch(arrays, tasks)
                 t1 = time.perf_counter()
                 for source, image, result in zip(chunk, arrays, results, strict=True):
-                    write_outputs(out, stems(source.stem), image, result, predictor.class_names, save_raw)
+                    try:
+                        write_outputs(out, stems(source.stem), image, result, predictor.class_names, save_raw)
+                    except OSError as exc:  # full disk, folder removed: nothing half-written is left; stop
+                        from mtlkd.ui import UserError
+
+                        raise UserError(f"{out}: cannot write the pictures of {source.path} "
+                                        f"({exc.strerror or exc}); earlier outputs are complete") from None
                 summary.add({"decode": decode, **predictor.timings, "save": time.perf_counter() - t1})
                 summary.images += len(arrays)
             bar.update(task_id, advance=len(images[start : start + batch_size]))

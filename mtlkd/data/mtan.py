@@ -202,6 +202,9 @@ def select_tasks(spec: DatasetSpec, tasks: str | list[str] | tuple[str, ...] | N
         return spec.tasks
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     unknown = [t for t in names if t not in TASKS]
+    repeated = [t for i, t in enumerate(names) if t in names[:i]]
+    if repeated:
+        raise DatasetError(f"task {repeated[0]!r} is given twice in {','.join(names)!r}; name each task once")
     if unknown:
         raise DatasetError(f"unknown task {unknown[0]!r}; known tasks: {', '.join(TASKS)}")
     kept = [t for t in names if t in spec.folders]

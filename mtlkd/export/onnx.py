@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +94,9 @@ def save_onnx(proto, path: str | Path) -> Path:
     """Write a ModelProto atomically (temporary file in the same folder, then rename)."""
     import onnx
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from mtlkd.files import atomic_write
+
+    return atomic_write(path, lambda tmp: onnx.save(proto, tmp))
 
 
 def graph_stats(model: str | Path | Any) -> dict[str, int]:

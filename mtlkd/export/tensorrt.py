@@ -198,14 +198,9 @@ def _save_timing_cache(config: Any, cache_path: Path) -> None:
 
 def _temporary(path: Path) -> Path:
     """A new file beside `path` (same folder, so the rename is atomic), created with the umask applied."""
-    for i in range(100):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{i}.tmp")
-        try:
-            with open(tmp, "xb"):
-                return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{path}: cannot create a temporary file beside it")
+    from mtlkd.files import temporary_beside
+
+    return temporary_beside(path)
 
 
 def write_pair(first: Path, first_bytes: bytes, second: Path | None = None, second_bytes: bytes = b"") -> None:

@@ -49,17 +49,22 @@ def _grey_to_rgb(values: np.ndarray, scale: float, as_float: bool) -> np.ndarray
 def read_image(path: str | Path, as_float: bool = False) -> np.ndarray:
     """An image file as upright H x W x 3 RGB: uint8, or float32 in [0, 1] with `as_float` (which keeps
     16-bit precision). Raises MediaError naming the file when it is not a readable image."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img.load()
+        return _decode(path, as_float)
     except FileNotFoundError:
         raise MediaError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001  a decoder may raise anything on a hostile file; it is one bad input
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise MediaError(f"{path}: not a readable image ({exc.__class__.__name__}: {text})") from None
+
+
+def _decode(path: Path, as_float: bool) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img.load()
     mode = img.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(img)

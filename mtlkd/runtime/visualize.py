@@ -21,6 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 from mtlkd.tasks import colourise_depth, colourise_normal, palette
 
 BACKGROUND = (24, 24, 24)
+MAX_SIDE = 4096  # single-task pictures are drawn at most this tall and wide (a 1 x 10^6 strip is still cheap)
+TILE_WIDTH_PER_HEIGHT = 4  # a panel tile is at most 4x as wide as the panel is tall
 TEXT = (235, 235, 235)
 TITLES = {"input": "Input", "seg": "Segmentation", "depth": "Depth (m)", "normal": "Surface normals"}
 
@@ -99,6 +101,7 @@ def _pad_to(image: np.ndarray, height: int) -> np.ndarray:
 def seg_image(seg: np.ndarray, class_names: Sequence[str], with_legend: bool = True) -> np.ndarray:
     """Coloured class map at its own resolution, with the legend of present classes on its right (in one
     column; a small map is padded below when the legend is taller)."""
+    seg = limit_size(seg, MAX_SIDE, MAX_SIDE, nearest=True)
     coloured = seg_colours(seg, len(class_names))
     if not with_legend:
         return coloured
@@ -147,6 +150,7 @@ def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks
 def depth_image(depth: np.ndarray, with_bar: bool = True, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Turbo-coloured depth (near = warm) with its colour bar in metres on the right."""
     lo, hi = value_range or depth_range(depth)
+    depth = limit_size(depth, MAX_SIDE, MAX_SIDE)
     coloured = colourise_depth(depth, vmin=lo, vmax=hi)
     if not with_bar:
         return coloured
@@ -157,7 +161,7 @@ def depth_image(depth: np.ndarray, with_bar: bool = True, value_range: tuple[flo
 
 def normal_image(normal: np.ndarray) -> np.ndarray:
     """x, y, z of the unit normals as red, green, blue."""
-    return colourise_normal(normal)
+    return colourise_normal(limit_size(normal, MAX_SIDE, MAX_SIDE))
 
 
 # ---------------------------------------------------------------------------------------------- panel
@@ -169,12 +173,27 @@ def titled(tile: np.ndarray, title: str, size: int) -> np.ndarray:
     return np.concatenate([np.asarray(bar), tile], axis=0)
 
 
-def _fit(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
-    if image.shape[0] == height:
+def limit_size(image: np.ndarray, max_height: int, max_width: int, nearest: bool = False) -> np.ndarray:
+    """`image` scaled down (aspect kept, at least 1 pixel per side) to fit max_height x max_width; as is
+    when it fits. What bounds the memory of a picture whatever the image's aspect ratio."""
+    h, w = image.shape[:2]
+    if h <= max_height and w <= max_width:
         return image
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    interpolation = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if height < image.shape[0] else cv2.INTER_LINEAR)
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+    scale = min(max_height / h, max_width / w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def _fit(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
+    """Scaled to `height` (aspect kept), or smaller when that would be wider than the panel allows; the
+    caller pads it to `height`."""
+    max_width = TILE_WIDTH_PER_HEIGHT * height
+    if image.shape[0] == height and image.shape[1] <= max_width:
+        return image
+    scale = min(height / image.shape[0], max_width / image.shape[1])
+    width, tall = max(1, round(image.shape[1] * scale)), max(1, min(height, round(image.shape[0] * scale)))
+    interpolation = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return cv2.resize(image, (width, tall), interpolation=interpolation)
 
 
 def panel(image: np.ndarray, result: dict[str, np.ndarray], class_names: Sequence[str],
@@ -185,24 +204,25 @@ def panel(image: np.ndarray, result: dict[str, np.ndarray], class_names: Sequenc
     height = int(np.clip(image.shape[0], min_height, max_height))
     size = font_size_for(height)
     gap = np.full((height + size + 10, 4, 3), BACKGROUND, dtype=np.uint8)
-    tiles = [titled(_fit(to_uint8(image), height), TITLES["input"], size)]
+    tiles = [titled(_pad_to(_fit(to_uint8(image), height), height), TITLES["input"], size)]
     if "seg" in result:
         seg = _fit(result["seg"].astype(np.int32), height, nearest=True)
-        body = np.concatenate([seg_colours(seg, len(class_names)),
+        body = np.concatenate([_pad_to(seg_colours(seg, len(class_names)), height),
                                legend(seg, class_names, height, size, all_classes_width=fixed_layout)], axis=1)
         tiles.append(titled(body, TITLES["seg"], size))
     if "depth" in result:
         lo, hi = depth_range(result["depth"])
-        depth = _fit(result["depth"], height)
-        body = np.concatenate([colourise_depth(depth, vmin=lo, vmax=hi), colour_bar(lo, hi, height, size)], axis=1)
+        depth = _pad_to(colourise_depth(_fit(result["depth"], height), vmin=lo, vmax=hi), height)
+        body = np.concatenate([depth, colour_bar(lo, hi, height, size)], axis=1)
         tiles.append(titled(body, TITLES["depth"], size))
     if "normal" in result:
-        tiles.append(titled(_fit(normal_image(result["normal"]), height), TITLES["normal"], size))
+        tiles.append(titled(_pad_to(colourise_normal(_fit(result["normal"], height)), height), TITLES["normal"], size))
     for task in result:
         if task not in ("seg", "depth", "normal"):  # a task added to the registry later
             from mtlkd.tasks import get_task
 
-            tiles.append(titled(_fit(get_task(task).colourise(result[task]), height), get_task(task).title, size))
+            picture = get_task(task).colourise(_fit(result[task], height))
+            tiles.append(titled(_pad_to(picture, height), get_task(task).title, size))
     parts = []
     for tile in tiles:
         parts.extend([tile, gap])
@@ -212,7 +232,13 @@ def panel(image: np.ndarray, result: dict[str, np.ndarray], class_names: Sequenc
 def save_png(path, image: np.ndarray) -> None:
     """RGB uint8 -> PNG with OpenCV, fast settings (level 1, RLE): about 1.5x faster than Pillow's
     default, files within ~10% of the best compression for these flat-coloured pictures."""
-    ok = cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR),
-                     [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
-    if not ok:
-        raise OSError(f"{path}: could not write the PNG")
+    from mtlkd.files import atomic_write
+
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+
+    def write(tmp: str) -> None:  # beside, then renamed: a full disk never leaves half a PNG
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+        if not cv2.imwrite(tmp, bgr, params):
+            raise OSError(f"{path}: could not write the PNG")
+
+    atomic_write(path, write, suffix=".png")

@@ -80,6 +80,8 @@ class Backend:
             raise BackendError(f"{self.path.name} predicts {', '.join(self.tasks)}; it has no {', '.join(missing)}")
         if not tasks:
             raise BackendError("no task requested")
+        if len(set(tasks)) != len(tasks):  # OpenVINO crashes the process on a repeated result
+            raise BackendError(f"task list {','.join(tasks)!r} names a task twice; name each task once")
         return tasks
 
     def check_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -154,4 +156,6 @@ def json_metadata(text: str | None, where: str) -> dict[str, Any]:
         raise BackendError(f"{where}: mtlkd metadata is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "tasks" not in data or "input_size" not in data:
         raise BackendError(f"{where}: mtlkd metadata lacks tasks/input_size; re-export the model with mtl-export")
-    return data
+    from mtlkd.metadata import check_metadata
+
+    return check_metadata(data, where, error=BackendError)

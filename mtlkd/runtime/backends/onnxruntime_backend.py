@@ -73,8 +73,14 @@ def session_options(threads: int | None = None, spinning: bool = False) -> Any:
 
 
 def read_metadata(session: Any, path: str | Path) -> dict[str, Any]:
+    from mtlkd.metadata import check_graph
+
     custom = session.get_modelmeta().custom_metadata_map or {}
-    return json_metadata(custom.get(METADATA_KEY), str(path))
+    meta = json_metadata(custom.get(METADATA_KEY), str(path))
+    inputs = session.get_inputs()
+    check_graph(meta, str(path), inputs[0].shape if inputs else None,
+                {o.name: o.shape for o in session.get_outputs()}, error=BackendError)
+    return meta
 
 
 def load(path: str | Path, device: str = "cpu", threads: int | None = None, spinning: bool = False,

@@ -39,14 +39,33 @@ def available(device: str = "cpu") -> bool:
 
 
 def read_metadata(model: Any, path: str | Path) -> dict[str, Any]:
-    """The mtlkd metadata from the model's rt_info (first location holding valid metadata JSON)."""
+    """The mtlkd metadata from the model's rt_info (first location holding valid metadata JSON), checked
+    against the graph's input and outputs."""
+    from mtlkd.metadata import check_graph
+
+    meta, error = None, None
     for keys in RT_INFO_PATHS:
         try:
             if model.has_rt_info(keys):
-                return json_metadata(model.get_rt_info(keys).astype(str), str(path))
-        except (RuntimeError, BackendError):  # a map node rather than a string, or not our JSON
+                meta = json_metadata(model.get_rt_info(keys).astype(str), str(path))
+                break
+        except RuntimeError:  # a map node rather than a string
             continue
-    return json_metadata(None, str(path))
+        except BackendError as exc:  # not our JSON, or metadata that lies: keep looking, report the first
+            error = error or exc
+    if meta is None:
+        raise error or BackendError(f"{path}: no mtlkd metadata; export the model with mtl-export")
+    shape = model.inputs[0].get_partial_shape() if model.inputs else None
+    dims = None if shape is None or shape.rank.is_dynamic else \
+        [d.get_length() if d.is_static else None for d in shape]
+    outputs = {}
+    for port in model.outputs:
+        pshape = port.get_partial_shape()
+        out_dims = None if pshape.rank.is_dynamic else [d.get_length() if d.is_static else None for d in pshape]
+        for name in port.get_names():
+            outputs[name] = out_dims
+    check_graph(meta, str(path), dims, outputs, error=BackendError)
+    return meta
 
 
 class OpenVinoBackend(Backend):
@@ -129,5 +148,15 @@ def load(path: str | Path, device: str = "cpu", hint: str | None = None, threads
     try:
         model = core.read_model(str(path))
     except RuntimeError as exc:
-        raise BackendError(f"{path}: OpenVINO cannot read it ({str(exc).splitlines()[0]})") from None
+        raise BackendError(f"{path}: OpenVINO cannot read it ({openvino_cause(exc)})") from None
     return OpenVinoBackend(path, device, core, model, read_metadata(model, path), config, ov_device)
+
+
+def openvino_cause(exc: BaseException) -> str:
+    """The informative part of an OpenVINO exception: its messages start with a source location line
+    ("Exception from src/inference/src/cpp/core.cpp:84:") and put the cause on the following lines."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not (ln.startswith("Exception from ") or ln.startswith("Check '"))
+              or ln == lines[-1]]
+    text = "; ".join(useful or lines) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."

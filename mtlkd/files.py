@@ -1,0 +1,51 @@
+"""All-or-nothing file writes with the user's umask: the one writer behind checkpoints, metrics, exports and
+pictures.
+
+A file is written under a temporary name in its own folder and renamed over the target, so a crash or a
+full disk never leaves half a file and never damages the file it was replacing. The temporary file is made
+with `open(..., "x")` rather than `mkstemp`, because mkstemp creates mode 0600 whatever the umask: a model
+a serving container running as another user must read would be unreadable. Imports nothing of mtlkd.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+
+def temporary_beside(path: str | Path, suffix: str = "") -> Path:
+    """A new empty file in `path`'s folder (same file system, so a rename is atomic), created with the
+    umask applied. `suffix` keeps an extension writers choose the format by (".png" for OpenCV)."""
+    path = Path(path)
+    for i in range(1000):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{i}.tmp{suffix}")
+        try:
+            with open(tmp, "xb"):
+                return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: cannot create a temporary file beside it")
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str = "") -> Path:
+    """Call `write(temporary_path)`, then rename the temporary file over `path`; on any failure the
+    temporary file is removed and `path` is as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_beside(path, suffix)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask gives a new file
+    try:
+        write(str(tmp))
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:  # writers that replace the file (safetensors) make 0600
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
