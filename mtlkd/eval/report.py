@@ -45,13 +45,16 @@ class ReportError(ValueError):
     """Bad report input; the message is one line, fit to print as is."""
 
 
-def metrics_file(path: str | Path) -> Path:
-    """The metrics file a path means: the path itself, or `metrics.json` inside a run folder."""
+LAST_METRICS_FILE = "last_metrics.json"  # the last epoch's weights on the evaluation split
+
+
+def metrics_file(path: str | Path, name: str = METRICS_FILE) -> Path:
+    """The metrics file a path means: the path itself, or `name` inside a run folder."""
     path = Path(path)
     if path.is_dir():
-        path = path / METRICS_FILE
+        path = path / name
         if not path.is_file():
-            raise ReportError(f"{path.parent}: run folder has no {METRICS_FILE}")
+            raise ReportError(f"{path.parent}: run folder has no {name}")
     elif not path.is_file():
         raise ReportError(f"{path}: no such file or folder")
     return path
@@ -59,7 +62,7 @@ def metrics_file(path: str | Path) -> Path:
 
 def run_name(path: Path) -> str:
     """`.../run_x/metrics.json` -> run_x; any other file name -> its stem."""
-    if path.name == METRICS_FILE:
+    if path.name in (METRICS_FILE, LAST_METRICS_FILE):
         return path.resolve().parent.name
     return path.stem
 
@@ -90,9 +93,9 @@ def parse_metrics(data: Any, source: str = "metrics") -> MetricsDict:
     return out
 
 
-def load_metrics(path: str | Path) -> Entry:
-    """(name, metrics) of a `metrics.json` file or of a run folder holding one."""
-    file = metrics_file(path)
+def load_metrics(path: str | Path, name: str = METRICS_FILE) -> Entry:
+    """(name, metrics) of a `metrics.json` file or of a run folder holding one (or `name`)."""
+    file = metrics_file(path, name)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
@@ -125,6 +128,11 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, bool]]:
             if any(metric in row["metrics"].get(name, {}) for row in rows):
                 cols.append((name, metric, higher))
     return cols
+
+
+def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """(task, metric, column label, higher_is_better) present in any row, in registry order."""
+    return [(task, metric, METRIC_LABELS.get(metric, metric), higher) for task, metric, higher in _columns(rows)]
 
 
 def format_value(metric: str, value: float | None) -> str:

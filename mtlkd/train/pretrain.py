@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlkd.checkpoint import model_metadata, save_checkpoint, write_json
+from mtlkd import __version__
+from mtlkd.checkpoint import save_checkpoint, write_json
 from mtlkd.models import preset_config
 from mtlkd.models.nets import build_backbone
 from mtlkd.ui import console, progress_bar
@@ -167,7 +169,7 @@ def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path
             images[i] = np.round(image * 255).astype(np.uint8)
             bar.advance(job)
     base.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.npy")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npy")  # two processes may render at once
     np.save(partial, images)
     partial.replace(path)
     return images
@@ -218,10 +220,11 @@ def pretrain(options: PretrainOptions) -> Path:
         history.append(record)
         console.print(f"epoch {epoch + 1}  masked-patch L1 {record['loss']:.4f}  {record['seconds']:.0f}s")
         _save_state(out, model, optimizer, scheduler, epoch + 1, history)
-    meta = model_metadata(
-        config, kind="backbone", objective="simmim", preset=options.preset,
-        pretraining={**asdict(options), "history": history, "scene_ranges": "wide"},
-    )
+    meta = {  # a backbone, not a model: no tasks or heads, so not model_metadata
+        "kind": "backbone", "objective": "simmim", "preset": options.preset, "backbone": config["backbone"],
+        "input_size": [int(v) for v in size], "mtlkd_version": __version__,
+        "pretraining": {**asdict(options), "history": history, "scene_ranges": "wide"},
+    }
     path = save_checkpoint(out / BACKBONE_FILE, model.backbone.vit.state_dict(), meta)
     _plot(out, history)
     return path
