@@ -34,6 +34,8 @@ def command(
 
     with user_errors():
         predictor = Predictor.load(str(model), backend=backend)
+        precision = predictor.metadata.get("precision") or ("fp32" if model.suffix == ".safetensors" else "unknown")
+        console.print(f"evaluating {model} ({precision}, {predictor.backend_name})", highlight=False)
         from torch.utils.data import DataLoader
 
         from mtlkd.data import open_dataset

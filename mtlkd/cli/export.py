@@ -3,12 +3,15 @@ Triton model repository, each validated against PyTorch before it is reported as
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import typer
 
-from mtlkd.export.onnx import DEFAULT_OPSET, MIN_OPSET
+from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.precision import PRECISIONS
 from mtlkd.ui import UserError, fail, user_errors
 
@@ -36,7 +39,7 @@ def command(
     batch: str = typer.Option("1,4,8", "--batch", metavar="MIN,OPT,MAX",
                               help="TensorRT batch profile; MAX is also Triton's max_batch_size."),
     workspace: int = typer.Option(4096, "--workspace", metavar="MB", min=1, help="TensorRT builder workspace limit."),
-    opset: int = typer.Option(DEFAULT_OPSET, "--opset", metavar="N", help=f"ONNX opset (>= {MIN_OPSET})."),
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", metavar="N", help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET})."),
     ort_optimize: bool = typer.Option(False, "--ort-optimize",
                                       help="Also write model.ort.onnx, fused by onnxruntime.transformers (ORT only)."),
 ) -> None:  # fmt: skip
@@ -72,8 +75,8 @@ def command(
         meta = read_metadata(checkpoint)
         if precision not in PRECISIONS:
             raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if opset < MIN_OPSET:
-            raise UserError(f"--opset {opset}: the exporter writes opset {MIN_OPSET} or newer")
+        if not MIN_OPSET <= opset <= MAX_OPSET:
+            raise UserError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
         task_list = parse_tasks(tasks, available=list(meta["tasks"]))
         profile = parse_batch_profile(batch)
         if calib_data is not None and not calib_data.is_dir():
@@ -83,6 +86,7 @@ def command(
         out_dir = out or checkpoint.parent / "export"
         if out_dir.exists() and not out_dir.is_dir():
             raise UserError(f"--out {out_dir}: exists and is not a folder")
+        _check_writable(out_dir)
     if openvino:
         from mtlkd.export.openvino import OpenVinoUnavailable, require_openvino
 
@@ -100,10 +104,6 @@ def _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt,
          workspace, opset, ort_optimize) -> None:  # fmt: skip
     from rich.console import Console
 
-    from mtlkd.checkpoint import sha256_of, write_json
-    from mtlkd.export import precision as prec
-    from mtlkd.export import validate as val
-    from mtlkd.export.onnx import export_onnx, graph_stats, optimize_for_ort, read_onnx_metadata
     from mtlkd.models import load_model
 
     console = Console()
@@ -111,7 +111,25 @@ def _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt,
         console.width = 140  # logs and pipes: do not wrap the summary table at 80 columns
     with user_errors():
         model, meta = load_model(str(checkpoint))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = out_dir
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Everything is built and checked in a folder beside the export and moved in only when every check
+    # passed: a failed export (NaN weights, a tolerance missed, Ctrl-C) leaves the folder as it was.
+    out_dir = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.building-"))
+    try:
+        _build(checkpoint, out_dir, final_dir, model, meta, console, task_list, precision, calib_data, calib_size,
+               trt, openvino, triton, profile, workspace, opset, ort_optimize)  # fmt: skip
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _build(checkpoint, out_dir, final_dir, model, meta, console, task_list, precision, calib_data, calib_size,
+           trt, openvino, triton, profile, workspace, opset, ort_optimize) -> None:  # fmt: skip
+    from mtlkd.checkpoint import sha256_of, write_json
+    from mtlkd.export import precision as prec
+    from mtlkd.export import validate as val
+    from mtlkd.export.onnx import export_onnx, graph_stats, optimize_for_ort, read_onnx_metadata
+
     rows: list[dict] = []
     checks_all: list[val.Check] = []
 
@@ -122,7 +140,7 @@ def _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt,
         rows.append({"file": path, "precision": precision_, "checks": checks, "extra": extra})
         val.ensure_ok(checks)
 
-    typer.echo(f"exporting {checkpoint} ({', '.join(task_list)}) -> {out_dir}")
+    typer.echo(f"exporting {checkpoint} ({', '.join(task_list)}) -> {final_dir}")
     onnx_path = export_onnx(model, meta, out_dir / "model.onnx", task_list, opset, source_sha256=sha256_of(checkpoint))
     images = val.validation_images(meta["input_size"], n=max(val.BATCHES))
     try:
@@ -154,8 +172,8 @@ def _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt,
         if openvino:
             xml_path = _openvino(onnx_path, out_dir, precision, calibration, deploy, images, refs, fp32, record)
     except val.ValidationError as err:
-        _table(console, rows, out_dir)
-        fail(f"{err} (files left in {out_dir}; tolerances in mtlkd/export/validate.py)", code=EXIT_FAILED)
+        _table(console, rows, out_dir, "not written (failed its checks)")
+        fail(f"{err} ({final_dir} was left as it was; tolerances in mtlkd/export/validate.py)", code=EXIT_FAILED)
 
     trt_error, engine = None, None
     if trt:
@@ -164,7 +182,9 @@ def _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt,
         from mtlkd.runtime.backends.tensorrt_backend import CudaError
 
         try:
-            engine = build_engine(deploy, out_dir / "model.engine", batch=profile, workspace_mb=workspace)
+            final_dir.mkdir(parents=True, exist_ok=True)  # for the timing cache, which is shared between builds
+            engine = build_engine(deploy, out_dir / _named("model.engine", precision), batch=profile,
+                                  workspace_mb=workspace, timing_cache=final_dir / "timing.cache")
             reference = (refs, "pytorch") if precision == "fp32" else (fp32, "fp32 onnx")
             record(engine, precision, _check_engine(engine, precision, images, *reference, profile[2]),
                    f"batch {profile}")  # fmt: skip
@@ -173,8 +193,15 @@ def _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt,
         except (BackendError, CudaError) as err:  # built, but it cannot run here (e.g. cuda-python missing)
             trt_error = f"{engine} was built but not validated: {err}"
         except val.ValidationError as err:
-            _table(console, rows, out_dir)
-            fail(f"{err} (files left in {out_dir}; tolerances in mtlkd/export/validate.py)", code=EXIT_FAILED)
+            _table(console, rows, out_dir, "not written (failed its checks)")
+            fail(f"{err} ({final_dir} was left as it was; tolerances in mtlkd/export/validate.py)", code=EXIT_FAILED)
+    moved = _move_into_place(out_dir, final_dir)
+    for row in rows:
+        row["file"] = moved.get(row["file"], row["file"])
+    deploy, xml_path = moved.get(deploy, deploy), moved.get(xml_path, xml_path)
+    engine = moved.get(engine, engine) if engine else None
+    if trt_error:
+        trt_error = trt_error.replace(str(out_dir), str(final_dir))
     if triton is not None:
         from mtlkd.export.triton import write_triton_repo
 
@@ -184,8 +211,8 @@ def _run(checkpoint, out_dir, task_list, precision, calib_data, calib_size, trt,
                                     gpu=engine is not None)  # fmt: skip
         for name, folder in folders.items():
             rows.append({"file": folder / "config.pbtxt", "precision": precision, "checks": [], "extra": name})
-    write_json(out_dir / "export.json", _report(rows, checks_all))
-    _table(console, rows, out_dir)
+    write_json(final_dir / "export.json", _report(rows, checks_all))
+    _table(console, rows, final_dir)
     if trt_error:
         fail(trt_error, code=EXIT_FAILED)
 
@@ -209,18 +236,49 @@ def _openvino(onnx_path, out_dir, precision, calibration, deploy, images, refs, 
     from mtlkd.export import validate as val
     from mtlkd.export.openvino import export_openvino
 
-    xml = export_openvino(onnx_path, out_dir / "openvino" / "model.xml", precision=precision,
+    xml = export_openvino(onnx_path, out_dir / "openvino" / _named("model.xml", precision), precision=precision,
                           calibration=calibration, qdq_path=deploy if precision == "int8" else None)  # fmt: skip
     # The CPU plugin computes in bf16 by default on CPUs that have it (avx512_bf16, AMX), which alone moves
     # an untrained seg head's argmax on ~4% of pixels; check what the file holds, in f32.
     compiled = _compile(xml, {"INFERENCE_PRECISION_HINT": "f32"})  # compile once for both batch sizes
     outs = val.run_batches(lambda x: val.run_openvino(xml, x, compiled), images)
     if precision == "fp32":
-        checks = val.compare("openvino/model.xml", "fp32", "pytorch", refs, outs)
+        checks = val.compare(f"openvino/{xml.name}", "fp32", "pytorch", refs, outs)
     else:
-        checks = val.compare("openvino/model.xml", precision, "fp32 onnx", fp32, outs)
+        checks = val.compare(f"openvino/{xml.name}", precision, "fp32 onnx", fp32, outs)
     record(xml, precision, checks, "OpenVINO IR")
     return xml
+
+
+def _named(name: str, precision: str) -> str:
+    """model.xml -> model.int8.xml: every precision has its own files in every format, so an int8 export
+    never replaces the fp32 one (ONNX: model.onnx, model.fp16.onnx, model.int8.onnx)."""
+    stem, _, suffix = name.rpartition(".")
+    return name if precision == "fp32" else f"{stem}.{precision}.{suffix}"
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse an export folder (or its nearest existing parent) that cannot be written, before the export."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {folder}: {existing} is not writable; pass another --out")
+
+
+def _move_into_place(stage: Path, final_dir: Path) -> dict[Path, Path]:
+    """Move every file built in `stage` to the same place under `final_dir` (weights before the files that
+    name them: .bin before .xml, sidecars before engines); other files of `final_dir` stay. Returns
+    staged path -> final path."""
+    files = sorted((p for p in stage.rglob("*") if p.is_file()),
+                   key=lambda p: (p.suffix in (".xml", ".engine", ".plan", ".onnx"), str(p)))
+    moved = {}
+    for path in files:
+        target = final_dir / path.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved[path] = target
+    return moved
 
 
 def _compile(xml: Path, config: dict):
@@ -252,12 +310,12 @@ def _short(path: Path, out_dir: Path) -> str:
     return str(path)
 
 
-def _table(console, rows: list[dict], out_dir: Path) -> None:
+def _table(console, rows: list[dict], out_dir: Path, title: str | None = None) -> None:
     from rich.table import Table
 
     from mtlkd.export.validate import summary
 
-    table = Table(title=f"written to {out_dir}")
+    table = Table(title=title or f"written to {out_dir}")
     for column in ("file", "size", "precision", "max |err|", "accuracy kept (worst)", "note"):
         table.add_column(column)
     for row in rows:

@@ -34,6 +34,7 @@ from typing import Any
 
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # the dynamo exporter cannot write older opsets
+MAX_OPSET = 23  # torch.onnx's newest (torch.onnx._constants.ONNX_MAX_OPSET); ONNX Runtime 1.2x runs it
 INPUT_NAME = "image"
 METADATA_KEY = "mtlkd"
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis given to torch.export
@@ -150,8 +151,8 @@ def export_onnx(
     from mtlkd.models import explicit_attention
     from mtlkd.tasks import parse_tasks
 
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: the exporter writes opset {MIN_OPSET} or newer")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset {opset}: the exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
     tasks = parse_tasks(tasks, available=list(metadata["tasks"]))
     height, width = (int(v) for v in metadata["input_size"])
     wrapper = _wrapper(model, tasks)

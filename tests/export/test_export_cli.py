@@ -93,7 +93,8 @@ def test_fp16_onnx_openvino_and_triton_in_one_run(checkpoint, tmp_path):
     meta = read_onnx_metadata(out / "model.fp16.onnx")
     assert meta["precision"] == "fp16" and meta["tasks"] == ["seg", "depth"]
     assert meta["class_names"] == ["wall", "floor", "chair", "table"] and len(meta["source_sha256"]) == 64
-    assert (out / "openvino" / "model.xml").is_file() and (out / "model.onnx").is_file()
+    assert (out / "openvino" / "model.fp16.xml").is_file() and (out / "model.onnx").is_file()
+    assert not (out / "openvino" / "model.xml").exists()  # the fp32 IR name is not taken by fp16
     report = json.loads((out / "export.json").read_text())
     assert {a["precision"] for a in report["artifacts"]} == {"fp32", "fp16"}
     config = text_format.Parse((repo / "mtlkd_onnx" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())

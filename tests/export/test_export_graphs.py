@@ -295,14 +295,20 @@ def test_cli_int8_with_calib_data_and_openvino(net, tmp_path):
     for i, image in enumerate(load_calibration_images(None, meta["input_size"], n=8, seed=7)[0]):
         np.save(folder / f"{i}.npy", image.transpose(1, 2, 0))
     out = tmp_path / "out"
+    fp32 = CliRunner().invoke(app, [str(checkpoint), "--openvino", "--tasks", "seg,normal", "--out", str(out)])
+    assert fp32.exit_code == 0, fp32.output
     args = [str(checkpoint), "--precision", "int8", "--calib-data", str(tmp_path / "data"), "--openvino",
             "--tasks", "seg,normal", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    # each precision has its own IR: the int8 export did not replace the fp32 one (#12)
+    assert read_openvino_metadata(out / "openvino" / "model.xml")["precision"] == "fp32"
+    assert read_onnx_metadata(out / "model.onnx")["precision"] == "fp32"
     stored = read_onnx_metadata(out / "model.int8.onnx")
     assert stored["tasks"] == ["seg", "normal"] and stored["precision"] == "int8"
     assert stored["quantization"]["calibration"]["images"] == 8
     assert "train" in stored["quantization"]["calibration"]["source"]
-    assert read_openvino_metadata(out / "openvino" / "model.xml")["precision"] == "int8"
-    assert "Q/DQ" in read_openvino_metadata(out / "openvino" / "model.xml")["int8"]
+    assert read_openvino_metadata(out / "openvino" / "model.int8.xml")["precision"] == "int8"
+    assert "Q/DQ" in read_openvino_metadata(out / "openvino" / "model.int8.xml")["int8"]
+    assert (out / "openvino" / "model.int8.bin").is_file()
     assert "pixel agreement" in result.output and "normal angle" in result.output

@@ -257,7 +257,7 @@ def test_engine_is_validated_against_pytorch(checkpoint, tmp_path, monkeypatch, 
 
     def load_backend(name, path, device="cpu", **_):
         opened.append((name, Path(path).name, device))
-        return _EngineStandIn(out / "model.onnx", drift)
+        return _EngineStandIn(Path(path).with_name("model.onnx"), drift)  # the graph beside the engine
 
     monkeypatch.setattr(backends, "load_backend", load_backend)
     result = CliRunner().invoke(app, [str(checkpoint), "--trt", "--tasks", "seg,depth", "--out", str(out),
