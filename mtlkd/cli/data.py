@@ -73,9 +73,11 @@ def check(
     dataset: str = typer.Argument(..., help="nyuv2, cityscapes, cityscapes19 or synthetic."),
     data_dir: Path = typer.Option(None, "--data-dir", "-d", help="Dataset root (containing train/ and val/)."),
 ) -> None:
-    """Validate a dataset folder and print its splits, counts and sizes.
+    """Validate a dataset folder: every sample of both splits is read and checked, with progress.
 
-    Exits with status 2 and a one-line reason when something is missing or malformed.
+    Checks shape, dtype and values of every file (labels within the classes or -1, images uint8 or float
+    in [0, 1], depth finite and >= 0, normals unit length or 0) and names each bad file on its own line.
+    Exits with status 2 when something is missing or malformed.
     For synthetic without --data-dir, checks (and if needed renders) the cached default set.
 
     [bold]Examples:[/bold]
@@ -85,19 +87,34 @@ def check(
       mtl-data check cityscapes19 --data-dir ~/data/cityscapes
     """
     from mtlkd.data import DatasetError, get_spec, open_dataset
+    from mtlkd.ui import progress_bar
+
+    def error(message: str) -> None:
+        err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
 
     try:
         spec = get_spec(dataset)
-        rows = []
-        for split in ("train", "val"):
-            ds = open_dataset(spec.name, data_dir, split=split)
-            sample = ds.read(0)
-            rows.append((split, len(ds), tuple(sample["image"].shape[1:])))
+        splits = [(split, open_dataset(spec.name, data_dir, split=split)) for split in ("train", "val")]
     except DatasetError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        error(str(err))
         raise typer.Exit(2) from None
-    root = ds.root
-    console.print(f"{spec.title} at {root}: ok", highlight=False)
+    rows, bad = [], 0
+    with progress_bar("sample", transient=True) as bar:
+        for split, ds in splits:
+            job = bar.add_task(f"check {split}", total=len(ds), info="")
+            for index in range(len(ds)):
+                try:
+                    ds.check(index)
+                except DatasetError as err:
+                    bad += 1
+                    bar.console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+                bar.update(job, advance=1, info=f"{bad} bad" if bad else "")
+            rows.append((split, len(ds), tuple(ds.read(0)["image"].shape[1:]) if not bad else None))
+    if bad:
+        error(f"{bad} bad sample(s) in {splits[0][1].root} (listed above); fix or remove them before training")
+        raise typer.Exit(2)
+    root = splits[-1][1].root
+    console.print(f"{spec.title} at {root}: ok (every sample checked)", highlight=False, soft_wrap=True)
     console.print(f"  tasks: {', '.join(spec.tasks)}; {spec.num_classes} classes", highlight=False)
     for split, count, (height, width) in rows:
         console.print(f"  {split}: {count} samples of {height}x{width}", highlight=False)

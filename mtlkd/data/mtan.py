@@ -180,6 +180,10 @@ def check_file(path: Path, folder: str, size: tuple[int, int] | None) -> None:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as err:
         raise DatasetError(f"{path} is not a readable .npy array ({err})") from None
+    check_layout(path, folder, array, size)
+
+
+def check_layout(path: Path, folder: str, array: np.ndarray, size: tuple[int, int] | None) -> None:
     trailing, kinds = _LAYOUT[folder]
     if size is None:
         size = array.shape[:2]
@@ -190,6 +194,48 @@ def check_file(path: Path, folder: str, size: tuple[int, int] | None) -> None:
     if array.dtype.kind not in kinds:
         wanted = " or ".join({"f": "float", "i": "int", "u": "uint"}[k] for k in kinds)
         raise DatasetError(f"{path} has dtype {array.dtype}, expected {wanted}")
+
+
+NORMAL_TOLERANCE = 0.1  # |length - 1| of a unit normal, allowing for resampled (interpolated) normals
+NORMAL_BAD_FRACTION = 0.01  # share of non-zero normals allowed outside the tolerance
+
+
+def check_array(path: Path, folder: str, array: np.ndarray, size: tuple[int, int] | None,
+                num_classes: int) -> None:
+    """Shape, dtype and values of one loaded file: images uint8 or float in [0, 1]; labels class ids in
+    [0, num_classes) or -1 (ignore); depth finite and >= 0 (0 = no measurement); normals unit length or all
+    zero (no measurement). Raises DatasetError naming the file and what is wrong."""
+    check_layout(path, folder, array, size)
+    if folder == "image":
+        if array.dtype != np.uint8:
+            if array.dtype.kind != "f" or not np.isfinite(array).all():
+                raise DatasetError(f"{path}: image of {array.dtype} with non-finite values; store uint8 or "
+                                   f"float in [0, 1]")
+            lo, hi = float(array.min()), float(array.max())
+            if lo < 0.0 or hi > 1.0 + 1e-3:
+                raise DatasetError(f"{path}: float image with values in [{lo:g}, {hi:g}], expected [0, 1] "
+                                   f"(0-255 values: store uint8, or divide by 255)")
+    elif folder.startswith("label"):
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DatasetError(f"{path}: label map with non-finite values")
+        ids = np.rint(array) if array.dtype.kind == "f" else array
+        bad = (ids != -1) & ((ids < 0) | (ids >= num_classes))
+        if bad.any():
+            raise DatasetError(f"{path}: label {ids[bad].flat[0]:g} outside the {num_classes} classes "
+                               f"(ids 0..{num_classes - 1}, -1 = ignore) at {int(bad.sum())} pixel(s)")
+    elif folder == "depth":
+        if not np.isfinite(array).all() or (array < 0).any():
+            raise DatasetError(f"{path}: depth must be finite and >= 0 metres (0 = no measurement); "
+                               f"found {'non-finite' if not np.isfinite(array).all() else 'negative'} values")
+    elif folder == "normal":
+        if not np.isfinite(array).all():
+            raise DatasetError(f"{path}: normals with non-finite values")
+        length = np.sqrt((array.astype(np.float32) ** 2).sum(axis=-1))
+        present = length > 0
+        off = present & (np.abs(length - 1.0) > NORMAL_TOLERANCE)
+        if present.any() and off.sum() > NORMAL_BAD_FRACTION * present.sum():
+            raise DatasetError(f"{path}: {100 * off.sum() / present.sum():.0f}% of the normals are not unit length "
+                               f"(e.g. {float(length[off].flat[0]):.3g}); expected unit vectors, or 0 for none")
 
 
 def select_tasks(spec: DatasetSpec, tasks: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -240,6 +286,7 @@ class MTANDataset:
         self.length = validate_dataset(self.root, self.spec, split)
         self.augment = augment
         self.generator = generator  # a torch.Generator for augmentation, or None for torch's global RNG
+        self._size: tuple[int, int] | None = None  # H, W every file must have (from the spec or the images)
 
     @property
     def num_classes(self) -> int:
@@ -255,15 +302,33 @@ class MTANDataset:
     def _load(self, folder: str, index: int) -> np.ndarray:
         return np.load(self.root / self.split / folder / f"{index}.npy", allow_pickle=False)
 
+    def _checked(self, folder: str, index: int) -> np.ndarray:
+        """One file, loaded and checked (shape, dtype, values), so that a bad sample is one line naming it."""
+        path = self.root / self.split / folder / f"{index}.npy"
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise DatasetError(f"{path} is not a readable .npy array ({err})") from None
+        if self._size is None:
+            self._size = native_size(self.root, self.spec) or (array.shape[:2] if folder == "image" else None)
+        check_array(path, folder, array, self._size, self.spec.num_classes)
+        return array
+
+    def check(self, index: int) -> None:
+        """Read sample `index` from every folder of the dataset (all tasks, not only `.tasks`) and check it;
+        raises DatasetError naming the first bad file. What `mtl-data check` runs on every sample."""
+        for folder in ("image", *self.spec.folders.values()):
+            self._checked(folder, index)
+
     def read(self, index: int) -> dict[str, np.ndarray]:
-        """One sample as channel-first numpy arrays (no torch, no augmentation)."""
+        """One sample as channel-first numpy arrays (no torch, no augmentation), each file checked."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
-        image = self._load("image", index)
+        image = self._checked("image", index)
         image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
         sample = {"image": np.ascontiguousarray(np.moveaxis(image, -1, 0))}
         for task in self.tasks:
-            array = self._load(self.spec.folders[task], index)
+            array = self._checked(self.spec.folders[task], index)
             if task == "seg":
                 sample[task] = (np.rint(array) if array.dtype.kind == "f" else array).astype(np.int64)
             else:
