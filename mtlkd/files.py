@@ -49,3 +49,19 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def cannot_write(path: str | Path) -> str | None:
+    """Why a file could not be written at `path` (a folder there, a parent that is a file or read-only), or
+    None when it can: checked before a long run, so that its result is not lost at the end."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; pass a file name"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path if path.exists() else parent} is not writable"
+    return None

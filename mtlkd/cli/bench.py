@@ -97,8 +97,9 @@ def command(
     """
     from mtlkd.bench import BACKENDS, PRECISIONS, VARIANTS
     from mtlkd.bench.run import BenchOptions
+    from mtlkd.files import cannot_write
     from mtlkd.models.presets import PRESETS
-    from mtlkd.runtime.backends import INSTALL_HINTS, installed
+    from mtlkd.runtime.backends import INSTALL_HINTS, available, installed
 
     with user_errors():
         if preset not in PRESETS:
@@ -114,6 +115,13 @@ def command(
         for name in backend_list or []:
             if not installed(name):
                 raise UserError(f"--backends {name}: not installed ({INSTALL_HINTS[name]})")
+        if device == "cuda" and not any(installed(n) and available(n, "cuda") for n in backend_list or BACKENDS):
+            raise UserError("--device cuda: no backend here can run on a CUDA GPU (none found, or no GPU build "
+                            "of torch/onnxruntime/TensorRT installed); use --device cpu")
+        for option, path in (("--json", json_path), ("--plot", plot)):
+            problem = cannot_write(path) if path is not None else None
+            if problem:  # checked before the run, so that the measurements are not lost at its end
+                raise UserError(f"{option} {path}: {problem}")
         if data_dir is not None and not data_dir.is_dir():
             raise UserError(f"--data-dir {data_dir}: no such folder")
         options = BenchOptions(

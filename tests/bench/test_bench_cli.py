@@ -147,3 +147,34 @@ def test_mtl_checkpoint_alone_gets_random_stl_counterparts(tmp_path, monkeypatch
                                                                  "normal": True}  # fmt: skip
     mtl = next(r for r in rows if r["model"] == "mtl")
     assert sum(r["params"] for r in rows if r["model"] != "mtl") > mtl["params"]
+
+
+def test_unwritable_json_or_plot_is_refused_before_the_run(tmp_path, monkeypatch):
+    import os
+
+    import mtlkd.bench.run as bench_run
+
+    monkeypatch.setattr(bench_run, "run_benchmark", lambda *a, **k: pytest.fail("the run started"), raising=False)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked) else real(p, mode, **kw))
+    for args, words in ((["--json", str(tmp_path)], "is a folder"),
+                        (["--json", str(locked / "bench.json")], "not writable"),
+                        (["--plot", str(locked / "sub" / "bench.png")], "not writable"),
+                        (["--json", str(tmp_path / "a-file" / "bench.json")], "not a folder")):
+        (tmp_path / "a-file").write_text("x")
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and words in lines[0], result.output
+
+
+def test_cuda_without_a_gpu_is_one_line():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    result = runner.invoke(app, ["--device", "cuda", "--backends", "torch,onnxruntime"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "--device cpu" in lines[0]
