@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.ui import console, user_errors
+from mtlkd.ui import UserError, console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -33,6 +33,8 @@ def command(
     from mtlkd.runtime import Predictor
 
     with user_errors():
+        if batch_size < 1:
+            raise UserError(f"--batch-size {batch_size}: must be 1 or more")
         predictor = Predictor.load(str(model), backend=backend)
         precision = predictor.metadata.get("precision") or ("fp32" if model.suffix == ".safetensors" else "unknown")
         console.print(f"evaluating {model} ({precision}, {predictor.backend_name})", highlight=False)
@@ -56,3 +58,6 @@ def command(
 
 
 app.command()(command)
+
+if __name__ == "__main__":
+    app()

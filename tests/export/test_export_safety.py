@@ -103,3 +103,12 @@ def test_eval_says_which_precision_it_read(checkpoint, tmp_path):
         assert result.exit_code == 0, result.output
         assert f"({precision}, onnxruntime)" in result.stderr
         assert set(json.loads(result.stdout)) == {"seg", "depth", "normal"}  # stdout stays the metrics only
+
+
+def test_eval_batch_size_zero_is_one_line(checkpoint):
+    from mtlkd.cli.evaluate import app as eval_app
+
+    result = runner.invoke(eval_app, [str(checkpoint), "synthetic", "--batch-size", "0"])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == ["error: --batch-size 0: must be 1 or more"]
