@@ -57,6 +57,13 @@ def synthetic(
     height, width = parse_size(size)
     if train + val == 0:
         raise typer.BadParameter("nothing to generate: --train and --val are both 0")
+    from mtlkd.files import cannot_write
+
+    problem = "is a file, not a folder" if out.is_file() else cannot_write(out / "meta.json")
+    if problem:
+        err_console.print(f"error: --out {out}: {problem}; pass another folder", markup=False, highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(2)
     started = time.perf_counter()
     write_synthetic(out, train, val, size=(height, width), seed=seed, progress=progress)
     seconds = time.perf_counter() - started

@@ -36,8 +36,6 @@ def command(
         if batch_size < 1:
             raise UserError(f"--batch-size {batch_size}: must be 1 or more")
         predictor = Predictor.load(str(model), backend=backend)
-        precision = predictor.metadata.get("precision") or ("fp32" if model.suffix == ".safetensors" else "unknown")
-        console.print(f"evaluating {model} ({precision}, {predictor.backend_name})", highlight=False)
         from torch.utils.data import DataLoader
 
         from mtlkd.data import open_dataset
@@ -47,6 +45,8 @@ def command(
         tasks = [t for t in tasks if t in data.tasks]
         if not tasks:
             raise ValueError(f"{model} predicts {predictor.tasks}, but {dataset} has targets for {data.tasks}")
+        precision = predictor.metadata.get("precision") or ("fp32" if model.suffix == ".safetensors" else "unknown")
+        console.print(f"evaluating {model} ({precision}, {predictor.backend_name})", highlight=False)
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)
         metrics = evaluate(lambda images, ts: predictor.run_raw(images.numpy(), ts, data_size=True), loader,
                            tasks, predictor.metadata.get("num_classes"))

@@ -78,3 +78,15 @@ def test_training_on_a_bad_label_is_one_line(data):
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "label 99 outside" in lines[0] and "train/label/" in lines[0]
     assert "Traceback" not in result.output and "IndexError" not in result.output
+
+
+def test_synthetic_into_a_file_is_one_line(tmp_path):
+    a_file = tmp_path / "data"
+    a_file.write_text("keep")
+    for out in (a_file, a_file / "sub"):
+        result = runner.invoke(app, ["data", "synthetic", "--out", str(out), "--train", "1", "--val", "1",
+                                     "--size", "16x16", "--no-progress"])
+        assert result.exit_code == 2, result.output
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: --out {out}")
+    assert a_file.read_text() == "keep"
