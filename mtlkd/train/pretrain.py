@@ -226,7 +226,7 @@ def pretrain(options: PretrainOptions) -> Path:
         "pretraining": {**asdict(options), "history": history, "scene_ranges": "wide"},
     }
     path = save_checkpoint(out / BACKBONE_FILE, model.backbone.vit.state_dict(), meta)
-    _plot(out, history)
+    _plot(out, history, options.preset)
     return path
 
 
@@ -270,7 +270,7 @@ def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int,
     return meta["epochs_done"], meta["history"]
 
 
-def _plot(out: Path, history: list[dict[str, Any]]) -> None:
+def _plot(out: Path, history: list[dict[str, Any]], preset: str) -> None:
     """pretrain.png: the masked-patch loss per epoch."""
     import matplotlib
 
@@ -282,7 +282,7 @@ def _plot(out: Path, history: list[dict[str, Any]]) -> None:
     ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o")
     ax.set_xlabel("epoch")
     ax.set_ylabel("masked-patch L1 (normalised pixels)")
-    ax.set_title("SimMIM pretraining")
+    ax.set_title(f"SimMIM pretraining of {preset}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.tight_layout()
