@@ -30,7 +30,8 @@ def run_demo(out: Path, epochs: int, train_images: int, val_images: int, batch_s
     console.rule("2/4  training the vit-micro multi-task model")
     started = time.perf_counter()
     run = train(TrainOptions(dataset="synthetic", data_dir=str(data), out=str(out / "mtl"), method="mtl",
-                             preset="vit-micro", epochs=epochs, batch_size=batch_size, lr=1e-3, seed=0))
+                             preset="vit-micro", epochs=epochs, batch_size=batch_size, lr=1e-3, seed=0,
+                             overwrite=True))  # `make demo` again replaces the demo run
     timings["train_s"] = time.perf_counter() - started
 
     console.rule("3/4  evaluation (whole validation split)")

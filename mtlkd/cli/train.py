@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
-from mtlkd.ui import user_errors
+from mtlkd.ui import UserError, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
 def command(
+    ctx: typer.Context,
     dataset: str = typer.Argument("synthetic", help="nyuv2, cityscapes, cityscapes19 or synthetic."),
     method: str = typer.Option("mtl", help="stl, mtl, or a distillation method (see --help of the docs)."),
     preset: str = typer.Option(
@@ -68,6 +70,10 @@ def command(
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     max_steps: int | None = typer.Option(None, help="Cap on steps per epoch (quick runs)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last saved epoch."),
+    overwrite: bool = typer.Option(
+        False, help="Replace the run already in --out (its training files are deleted first); without it, "
+        "training into a folder that holds a run is refused."
+    ),
 ) -> None:
     """Train on DATASET and write checkpoints, metrics.json, history.jsonl and curves.png to --out.
 
@@ -84,7 +90,7 @@ def command(
     with user_errors():
         from mtlkd.train.trainer import TrainOptions, train
 
-        size = [int(v) for v in img_size.lower().split("x")] if img_size else None
+        size = _parse_img_size(img_size)
         if pretrained and backbone_weights:
             raise ValueError("--pretrained and --backbone-weights both name a starting point; pass one")
         if pretrained:
@@ -109,6 +115,7 @@ def command(
             workers=workers,
             max_steps_per_epoch=max_steps,
             resume=resume,
+            overwrite=overwrite,
             backbone_weights=str(backbone_weights) if backbone_weights else None,
             select_fraction=select_fraction,
             select_seed=select_seed,
@@ -132,8 +139,54 @@ def command(
                 regression_kd=regression_kd,
             ),
         )
-        run = train(options)
+        if resume:  # the run's own options from its run.json; those typed here must agree with them
+            options = _resumed(ctx, options)
+        try:
+            run = train(options)
+        except KeyboardInterrupt:
+            _interrupted(Path(options.out))
     typer.echo(f"run folder: {run}")
+
+
+# Command-line parameters stored under another TrainOptions field; device and workers may change on resume.
+PARAM_FIELDS = {"max_steps": "max_steps_per_epoch", "pretrained": "backbone_weights"}
+MAY_DIFFER = {"device", "workers"}
+
+
+def _resumed(ctx: typer.Context, options):
+    """`--resume --out RUN` alone continues RUN with the options in RUN/run.json; options typed as well must
+    agree with them (device and workers may change)."""
+    from mtlkd.train.runfolder import resumed_options
+    from mtlkd.train.trainer import TrainOptions
+
+    # by name: typer may bring its own click, whose ParameterSource is not click.core's
+    typed = {PARAM_FIELDS.get(name, name) for name in ctx.params
+             if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    return resumed_options(TrainOptions, Path(options.out), options, typed, MAY_DIFFER)
+
+
+def _interrupted(out: Path) -> NoReturn:
+    """Ctrl-C: say how to continue (from the last saved epoch) and exit 130, as a shell does."""
+    import shlex
+    import sys
+
+    if (out / "state.json").is_file():
+        print(f"interrupted; continue from the last saved epoch with: mtl-train --resume --out {shlex.quote(str(out))}",
+              file=sys.stderr)
+    else:
+        print("interrupted before the first epoch ended; nothing was saved to resume: run the same command again",
+              file=sys.stderr)
+    raise typer.Exit(130)
+
+
+def _parse_img_size(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--img-size {text}: expected HxW of at least 8x8, e.g. 96x128") from None
+    return [height, width]
 
 
 def _method_options(**values) -> dict:

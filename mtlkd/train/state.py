@@ -50,12 +50,44 @@ def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selec
 
 
 def load(out: Path, method, optimizers: list, scheduler) -> tuple[int, dict]:
-    """Restore everything `save` wrote; returns (epochs done, the epoch selection's state)."""
-    tensors = load_file(str(out / STATE_FILE))
+    """Restore everything `save` wrote; returns (epochs done, the epoch selection's state). A damaged state,
+    or one of another method or other options, is one ValueError naming the file."""
+    state_file, state_json = out / STATE_FILE, out / STATE_JSON
     try:
-        meta = json.loads((out / STATE_JSON).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{out / STATE_JSON}: corrupt training state ({exc}); train again into a new --out") from None
+        tensors = load_file(str(state_file))
+    except Exception as exc:  # noqa: BLE001  safetensors raises its own types for a damaged file
+        raise ValueError(f"{state_file}: corrupt training state ({_first_line(exc)}); train again into a new "
+                         f"--out") from None
+    try:
+        meta = json.loads(state_json.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{state_json}: corrupt training state ({exc}); train again into a new --out") from None
+    if not isinstance(meta, dict) or not set(meta) >= STATE_KEYS:
+        raise ValueError(f"{state_json}: corrupt training state (not what mtl-train writes); train again into a new "
+                         f"--out")
+    saved_steps, steps = meta["scheduler"].get("total_steps"), getattr(scheduler, "total_steps", None)
+    if saved_steps is not None and steps is not None and saved_steps != steps:
+        raise ValueError(f"{state_json}: the run was saved for {saved_steps} steps but these options make {steps}; "
+                         f"resume with the run's own --epochs, --batch-size and --max-steps "
+                         f"(`mtl-train --resume --out {out}` alone uses them)")
+    try:
+        _restore(tensors, meta, method, optimizers, scheduler)
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
+        raise ValueError(f"{state_file}: the saved state does not fit this run's {method.name} networks "
+                         f"({_first_line(exc)}); was it written by another method? see {out / 'run.json'}") from None
+    _truncate_history(out, meta["epochs_done"])
+    return meta["epochs_done"], meta["selection"]
+
+
+STATE_KEYS = {"epochs_done", "selection", "param_groups", "optim_scalars", "scheduler"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _restore(tensors: dict, meta: dict, method, optimizers: list, scheduler) -> None:
     for name, net in method.nets.items():
         prefix = f"nets.{name}."
         unwrap(net).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -73,8 +105,6 @@ def load(out: Path, method, optimizers: list, scheduler) -> tuple[int, dict]:
                 group["betas"] = tuple(group["betas"])
         optimizer.load_state_dict({"state": slots, "param_groups": groups})
     scheduler.load_state_dict(meta["scheduler"])
-    _truncate_history(out, meta["epochs_done"])
-    return meta["epochs_done"], meta["selection"]
 
 
 def _truncate_history(out: Path, epochs_done: int) -> None:

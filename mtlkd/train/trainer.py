@@ -25,6 +25,7 @@ from mtlkd.tasks import get_task, parse_tasks
 from mtlkd.train import state as train_state
 from mtlkd.train.methods import create_method
 from mtlkd.train.methods.base import MethodContext, forward, task_losses, unwrap
+from mtlkd.train.runfolder import check_options, check_run_folder, run_lock
 from mtlkd.train.selection import EpochSelector, holdout_split
 from mtlkd.ui import console, progress_bar
 
@@ -50,6 +51,7 @@ class TrainOptions:
     workers: int = 0
     augment: bool = True
     resume: bool = False
+    overwrite: bool = False  # replace the run in `out` (its training files are deleted first)
     max_steps_per_epoch: int | None = None
     max_val_batches: int | None = None
     backbone_weights: str | None = None
@@ -84,7 +86,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train(options: TrainOptions) -> Path:
-    """Train a method; returns the run folder holding checkpoints, metrics.json and history.jsonl."""
+    """Train a method; returns the run folder holding checkpoints, metrics.json and history.jsonl.
+
+    Options are checked first; a folder holding a run is refused unless `resume` or `overwrite`, and the
+    folder is locked for the whole run (mtlkd.train.runfolder)."""
+    check_options(options)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(options)
+    out = Path(options.out)
+    with run_lock(out):
+        check_run_folder(out, options.resume, options.overwrite)
+        return _train(options)
+
+
+def _train(options: TrainOptions) -> Path:
     device = resolve_device(options.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -310,7 +325,7 @@ def _average(sums: dict, n: int) -> dict:
 
 def _print_epoch(record: dict) -> None:
     parts = [f"epoch {record['epoch']}", f"loss {record['train']['loss']:.4f}", f"{record['train_seconds']:.1f}s"]
-    for name, result in record["val"].items():
+    for name, result in record.get("val", {}).items():  # nothing held out (--select-fraction 0): no val
         m = result["metrics"]
         if "seg" in m:
             parts.append(f"{name} mIoU {m['seg']['miou']:.1f}")

@@ -1,0 +1,178 @@
+"""Run folders are never destroyed by accident: what a training may write into, one lock per folder, the
+options a run was started with, and the checks on options that would otherwise fail deep in the loop.
+
+* Training into a folder that already holds a run (saved state, checkpoints, metrics or history) is
+  refused unless it continues it (`resume`) or replaces it (`overwrite`, which first deletes the files a
+  training writes; nothing else in the folder).
+* One training per folder: an exclusive `flock` on RUN/.lock, held for the whole run; a second one gets
+  one line naming the first one's process id. The lock dies with its process, so a crash never leaves
+  a folder locked.
+* `saved_options(RUN)` reads RUN/run.json, so `mtl-train --resume --out RUN` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mtlkd.ui import UserError
+
+LOCK_FILE = ".lock"
+# What a training writes: the files `overwrite` deletes, and those that mean "a run lives here".
+RUN_FILES = ("run.json", "history.jsonl", "state.json", "state.safetensors", "metrics.json", "last_metrics.json",
+             "selection.json", "curves.png", "task_weights.png", "mtl_vs_stl.png", "omega.png")
+RUN_MARKERS = ("state.json", "metrics.json", "history.jsonl")
+
+
+def holds_run(out: Path) -> bool:
+    """Whether `out` holds something a training made that would be lost: saved state, metrics, a non-empty
+    history or a checkpoint. (A run.json with an empty history, from a run stopped before its first epoch
+    ended, holds nothing to lose.)"""
+    if not out.is_dir():
+        return False
+    for name in RUN_MARKERS:
+        path = out / name
+        if path.is_file() and (name != "history.jsonl" or path.stat().st_size > 0):
+            return True
+    return any(out.glob("*.safetensors"))
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse what would destroy a run or cannot work, in one line each; with `overwrite`, delete the
+    earlier run's files (only those a training writes)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the run")
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it; pass one")
+    if resume:
+        if not (out / "state.json").is_file() or not (out / "state.safetensors").is_file():
+            raise UserError(f"--resume: {out} has no saved training state (state.json and state.safetensors); "
+                            f"nothing to resume. Train without --resume (and --overwrite to replace it)")
+        return
+    if holds_run(out):
+        if not overwrite:
+            raise UserError(f"--out {out} holds a run already; continue it with --resume, replace it with "
+                            f"--overwrite, or pass another --out")
+        for path in [*(out / n for n in RUN_FILES), *out.glob("*.safetensors")]:
+            if path.is_file():
+                path.unlink()
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not writable; pass another --out")
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold RUN/.lock exclusively for the block; another holder means another training writes here."""
+    import fcntl
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc}); pass another --out") from None
+    try:
+        handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 (closed below, after the lock is released)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write into it ({exc.strerror or exc}); pass another --out") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"--out {out}: another training (pid {holder}) is writing into this folder; wait "
+                            f"for it to end or pass another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def saved_options(out: Path) -> dict[str, Any]:
+    """The options RUN/run.json holds (without the network config), for `--resume --out RUN` alone."""
+    path = out / "run.json"
+    if not path.is_file():
+        raise UserError(f"--resume: {path} is missing; pass every option of the run again with --resume")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: corrupt run options ({exc}); pass every option of the run with --resume") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: corrupt run options (not a JSON object)")
+    saved.pop("config", None)
+    return saved
+
+
+def check_options(options: Any) -> None:
+    """Options that would crash or silently misbehave later, refused before anything is read or written."""
+    def bad(option: str, value: Any, want: str) -> UserError:
+        return UserError(f"--{option} {value}: {want}")
+
+    if not isinstance(options.batch_size, int) or options.batch_size < 1:
+        raise bad("batch-size", options.batch_size, "must be 1 or more")
+    if not isinstance(options.epochs, int) or options.epochs < 1:
+        raise bad("epochs", options.epochs, "must be 1 or more")
+    if not (isinstance(options.lr, int | float) and math.isfinite(options.lr) and options.lr > 0):
+        raise bad("lr", options.lr, "the learning rate must be a positive number, e.g. 1e-3")
+    if not (math.isfinite(options.weight_decay) and options.weight_decay >= 0):
+        raise bad("weight-decay", options.weight_decay, "must be 0 or more")
+    if options.workers < 0:
+        raise bad("workers", options.workers, "must be 0 or more")
+    if options.max_steps_per_epoch is not None and options.max_steps_per_epoch < 1:
+        raise bad("max-steps", options.max_steps_per_epoch, "must be 1 or more")
+    fraction = getattr(options, "select_fraction", 0.0)
+    if not (math.isfinite(fraction) and 0 <= fraction < 1):
+        raise bad("select-fraction", fraction, "must be in [0, 1)")
+    if options.img_size is not None and (len(options.img_size) != 2 or min(options.img_size) < 8):
+        raise bad("img-size", "x".join(map(str, options.img_size)), "expected HxW of at least 8x8, e.g. 96x128")
+    if options.device not in ("auto", "cpu", "cuda") and not str(options.device).startswith("cuda:"):
+        raise bad("device", options.device, "use auto, cpu or cuda")
+
+
+def resumed_options(cls: type, out: Path, given: Any, explicit: set[str], may_differ: set[str]) -> Any:
+    """`cls` (TrainOptions) from RUN/run.json, with the options given on the command line (`explicit`
+    names the fields the user typed) checked against it: those in `may_differ` (device, workers) replace
+    the saved ones, any other that differs is refused, since the run would not continue the same way."""
+    saved = saved_options(out)
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged = {k: v for k, v in saved.items() if k in names}
+    merged.update(out=str(out), resume=True, overwrite=False)
+    differing = []
+    for name in sorted(explicit & names - {"out", "resume", "method_options"}):
+        value = getattr(given, name)
+        if name in may_differ or name not in saved:  # not in run.json: an option newer than the run
+            merged[name] = value
+        elif _norm(saved[name]) != _norm(value):
+            differing.append(f"--{name.replace('_', '-')} {value} (the run has {saved[name]})")
+    saved_method = dict(saved.get("method_options") or {})
+    for key, value in (getattr(given, "method_options", None) or {}).items():
+        if key not in saved_method:
+            saved_method[key] = value
+        elif _norm(saved_method[key]) != _norm(value):
+            differing.append(f"--{key.replace('_', '-')} {value} (the run has {saved_method[key]})")
+    merged["method_options"] = saved_method
+    if differing:
+        raise UserError(f"--resume continues {out} with its own options; these differ: {'; '.join(differing)}. "
+                        f"Drop them, or train anew into another --out")
+    return cls(**merged)
+
+
+def _norm(value: Any) -> Any:
+    """Compare as run.json stores values: tuples as lists, paths as strings."""
+    return json.loads(json.dumps(value, default=str))
