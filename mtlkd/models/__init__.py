@@ -1,4 +1,4 @@
-"""Models: one registry of architectures, configs as data, `create_model(config)`."""
+"""Models: one registry of architectures, configs as data, `create_model(name or config)`, `list_models()`."""
 
 from __future__ import annotations
 
@@ -17,13 +17,37 @@ from mtlkd.models.resnet import ResNetBackbone  # noqa: F401  (registers the "re
 
 __all__ = [
     "ARCHS", "BACKBONES", "HEADS", "PRESETS", "MultiTaskNet", "SingleTaskNet", "count_parameters", "load_model",
-    "create_model", "explicit_attention", "input_size", "preset_config", "register_arch", "register_backbone",
-    "register_head",
+    "create_model", "list_models", "explicit_attention", "input_size", "preset_config", "register_arch",
+    "register_backbone", "register_head",
 ]
 
 
-def create_model(config: dict[str, Any], backbone_weights: str | None = None) -> nn.Module:
-    """Build the network a config describes; optionally load local pretrained backbone weights."""
+DEFAULT_TASKS = ("seg", "depth", "normal")
+DEFAULT_NUM_CLASSES = 13  # NYUv2-13, the papers' benchmark (and the synthetic scenes' classes)
+
+
+def list_models() -> list[str]:
+    """The preset names `create_model` takes."""
+    return sorted(PRESETS)
+
+
+def create_model(config: dict[str, Any] | str, backbone_weights: str | None = None, *,
+                 tasks: list[str] | tuple[str, ...] | None = None, num_classes: int | None = None,
+                 class_names: list[str] | None = None, img_size: tuple[int, int] | None = None,
+                 arch: str = "mtl", pretrained: bool = False) -> nn.Module:
+    """Build a network from a preset name (`create_model("vit-tiny", tasks=["seg", "depth"])`; by default all
+    three tasks and NYUv2's 13 classes) or from a complete config; optionally start its backbone from local
+    weights, or from the preset's pretrained backbone (`pretrained=True`, see mtlkd.models.pretrained)."""
+    if isinstance(config, str):
+        preset = config
+        tasks = list(tasks or DEFAULT_TASKS)
+        if "seg" in tasks and num_classes is None and class_names is None:
+            num_classes = DEFAULT_NUM_CLASSES
+        config = preset_config(preset, tasks, num_classes, class_names, img_size=img_size, arch=arch)
+        if pretrained:
+            from mtlkd.models.pretrained import pretrained_backbone
+
+            backbone_weights = str(pretrained_backbone(preset))
     arch = config.get("arch", "mtl")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")

@@ -71,6 +71,8 @@ def preset_config(
         config["backbone"]["img_size"] = list(img_size)
     if class_names is not None and num_classes is None:
         num_classes = len(class_names)
+    if "seg" in tasks and num_classes is None:
+        raise ValueError(f"preset_config({preset!r}): segmentation needs num_classes or class_names (NYUv2: 13)")
     config.update(
         preset=preset,
         arch=arch,

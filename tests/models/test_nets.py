@@ -98,3 +98,33 @@ def test_pretrained_position_embedding_is_resampled(tmp_path):
     bigger = create_model(preset_config("vit-nano", ["depth"], img_size=(48, 64)),
                           backbone_weights=str(tmp_path / "vit.safetensors"))
     assert bigger.backbone.vit.pos_embed.shape[1] == 1 + 6 * 8
+
+
+def test_create_model_by_name_as_timm_users_expect():
+    from mtlkd.models import list_models
+
+    assert {"vit-tiny", "vit-micro", "vit-nano", "deeplabv3-r50"} <= set(list_models())
+    net = create_model("vit-nano")
+    assert net.tasks == ["seg", "depth", "normal"] and net.config["num_classes"] == 13
+    depth_only = create_model("vit-nano", tasks=["depth"])
+    assert list(depth_only.heads) == ["depth"] and depth_only.config["num_classes"] is None
+    five = create_model("vit-nano", tasks=["seg"], class_names=["a", "b", "c", "d", "e"])
+    assert five(torch.rand(1, 3, 32, 32))["seg"].shape == (1, 5, 32, 32)
+    with pytest.raises(ValueError, match="unknown preset"):
+        create_model("vit-huge")
+
+
+def test_preset_config_without_classes_for_segmentation_fails_at_once():
+    with pytest.raises(ValueError, match="num_classes"):
+        preset_config("vit-nano", ["seg", "depth"])
+
+
+def test_create_model_pretrained_starts_from_the_bundled_backbone():
+    from safetensors.torch import load_file
+
+    from mtlkd.models.pretrained import pretrained_backbone
+
+    net = create_model("vit-micro", tasks=["depth"], pretrained=True)
+    bundled = load_file(str(pretrained_backbone("vit-micro")))
+    own = net.backbone.vit.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in bundled.items())
