@@ -6,9 +6,13 @@ fixed share of the *training* split is held out (`holdout_split`, the same image
 seed with the same `select_seed`), each epoch is scored on it, and the evaluation split is scored once,
 by the chosen checkpoint (and by the last epoch's weights, for comparison).
 
-The rule: the epoch with the highest Delta (eq. 4, mean relative change per task) against the same
-network's metrics after the first epoch it trained. Delta averages relative changes per task first, so
-no task's loss scale decides (the sum of raw losses that this replaces was dominated by cross-entropy).
+The rule: an epoch replaces the kept one when its Delta (eq. 4, the mean over tasks of the mean relative
+change of their metrics) against the kept epoch's metrics is positive; the first epoch a network trains
+is kept to begin with. Delta averages relative changes per task first, so no task's loss scale decides
+(the sum of raw losses that this replaces was dominated by cross-entropy). Why against the kept epoch
+and not against a fixed first epoch: after one epoch a metric such as the share of normals within
+11.25 degrees can be 0.05%, and relative changes against it (thousands of percent) would let that one
+metric choose the epoch.
 """
 
 from __future__ import annotations
@@ -43,28 +47,28 @@ def selection_delta(metrics: dict[str, Any], reference: dict[str, Any]) -> float
 
 
 class EpochSelector:
-    """Per network: its reference metrics (the first epoch it trained), each epoch's Delta against them,
-    and the best epoch so far. `state` is JSON (saved with the training state, so resume keeps it)."""
+    """Per network: the kept epoch and its metrics, and each epoch's Delta against them. `state` is JSON
+    (saved with the training state, so resume keeps it)."""
 
     def __init__(self, state: dict[str, Any] | None = None):
         self.state: dict[str, Any] = dict(state or {})
 
     def update(self, epoch: int, results: dict[str, dict[str, Any]], trained: set[str]) -> dict[str, float]:
-        """Score one epoch (1-based) of every network in `results` ({name: {"metrics": ...}}) that
-        trained this epoch; returns {name: Delta} and records a new best where Delta is strictly higher."""
+        """Score one epoch (1-based) of every network in `results` ({name: {"metrics": ...}}) that trained
+        this epoch; returns {name: Delta against the kept epoch} and keeps this epoch where it is > 0."""
         deltas: dict[str, float] = {}
         for name, result in results.items():
             if name not in trained:
                 continue
-            entry = self.state.setdefault(name, {"reference": result["metrics"], "reference_epoch": epoch})
-            value = selection_delta(result["metrics"], entry["reference"])
+            kept = self.state.get(name)
+            value = 0.0 if kept is None else selection_delta(result["metrics"], kept["metrics"])
             deltas[name] = value
-            if "epoch" not in entry or value > entry["delta"]:
-                entry.update(epoch=epoch, delta=value)
+            if kept is None or value > 0:
+                self.state[name] = {"epoch": epoch, "metrics": result["metrics"], "delta_over_previous": value}
         return deltas
 
     def keep_last(self, epoch: int, trained: set[str]) -> None:
-        """With nothing held out, the last epoch each network trained is the chosen one."""
+        """With nothing held out, the last epoch each network trained is the kept one."""
         for name in trained:
             self.state[name] = {"epoch": epoch}
 
@@ -72,5 +76,5 @@ class EpochSelector:
         return self.state.get(name, {}).get("epoch") == epoch
 
     def chosen(self) -> dict[str, dict[str, Any]]:
-        """{name: {"epoch", "delta", "reference_epoch"}} for selection.json."""
-        return {name: {k: v for k, v in entry.items() if k != "reference"} for name, entry in self.state.items()}
+        """{name: {"epoch", "delta_over_previous"}} for selection.json and the checkpoint's metadata."""
+        return {name: {k: v for k, v in entry.items() if k != "metrics"} for name, entry in self.state.items()}

@@ -205,7 +205,7 @@ def _final_scores(out: Path, method, eval_set, selector: EpochSelector, options:
     write_json(out / "last_metrics.json", merged_metrics(last))
     write_json(out / "metrics.json", merged_metrics(chosen))
     write_json(out / "selection.json", {
-        "rule": "highest Delta against the network's first trained epoch, on the held-out training images",
+        "rule": "an epoch replaces the kept one when its Delta against it is > 0, on the held-out training images",
         "select_fraction": options.select_fraction, "select_seed": options.select_seed,
         "evaluation_split": "val", "evaluation_images": len(eval_set), "networks": selector.chosen(),
     })

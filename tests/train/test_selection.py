@@ -48,22 +48,28 @@ def _m(miou: float, mean_angle: float) -> dict:
     return {"seg": {"miou": miou, "pixel_acc": 50.0}, "normal": {"mean": mean_angle}}
 
 
-def test_selector_keeps_the_highest_delta_against_the_first_trained_epoch():
+def test_selector_keeps_an_epoch_only_when_it_beats_the_kept_one():
     selector = EpochSelector()
-    # okd-like: "mtl" does not train in epoch 1 (warm-up); its reference is epoch 2
+    # okd-like: "mtl" does not train in epoch 1 (warm-up); it starts being kept at epoch 2
     selector.update(1, {"mtl": {"metrics": _m(1.0, 80.0)}, "stl": {"metrics": _m(10.0, 40.0)}}, {"stl"})
     assert "mtl" not in selector.state
     deltas = selector.update(2, {"mtl": {"metrics": _m(10.0, 40.0)}, "stl": {"metrics": _m(12.0, 40.0)}},
                              {"mtl", "stl"})
     assert deltas["mtl"] == 0.0 and selector.improved("mtl", 2) and selector.improved("stl", 2)
-    # seg better by 10% of miou (+5 on the task), normals worse by 10% (-10): Delta -2.5, not kept
-    selector.update(3, {"mtl": {"metrics": _m(11.0, 44.0)}, "stl": {"metrics": _m(12.0, 40.0)}}, {"mtl", "stl"})
+    # seg better by 10% of mIoU (+5 on the task), normals worse by 10% (-10): Delta -2.5, not kept
+    deltas = selector.update(3, {"mtl": {"metrics": _m(11.0, 44.0)}, "stl": {"metrics": _m(12.0, 40.0)}},
+                             {"mtl", "stl"})
+    assert deltas["mtl"] == pytest.approx(-2.5)
     assert not selector.improved("mtl", 3) and not selector.improved("stl", 3)  # equal is not better
-    selector.update(4, {"mtl": {"metrics": _m(11.0, 38.0)}, "stl": {"metrics": _m(11.0, 40.0)}}, {"mtl", "stl"})
+    # against the kept epoch 2: seg +5, normals +5 (38 vs 40 degrees) -> +5, kept
+    deltas = selector.update(4, {"mtl": {"metrics": _m(11.0, 38.0)}, "stl": {"metrics": _m(11.0, 40.0)}},
+                             {"mtl", "stl"})
+    assert deltas["mtl"] == pytest.approx(5.0)
     chosen = selector.chosen()
-    assert chosen["mtl"]["epoch"] == 4 and chosen["mtl"]["reference_epoch"] == 2
-    assert chosen["stl"]["epoch"] == 2
-    # a reference metric of 0 (an untrained network) is left out instead of dividing by it
+    assert chosen["mtl"]["epoch"] == 4 and chosen["stl"]["epoch"] == 2
+    # the next epoch is compared with epoch 4, not with epoch 2
+    assert selector.update(5, {"mtl": {"metrics": _m(11.0, 38.0)}}, {"mtl"})["mtl"] == 0.0
+    # a kept metric of 0 (an untrained network) is left out instead of dividing by it
     zero = EpochSelector()
     zero.update(1, {"n": {"metrics": {"normal": {"mean": 50.0, "within_11.25": 0.0}}}}, {"n"})
     assert zero.update(2, {"n": {"metrics": {"normal": {"mean": 45.0, "within_11.25": 3.0}}}}, {"n"})["n"] == 10.0
@@ -80,7 +86,9 @@ def test_run_scores_the_evaluation_split_with_the_chosen_and_the_last_weights(ti
     assert read_metadata(run / "model.safetensors")["epoch"] == chosen
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     deltas = [r["select_delta"]["mtl"] for r in history]
-    assert deltas[0] == 0.0 and chosen == 1 + max(range(3), key=lambda i: (deltas[i], -i))
+    assert deltas[0] == 0.0
+    kept = [1 + i for i, d in enumerate(deltas) if i == 0 or d > 0]  # the epochs that replaced the kept one
+    assert chosen == kept[-1]
     metrics = json.loads((run / "metrics.json").read_text())
     last = json.loads((run / "last_metrics.json").read_text())
     assert set(metrics) == set(last) == {"seg", "depth", "normal"}
