@@ -107,8 +107,6 @@ def run_lock(out: Path) -> Iterator[None]:
 def saved_options(out: Path) -> dict[str, Any]:
     """The options RUN/run.json holds (without the network config), for `--resume --out RUN` alone."""
     path = out / "run.json"
-    if not path.is_file():
-        raise UserError(f"--resume: {path} is missing; pass every option of the run again with --resume")
     try:
         saved = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -149,6 +147,8 @@ def resumed_options(cls: type, out: Path, given: Any, explicit: set[str], may_di
     """`cls` (TrainOptions) from RUN/run.json, with the options given on the command line (`explicit`
     names the fields the user typed) checked against it: those in `may_differ` (device, workers) replace
     the saved ones, any other that differs is refused, since the run would not continue the same way."""
+    if not (out / "run.json").is_file():  # nothing saved: the trainer says whether there is a state to resume
+        return dataclasses.replace(given, out=str(out), resume=True, overwrite=False)
     saved = saved_options(out)
     names = {f.name for f in dataclasses.fields(cls)}
     merged = {k: v for k, v in saved.items() if k in names}
