@@ -107,11 +107,22 @@ def load_metrics(path: str | Path, name: str = METRICS_FILE) -> Entry:
     return run_name(file), parse_metrics(data, str(file))
 
 
+def check_same_tasks(name: str, metrics: MetricsDict, base_name: str, base_metrics: MetricsDict) -> None:
+    """Delta averages over tasks, so a row scored on other tasks than the baseline (a depth-only run
+    against a three-task baseline) has no Delta comparable with the others: one line, not a number."""
+    mine, base = [t for t in TASKS if t in metrics], [t for t in TASKS if t in base_metrics]
+    if mine != base:
+        raise ReportError(f"{name} against baseline {base_name}: metrics for {', '.join(mine) or 'no task'} against "
+                          f"{', '.join(base) or 'no task'}, no Delta over the same tasks; compare it with a baseline "
+                          f"of the same tasks")
+
+
 def build_report(entries: Sequence[Entry], baseline: Entry) -> list[dict[str, Any]]:
     """Rows `{"name", "delta", "metrics"}`: the baseline first (delta 0), then each entry in order."""
     base_name, base_metrics = baseline
     rows = [{"name": base_name, "delta": 0.0, "metrics": base_metrics}]
     for name, metrics in entries:
+        check_same_tasks(name, metrics, base_name, base_metrics)
         try:
             value = delta(metrics, base_metrics)
         except ValueError as err:
