@@ -93,7 +93,7 @@ def export(checkpoint: Path, out: Path, precision: str) -> tuple[bool, str]:
     if done.returncode != 0:
         return False, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     report = json.loads((out / "export.json").read_text())
-    row = next(a for a in report["artifacts"] if a["file"].endswith("model.engine"))
+    row = next(a for a in report["artifacts"] if a["file"].endswith(".engine"))  # model[.fp16|.int8].engine
     kept = row["checks"]
     text = ", ".join(f"{task} " + ", ".join(f"{k} {v:.3g}" for k, v in values.items() if k != "max_abs_err")
                      for task, values in kept.items())  # fmt: skip
