@@ -24,6 +24,7 @@ from mtlkd.eval.report import (
     Entry,
     MetricsDict,
     ReportError,
+    check_same_tasks,
     format_value,
     load_metrics,
     metric_columns,
@@ -93,6 +94,8 @@ def aggregate(groups: Mapping[str, Sequence[MetricsDict]], baseline: str) -> lis
     rows = []
     for name in [baseline, *(g for g in groups if g != baseline)]:
         runs = groups[name]
+        for run in runs:
+            check_same_tasks(name, run, baseline, base)
         try:
             deltas = [delta(run, base) for run in runs]
         except ValueError as err:

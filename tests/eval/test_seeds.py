@@ -69,3 +69,11 @@ def test_report_cli_aggregates_seeds(tmp_path):
     rows = json.loads(result.output)["rows"]
     assert [r["name"] for r in rows] == ["mtl", "kd"] and rows[1]["n"] == 3
     assert rows[1]["delta"]["values"] == pytest.approx([25 * (m + 10 - 22) / 22 for m in (20, 22, 24)])
+
+
+def test_a_row_on_other_tasks_than_the_baseline_has_no_delta():
+    from mtlkd.eval.report import ReportError
+
+    depth_only = {"depth": {"abs_err": 1.0, "rel_err": 0.2}}
+    with pytest.raises(ReportError, match="same tasks"):
+        aggregate({"mtl": [_metrics(20.0, 1.0)] * 2, "depth": [depth_only] * 2}, "mtl")
