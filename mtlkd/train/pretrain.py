@@ -39,11 +39,10 @@ from mtlkd import __version__
 from mtlkd.checkpoint import save_checkpoint, write_json
 from mtlkd.models import preset_config
 from mtlkd.models.nets import build_backbone
+from mtlkd.train.state import STATE_FILE, STATE_JSON, optimizer_state, restore_optimizers
 from mtlkd.ui import console, progress_bar
 
 BACKBONE_FILE = "backbone.safetensors"
-STATE_FILE = "state.safetensors"
-STATE_JSON = "state.json"
 
 
 @dataclass
@@ -231,18 +230,12 @@ def pretrain(options: PretrainOptions) -> Path:
 
 
 def _save_state(out: Path, model: nn.Module, optimizer, scheduler, epochs_done: int, history: list) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    scalars: dict[str, Any] = {}
-    for index, slot in optimizer.state_dict()["state"].items():
-        for key, value in slot.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{index}.{key}"] = value
-            else:
-                scalars[f"{index}.{key}"] = value
+    """Like a training run's state (mtlkd.train.state): tensors in safetensors, the rest in JSON."""
+    optim_tensors, scalars, groups = optimizer_state([optimizer])
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | optim_tensors
     save_checkpoint(out / STATE_FILE, tensors, {"state": "pretraining"})
     write_json(out / STATE_JSON, {"epochs_done": epochs_done, "history": history, "optim_scalars": scalars,
-                                  "param_groups": optimizer.state_dict()["param_groups"],
-                                  "scheduler": scheduler.state_dict()})
+                                  "param_groups": groups, "scheduler": scheduler.state_dict()})
 
 
 def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int, list]:
@@ -254,18 +247,7 @@ def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int,
     except json.JSONDecodeError as exc:
         raise ValueError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new --out") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    slots: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value
-    for key, value in meta["optim_scalars"].items():
-        index, name = key.split(".", 1)
-        slots.setdefault(int(index), {})[name] = value
-    groups = meta["param_groups"]
-    for group in groups:
-        group["betas"] = tuple(group["betas"])
-    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+    restore_optimizers([optimizer], tensors, meta["optim_scalars"], meta["param_groups"])
     scheduler.load_state_dict(meta["scheduler"])
     return meta["epochs_done"], meta["history"]
 

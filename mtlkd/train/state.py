@@ -22,11 +22,9 @@ def _prefix(k: int) -> str:
     return "optim" if k == 0 else f"optim{k}"
 
 
-def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selection: dict) -> None:
+def optimizer_state(optimizers: list) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(tensors, scalars, param groups) of optimisers: the tensors for safetensors, the rest for JSON."""
     tensors: dict[str, torch.Tensor] = {}
-    for name, net in method.nets.items():
-        tensors.update({f"nets.{name}.{k}": v for k, v in unwrap(net).state_dict().items()})
-    tensors.update({f"extra.{k}": v for k, v in method.extra.state_dict().items()})
     groups, scalars = {}, {}
     for k, optimizer in enumerate(optimizers):
         opt = optimizer.state_dict()
@@ -37,6 +35,33 @@ def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selec
                     tensors[f"{_prefix(k)}.{index}.{key}"] = value
                 else:
                     scalars[f"{_prefix(k)}.{index}.{key}"] = value
+    return tensors, scalars, groups
+
+
+def restore_optimizers(optimizers: list, tensors: dict[str, torch.Tensor], scalars: dict[str, Any],
+                       groups: dict[str, Any]) -> None:
+    """Load what `optimizer_state` returned back into the same optimisers."""
+    for k, optimizer in enumerate(optimizers):
+        prefix = _prefix(k)
+        slots: dict[int, dict[str, Any]] = {}
+        for key, value in list(tensors.items()) + list(scalars.items()):
+            if key.startswith(prefix + "."):
+                _, index, name = key.split(".", 2)
+                slots.setdefault(int(index), {})[name] = value
+        own = groups[prefix]
+        for group in own:
+            if "betas" in group:
+                group["betas"] = tuple(group["betas"])
+        optimizer.load_state_dict({"state": slots, "param_groups": own})
+
+
+def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selection: dict) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, net in method.nets.items():
+        tensors.update({f"nets.{name}.{k}": v for k, v in unwrap(net).state_dict().items()})
+    tensors.update({f"extra.{k}": v for k, v in method.extra.state_dict().items()})
+    optim_tensors, scalars, groups = optimizer_state(optimizers)
+    tensors.update(optim_tensors)
     meta = {
         "epochs_done": epochs_done,
         "selection": selection,
@@ -92,18 +117,7 @@ def _restore(tensors: dict, meta: dict, method, optimizers: list, scheduler) -> 
         prefix = f"nets.{name}."
         unwrap(net).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     method.extra.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
-    for k, optimizer in enumerate(optimizers):
-        prefix = _prefix(k)
-        slots: dict[int, dict[str, Any]] = {}
-        for key, value in list(tensors.items()) + list(meta["optim_scalars"].items()):
-            if key.startswith(prefix + "."):
-                _, index, name = key.split(".", 2)
-                slots.setdefault(int(index), {})[name] = value
-        groups = meta["param_groups"][prefix]
-        for group in groups:
-            if "betas" in group:
-                group["betas"] = tuple(group["betas"])
-        optimizer.load_state_dict({"state": slots, "param_groups": groups})
+    restore_optimizers(optimizers, tensors, meta["optim_scalars"], meta["param_groups"])
     scheduler.load_state_dict(meta["scheduler"])
 
 
