@@ -77,13 +77,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[dict[str, An
     return load_file(str(path), device=device), metadata
 
 
-def load_numpy_state(path: str | Path) -> dict[str, Any]:
-    """Tensors as numpy arrays, for code that must not import torch."""
-    from safetensors.numpy import load_file
-
-    return load_file(str(_existing(path)))
-
-
 def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

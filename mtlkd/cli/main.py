@@ -21,6 +21,20 @@ COMMANDS = {
     "data": "mtlkd.cli.data",
 }
 
+def _version(value: bool) -> None:
+    if value:
+        from mtlkd import __version__
+
+        typer.echo(f"mtlkd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """mtlkd: one network for segmentation, depth and normals: train, distil, export, run, benchmark."""
+
+
 for _name, _module in COMMANDS.items():
     try:
         _mod = importlib.import_module(_module)

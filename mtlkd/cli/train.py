@@ -15,9 +15,12 @@ app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 def command(
     ctx: typer.Context,
     dataset: str = typer.Argument("synthetic", help="nyuv2, cityscapes, cityscapes19 or synthetic."),
-    method: str = typer.Option("mtl", help="stl, mtl, or a distillation method (see --help of the docs)."),
+    method: str = typer.Option(
+        "mtl", help="stl, mtl, okd, kdam, kd-mtl or cross-stitch (the README's Methods table says what each does)."
+    ),
     preset: str = typer.Option(
-        "vit-micro", help="vit-micro (CPU demo), vit-tiny (the paper's), vit-small, deeplabv3-r50/-r18 (Table 3's CNN)."
+        "vit-micro", help="vit-micro (CPU demo), vit-micro-wide (CPU teacher), vit-tiny (the paper's), vit-small "
+        "(a teacher), vit-nano (tests), deeplabv3-r50 / deeplabv3-r18 (Table 3's CNN)."
     ),
     tasks: str | None = typer.Option(None, help="Comma-separated tasks; default: all the dataset has."),
     data_dir: Path | None = typer.Option(None, help="Dataset folder (MTAN layout). synthetic: generated if absent."),

@@ -117,8 +117,3 @@ def read_openvino_metadata(xml_path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{xml_path}: OpenVINO IR without mtlkd metadata")
     return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
 
-
-def ir_files(xml_path: str | Path) -> list[Path]:
-    """The .xml and .bin of an IR."""
-    xml_path = Path(xml_path)
-    return [xml_path, xml_path.with_suffix(".bin")]

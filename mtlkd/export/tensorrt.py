@@ -222,6 +222,3 @@ def write_pair(first: Path, first_bytes: bytes, second: Path | None = None, seco
             if tmp.exists():
                 tmp.unlink()
 
-
-def read_engine_metadata(engine_path: str | Path) -> dict[str, Any]:
-    return json.loads(engine_sidecar(engine_path).read_text())

@@ -116,15 +116,15 @@ class Predictor:
         """None -> every task of the model; "seg,depth" or ["seg", "depth"] -> checked against the model."""
         return parse_tasks(tasks if tasks is None or isinstance(tasks, str) else list(tasks), self.tasks)
 
-    def predict(self, image: np.ndarray, tasks: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """One H x W x 3 RGB image (uint8, uint16, or float in [0, 1]; grey and RGBA accepted) -> {task: map}
-        at the image's own resolution."""
+    def predict(self, image: Any, tasks: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One image -> {task: map} at the image's own resolution. The image: an H x W x 3 RGB array (uint8,
+        uint16, or float in [0, 1]; grey and RGBA accepted), a PIL image, or the path of an image file."""
         return self.predict_batch([image], tasks)[0]
 
     def predict_batch(self, images: Sequence[np.ndarray], tasks: str | Sequence[str] | None = None) -> list[dict]:
         """Several images (sizes may differ) in one forward pass per backend-sized chunk."""
         tasks = self.resolve_tasks(tasks)
-        images = list(images)
+        images = [as_rgb_array(image) for image in images]
         timings = {"preprocess": 0.0, "network": 0.0, "postprocess": 0.0, "images": len(images)}
         results: list[dict] = []
         if not images:
@@ -168,3 +168,14 @@ class Predictor:
         self.timings = {"preprocess": t1 - t0, "network": t2 - t1, "postprocess": time.perf_counter() - t2,
                         "images": batch.shape[0]}
         return raw
+
+
+def as_rgb_array(image: Any) -> np.ndarray:
+    """An array as it is; a path (str or Path) read from disk (EXIF-upright RGB); a PIL image as RGB."""
+    if isinstance(image, (str, Path)):
+        from mtlkd.runtime.media import read_image
+
+        return read_image(image)
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image, without importing PIL here
+        return np.asarray(image.convert("RGB") if image.mode not in ("RGB", "L", "I;16") else image)
+    return np.asarray(image)

@@ -151,3 +151,15 @@ def test_load_errors(tmp_path, nano_checkpoint):
     (tmp_path / "broken.onnx").write_bytes(b"not a graph")
     with pytest.raises(BackendError, match="broken.onnx"):
         Predictor.load(tmp_path / "broken.onnx", backend="onnxruntime")
+
+
+def test_predict_takes_a_path_a_pil_image_or_an_array_alike(ort_predictor, image_factory, tmp_path):
+    array = image_factory(40, 56)
+    path = tmp_path / "photo.png"
+    Image.fromarray(array).save(path)
+    from_array = ort_predictor.predict(array)
+    for image in (path, str(path), Image.open(path), Image.open(path).convert("RGBA")):
+        result = ort_predictor.predict(image)
+        assert result["seg"].shape == (40, 56)
+        assert np.array_equal(result["seg"], from_array["seg"])
+        assert np.allclose(result["depth"], from_array["depth"], atol=1e-5)
