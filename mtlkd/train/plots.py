@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PRIMARY = {"seg": ("miou", "mIoU (%)"), "depth": ("abs_err", "abs err (m)"), "normal": ("mean", "mean angle (°)")}
 
@@ -26,13 +27,18 @@ def plot_history(run: Path) -> list[Path]:
     if not history:
         return []
     written = [_curves(run, history)]
-    if any(r.get("task_weights") for r in history):
+    if _weights_vary(history):  # equal weights would be flat lines on top of each other
         written.append(_task_weights(run, history))
     if any("mtl_loss" in r["train"] and "stl_loss" in r["train"] for r in history):
         written.append(_mtl_vs_stl(run, history))
     if history[-1].get("omega"):
         written.append(_omega(run, history))
     return written
+
+
+def _weights_vary(history: list[dict]) -> bool:
+    values = {round(w, 9) for r in history for w in (r.get("task_weights") or {}).values()}
+    return len(values) > 1
 
 
 def _curves(run: Path, history: list[dict]) -> Path:
@@ -95,6 +101,9 @@ def _omega(run: Path, history: list[dict]) -> Path:
 
 
 def _save(fig, path: Path) -> Path:
+    for ax in fig.axes:
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.2, 1.4
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -71,3 +71,32 @@ def test_unknown_method_and_task_are_user_errors(tiny_data, tmp_path):
         train(options(tiny_data, tmp_path / "x", method="nope"))
     with pytest.raises(ValueError, match="task"):
         train(options(tiny_data, tmp_path / "y", tasks=["edges"]))
+
+
+def test_plots_carry_information_and_count_whole_epochs(tmp_path, monkeypatch):
+    from mtlkd.train.plots import plot_history
+
+    def record(epoch, weights):
+        return {"epoch": epoch, "train": {"loss": 1.0 / epoch}, "task_weights": weights,
+                "val": {"mtl": {"loss": {"depth": 1.0}, "metrics": {"depth": {"abs_err": 1.0 / epoch}}}}}
+
+    equal = [record(e, {"seg": 1.0, "depth": 1.0}) for e in (1, 2)]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in equal))
+    names = {p.name for p in plot_history(tmp_path)}
+    assert names == {"curves.png"}  # equal weights: no task_weights.png of flat lines
+    varying = [record(1, {"seg": 1.0, "depth": 1.0}), record(2, {"seg": 1.3, "depth": 0.7})]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in varying))
+    assert "task_weights.png" in {p.name for p in plot_history(tmp_path)}
+
+    from mtlkd.train import plots
+
+    captured = []
+    real_close = plots.plt.close
+
+    def close(fig):  # the ticks as saved, read just before the figure is closed
+        captured.extend(t for ax in fig.axes if ax.get_xlabel() == "epoch" for t in ax.get_xticks())
+        real_close(fig)
+
+    monkeypatch.setattr(plots.plt, "close", close)
+    plot_history(tmp_path)
+    assert captured and all(float(t).is_integer() for t in captured)
