@@ -47,13 +47,14 @@ def row_name(run: Path) -> str:
 
 def load_rows(paths: Sequence[Path], name: str = METRICS_FILE) -> dict[str, list[Entry]]:
     """Row name -> [(run name, metrics)] in the order given (the first path's row first). A folder without
-    `name` but with seedN/ subfolders stands for those runs; a run given twice counts once."""
+    `name` but with seedN/ subfolders stands for those of them that finished (a seed still training is left
+    out; the table's seed count shows it); a run given twice counts once."""
     groups: dict[str, list[Entry]] = {}
     seen: set[Path] = set()
     for path in map(Path, paths):
         seeds = []
-        if path.is_dir() and not (path / name).exists():
-            seeds = sorted(path.glob("seed*/"), key=lambda p: p.name)
+        if path.is_dir() and not (path / name).exists():  # a row folder: its finished seeds
+            seeds = sorted((p for p in path.glob("seed*/") if (p / name).is_file()), key=lambda p: p.name)
         for run in seeds or [path]:
             file = metrics_file(run, name).resolve()
             if file in seen:

@@ -49,6 +49,7 @@ def test_rows_come_from_seed_folders_and_suffixes(tmp_path):
     for run in ("mtl/seed0", "mtl/seed1", "okd-s0", "okd-s1"):
         (tmp_path / run).mkdir(parents=True)
         (tmp_path / run / "metrics.json").write_text(json.dumps(_metrics(20.0, 1.0)))
+    (tmp_path / "mtl" / "seed2").mkdir()  # still training: no metrics.json yet, left out
     assert row_name(tmp_path / "mtl" / "seed1") == "mtl" and row_name(tmp_path / "okd-s1") == "okd"
     groups = load_rows([tmp_path / "mtl", tmp_path / "okd-s0", tmp_path / "okd-s1", tmp_path / "mtl" / "seed0"])
     assert list(groups) == ["mtl", "okd"]
