@@ -5,7 +5,7 @@ Runs are grouped into rows by their folder: `ROW/seed3` and `ROW-s3` both belong
 the baseline row's *mean* metrics (over its seeds), so the baseline's own seeds scatter around 0 and give
 its interval too. A row is `above` (or `below`) the baseline when its whole interval lies above (below)
 the baseline's interval, otherwise `level`: non-overlap of two 95% intervals, a deliberately cautious test
-with three seeds.
+with three seeds. With one seed on either side there is no interval and no verdict (`one seed`).
 
 The interval is Student's t: mean +- t(0.975, n - 1) * s / sqrt(n), s the sample standard deviation.
 """
@@ -107,7 +107,8 @@ def aggregate(groups: Mapping[str, Sequence[MetricsDict]], baseline: str) -> lis
     reference = rows[0]["delta"]
     for row in rows:
         d = row["delta"]
-        row["verdict"] = ("baseline" if row is rows[0] else "above" if d["low"] > reference["high"]
+        row["verdict"] = ("baseline" if row is rows[0] else "one seed" if min(d["n"], reference["n"]) < 2
+                          else "above" if d["low"] > reference["high"]
                           else "below" if d["high"] < reference["low"] else "level")
     return rows
 
@@ -125,7 +126,8 @@ def seeds_markdown(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Mappin
             s = row["metrics"].get(task, {}).get(metric)
             cells.append("–" if s is None else f"{format_value(metric, s['mean'])} ± {format_value(metric, s['std'])}")
         d = row["delta"]
-        cells.append(f"{d['mean']:+.2f} ± {d['std']:.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
+        cells.append(f"{d['mean']:+.2f} ± {d['std']:.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d["n"] > 1
+                     else f"{d['mean']:+.2f} (one seed, no interval)")
         cells.append(row["verdict"])
         cells.extend(column.get(str(row["name"]), "") for column in extra.values())
         lines.append("| " + " | ".join(cells) + " |")

@@ -78,3 +78,9 @@ def test_a_row_on_other_tasks_than_the_baseline_has_no_delta():
     depth_only = {"depth": {"abs_err": 1.0, "rel_err": 0.2}}
     with pytest.raises(ReportError, match="same tasks"):
         aggregate({"mtl": [_metrics(20.0, 1.0)] * 2, "depth": [depth_only] * 2}, "mtl")
+
+
+def test_one_seed_has_no_interval_and_no_verdict():
+    rows = aggregate({"mtl": [_metrics(20.0, 1.0), _metrics(22.0, 1.0)], "single": [_metrics(40.0, 1.0)]}, "mtl")
+    assert rows[1]["verdict"] == "one seed"
+    assert "one seed, no interval" in seeds_markdown(rows)
