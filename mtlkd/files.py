@@ -65,3 +65,18 @@ def cannot_write(path: str | Path) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         return f"{path if path.exists() else parent} is not writable"
     return None
+
+
+def make_out_folder(out: str | Path, what: str) -> Path:
+    """Create the folder `--out` names (for `what`: "the pictures", "the run"), or raise one UserError line
+    when it is a file or cannot be created."""
+    from mtlkd.ui import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; pass a folder for {what}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc}); pass another --out") from None
+    return out

@@ -113,14 +113,10 @@ def _writable(folder: Path) -> bool:
 
 def check_out_folder(out: Path) -> None:
     """Refuse an --out that is a file or cannot be written, before any image is read."""
+    from mtlkd.files import make_out_folder
     from mtlkd.ui import UserError
 
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the pictures")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc}); pass another --out") from None
+    make_out_folder(out, "the pictures")
     if not _writable(out):
         raise UserError(f"--out {out}: the folder is not writable; pass another --out")
 

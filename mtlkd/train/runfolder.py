@@ -74,12 +74,9 @@ def run_lock(out: Path) -> Iterator[None]:
     """Hold RUN/.lock exclusively for the block; another holder means another training writes here."""
     import fcntl
 
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the run")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc}); pass another --out") from None
+    from mtlkd.files import make_out_folder
+
+    make_out_folder(out, "the run")
     try:
         handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 (closed below, after the lock is released)
     except OSError as exc:
