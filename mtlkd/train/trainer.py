@@ -196,12 +196,14 @@ def _final_scores(out: Path, method, eval_set, selector: EpochSelector, options:
     loader = DataLoader(eval_set, batch_size=options.batch_size, num_workers=options.workers)
     last = validate(method, loader, device)
     stems = method.checkpoints()
-    for name in method.eval_targets():
+    kept = selector.chosen()
+    earlier = [name for name in method.eval_targets() if kept.get(name, {}).get("epoch") != options.epochs]
+    for name in earlier:  # networks whose kept epoch is the last one already hold its weights
         stem = _stem(name, stems)
         if stem in stems and (out / f"{stem}.safetensors").is_file():
             state, _ = load_checkpoint(out / f"{stem}.safetensors", device=str(device))
             stems[stem].load_state_dict(state)
-    chosen = validate(method, loader, device)
+    chosen = validate(method, loader, device) if earlier else last  # the same weights are scored once
     write_json(out / "last_metrics.json", merged_metrics(last))
     write_json(out / "metrics.json", merged_metrics(chosen))
     write_json(out / "selection.json", {
