@@ -12,12 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mtlkd.errors import CheckpointError
+
 METADATA_KEY = "mtlkd"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message says which file and what is wrong."""
 
 
 def _atomic_write(path: Path, write) -> None:

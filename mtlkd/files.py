@@ -70,7 +70,7 @@ def cannot_write(path: str | Path) -> str | None:
 def make_out_folder(out: str | Path, what: str) -> Path:
     """Create the folder `--out` names (for `what`: "the pictures", "the run"), or raise one UserError line
     when it is a file or cannot be created."""
-    from mtlkd.ui import UserError
+    from mtlkd.errors import UserError
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -13,14 +13,12 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mtlkd.errors import MetadataError
+
 MAX_SIDE = 8192  # pixels per side of the network input
 MAX_CLASSES = 4096
 MAX_CONFIG_INT = 1 << 16  # any width, depth, channel or query count of a config
 MAX_NAME = 256
-
-
-class MetadataError(ValueError):
-    """Metadata that is not what mtlkd writes; the message names the file and the field."""
 
 
 def _int(value: Any, low: int, high: int) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlkd.errors import ConfigError
 from mtlkd.eval.metrics import DepthMetrics, NormalMetrics, SegMetrics
 
 # Output conventions, shared by the networks (which apply them) and the runtime (which reads them).
@@ -48,7 +49,7 @@ class Task:
         if self.fixed_channels is not None:
             return self.fixed_channels
         if not num_classes:
-            raise ValueError(f"task {self.name!r} needs num_classes")
+            raise ConfigError(f"task {self.name!r} needs num_classes")
         return num_classes
 
 
@@ -187,7 +188,7 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
 
 
 def parse_tasks(text: str | list[str] | tuple[str, ...] | None, available: list[str] | None = None) -> list[str]:
@@ -198,9 +199,9 @@ def parse_tasks(text: str | list[str] | tuple[str, ...] | None, available: list[
     for i, name in enumerate(names):
         get_task(name)
         if name in names[:i]:
-            raise ValueError(f"task {name!r} is given twice in {','.join(names)!r}; name each task once")
+            raise ConfigError(f"task {name!r} is given twice in {','.join(names)!r}; name each task once")
         if available is not None and name not in available:
-            raise ValueError(f"task {name!r} is not available here; available: {', '.join(available)}")
+            raise ConfigError(f"task {name!r} is not available here; available: {', '.join(available)}")
     if not names:
-        raise ValueError("no task given")
+        raise ConfigError("no task given")
     return names

@@ -1,15 +1,19 @@
 """What every command shows a person: progress bars with rate and ETA, and one-line errors.
 
-A user mistake (a missing file, a malformed dataset, a bad option) is reported as one line on stderr
-and a non-zero exit, never a traceback; a bug still raises.
+Progress and logs go to stderr, results to stdout. A user mistake (any `mtlkd.errors.UserError`, or a
+path the OS refuses) is reported as one line on stderr and exit 2, never a traceback; every other
+exception is a bug and keeps its traceback. When stderr is not a terminal (a log file, CI), lines are
+never wrapped and a bar becomes a plain line every few seconds, so piped runs still show progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import time
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import (
@@ -23,13 +27,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
-EXIT_USER_ERROR = 2
+from mtlkd.errors import EXIT_USER_ERROR, TRACEBACK_ENV, USER_OS_ERRORS, UserError
+
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # a log keeps one line per line
 TRAIN_EXTRA = {"torch", "timm", "onnx", "onnxscript", "onnxconverter_common", "torchvision"}
-
-
-class UserError(ValueError):
-    """A mistake the user can fix; the message says what is wrong and what to do."""
+LOG_EVERY_SECONDS = 10.0
 
 
 class RateColumn(ProgressColumn):
@@ -44,9 +46,16 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.1f} {self.unit}/s" if speed else f"-- {self.unit}/s", style="cyan")
 
 
-def progress_bar(unit: str = "it", transient: bool = False) -> Progress:
+def progress_bar(unit: str = "it", transient: bool = False, quiet: bool = False) -> Any:
     """A bar with count, rate and ETA; live numbers (loss, fps) go in the task's `info` field:
-    `bar.add_task("train", total=n, info="")`, then `bar.update(task, advance=1, info="loss 0.42")`."""
+    `bar.add_task("train", total=n, info="")`, then `bar.update(task, advance=1, info="loss 0.42")`.
+
+    `quiet` gives a bar that shows nothing; when stderr is not a terminal, a `LineProgress` logs a line
+    every few seconds instead of redrawing."""
+    if quiet:
+        return SilentProgress()
+    if not console.is_terminal:
+        return LineProgress(unit)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -61,21 +70,94 @@ def progress_bar(unit: str = "it", transient: bool = False) -> Progress:
     )
 
 
+class SilentProgress:
+    """The bar of `--quiet`: the same calls, nothing shown (`bar.console` still prints)."""
+
+    console: Console = console
+
+    def __enter__(self) -> SilentProgress:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        return None
+
+    def add_task(self, *_: Any, **__: Any) -> int:
+        return 0
+
+    def update(self, *_: Any, **__: Any) -> None:
+        return None
+
+    def advance(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+class LineProgress(SilentProgress):
+    """A bar for a log file: `description 120/720 (17%) 45.2 img/s eta 0:13 info`, at most every
+    LOG_EVERY_SECONDS and once at the end, so a piped or nohup'd run still shows how far it is."""
+
+    def __init__(self, unit: str = "it"):
+        self.unit = unit
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        now = time.monotonic()
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0.0,
+                                      "start": now, "logged": now, "info": fields.get("info", "")}
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, advance: float = 0.0, completed: float | None = None,
+               total: float | None = None, description: str | None = None, **fields: Any) -> None:
+        task = self.tasks[task_id]
+        task["completed"] = completed if completed is not None else task["completed"] + advance
+        for key, value in (("total", total), ("description", description), ("info", fields.get("info"))):
+            if value is not None:
+                task[key] = value
+        now = time.monotonic()
+        done = task["total"] is not None and task["completed"] >= task["total"]
+        if done or now - task["logged"] >= LOG_EVERY_SECONDS:
+            task["logged"] = now
+            console.print(self.line(task, now), highlight=False, markup=False)
+
+    def advance(self, task_id: int, advance: float = 1.0) -> None:
+        self.update(task_id, advance=advance)
+
+    def line(self, task: dict[str, Any], now: float) -> str:
+        elapsed = max(now - task["start"], 1e-9)
+        rate = task["completed"] / elapsed
+        count, total = task["completed"], task["total"]
+        text = f"{task['description']} {count:g}"
+        if total:
+            eta = (total - count) / rate if rate > 0 else float("nan")
+            eta_text = f"{int(eta // 60)}:{int(eta % 60):02d}" if eta == eta else "--"
+            text += f"/{total:g} ({100 * count / total:.0f}%) {rate:.1f} {self.unit}/s eta {eta_text}"
+        else:
+            text += f" {rate:.1f} {self.unit}/s"
+        return f"{text} {task['info']}".rstrip()
+
+
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     """Print `error: message` on stderr and exit with `code`."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
+def tracebacks_always() -> bool:
+    """`MTLKD_TRACEBACK=1`: show the traceback of user errors too (for bug reports)."""
+    return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the ValueErrors our readers raise for bad input (UserError, DatasetError, CheckpointError...)
-    and missing files into one line and exit 2."""
+    """Turn the user-error family (mtlkd.errors) and the OS's refusals of a user's path into one line
+    and exit 2. Any other exception, a ValueError from numpy or torch included, is a bug: it propagates
+    with its traceback."""
     try:
         yield
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except (UserError, *USER_OS_ERRORS) as exc:
+        if tracebacks_always():
+            raise
         fail(str(exc))
     except ModuleNotFoundError as exc:
-        if exc.name not in TRAIN_EXTRA:
+        if exc.name not in TRAIN_EXTRA or tracebacks_always():
             raise
         fail(f"{exc.name} is not installed: this needs the training stack, pip install 'mtlkd[train,cpu]'")

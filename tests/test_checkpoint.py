@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mtlkd.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from mtlkd.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from mtlkd.errors import CheckpointError
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mtlkd.bench.machine import native_flags, native_precisions
+from mtlkd.errors import BackendUnavailable, ConfigError
 
 SIZES = (512, 1024, 2048)
 PRECISIONS = ("fp32", "bf16", "int8", "fp16")
@@ -169,7 +170,7 @@ def measure_ceiling(precision: str, threads: int, device: str = "cpu", sizes: tu
     `budget_s` seconds: sizes are tried smallest first, and a larger one only while the budget allows it
     (its product estimated at 8x the previous size's)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     flags = native_flags(precision) if device == "cpu" else []
     native = native_precisions()[precision] if device == "cpu" else True
     sync: Callable[[], Any] = lambda: None  # noqa: E731
@@ -180,7 +181,7 @@ def measure_ceiling(precision: str, threads: int, device: str = "cpu", sizes: tu
     best = Ceiling(precision, 0.0, native, "", 0, threads, flags)
     methods = _methods(precision, device, threads)
     if not methods:
-        raise RuntimeError(f"no way to measure a {precision} matrix product here (install torch)")
+        raise BackendUnavailable(f"no way to measure a {precision} matrix product here (install torch)")
     share = budget_s / len(methods)
     context = torch_threads(threads) if any(m.startswith("torch") for m, _ in methods) else contextlib.nullcontext()
     with context:

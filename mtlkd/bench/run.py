@@ -39,7 +39,7 @@ from mtlkd.bench import (
     user_exports,
 )
 from mtlkd.bench.timing import merge_rounds, run_worker
-from mtlkd.ui import UserError
+from mtlkd.errors import UserError
 
 TASKS = ("seg", "depth", "normal")
 

@@ -298,7 +298,7 @@ def dataset_images(root: Path, size: tuple[int, int], n: int) -> np.ndarray:
     """n images (N x 3 x H x W float32 in [0, 1]) from an MTAN-layout folder's val split (else train)."""
     import cv2
 
-    from mtlkd.ui import UserError
+    from mtlkd.errors import UserError
 
     folder = next((root / s / "image" for s in ("val", "train") if (root / s / "image").is_dir()), None)
     if folder is None:

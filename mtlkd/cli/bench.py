@@ -9,7 +9,8 @@ from typing import Any
 
 import typer
 
-from mtlkd.ui import UserError, progress_bar, user_errors
+from mtlkd.errors import UserError
+from mtlkd.ui import progress_bar, user_errors
 
 app = typer.Typer(add_completion=False)
 

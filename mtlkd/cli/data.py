@@ -93,7 +93,8 @@ def check(
 
       mtl-data check cityscapes19 --data-dir ~/data/cityscapes
     """
-    from mtlkd.data import DatasetError, get_spec, open_dataset
+    from mtlkd.data import get_spec, open_dataset
+    from mtlkd.errors import DatasetError
     from mtlkd.ui import progress_bar
 
     def error(message: str) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.ui import UserError, console, user_errors
+from mtlkd.errors import DatasetError, UserError
+from mtlkd.ui import console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -44,7 +45,7 @@ def command(
         data = open_dataset(dataset, str(data_dir) if data_dir else None, split, tasks, augment=False)
         tasks = [t for t in tasks if t in data.tasks]
         if not tasks:
-            raise ValueError(f"{model} predicts {predictor.tasks}, but {dataset} has targets for {data.tasks}")
+            raise DatasetError(f"{model} predicts {predictor.tasks}, but {dataset} has targets for {data.tasks}")
         precision = predictor.metadata.get("precision") or ("fp32" if model.suffix == ".safetensors" else "unknown")
         console.print(f"evaluating {model} ({precision}, {predictor.backend_name})", highlight=False)
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)

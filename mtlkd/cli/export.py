@@ -11,9 +11,10 @@ from pathlib import Path
 
 import typer
 
+from mtlkd.errors import UserError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.precision import PRECISIONS
-from mtlkd.ui import UserError, fail, user_errors
+from mtlkd.ui import fail, user_errors
 
 app = typer.Typer(add_completion=False)
 EXIT_FAILED = 1  # a check failed or a back-end is missing (user mistakes exit 2)
@@ -88,11 +89,12 @@ def command(
             raise UserError(f"--out {out_dir}: exists and is not a folder")
         _check_writable(out_dir)
     if openvino:
-        from mtlkd.export.openvino import OpenVinoUnavailable, require_openvino
+        from mtlkd.errors import BackendUnavailable
+        from mtlkd.export.openvino import require_openvino
 
         try:
             require_openvino()
-        except OpenVinoUnavailable as err:
+        except BackendUnavailable as err:
             fail(f"{err}; nothing was written", code=EXIT_FAILED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter/converter chatter; real problems raise
@@ -177,9 +179,8 @@ def _build(checkpoint, out_dir, final_dir, model, meta, console, task_list, prec
 
     trt_error, engine = None, None
     if trt:
-        from mtlkd.export.tensorrt import EngineBuildError, TensorRTUnavailable, build_engine
-        from mtlkd.runtime.backends import BackendError
-        from mtlkd.runtime.backends.tensorrt_backend import CudaError
+        from mtlkd.errors import BackendError, BackendUnavailable, CudaError, EngineBuildError
+        from mtlkd.export.tensorrt import build_engine
 
         try:
             final_dir.mkdir(parents=True, exist_ok=True)  # for the timing cache, which is shared between builds
@@ -188,7 +189,7 @@ def _build(checkpoint, out_dir, final_dir, model, meta, console, task_list, prec
             reference = (refs, "pytorch") if precision == "fp32" else (fp32, "fp32 onnx")
             record(engine, precision, _check_engine(engine, precision, images, *reference, profile[2]),
                    f"batch {profile}")  # fmt: skip
-        except (TensorRTUnavailable, EngineBuildError) as err:
+        except (BackendUnavailable, EngineBuildError) as err:
             trt_error = f"{err} (the ONNX graph {deploy} was written)"
         except (BackendError, CudaError) as err:  # built, but it cannot run here (e.g. cuda-python missing)
             trt_error = f"{engine} was built but not validated: {err}"

@@ -113,8 +113,8 @@ def _writable(folder: Path) -> bool:
 
 def check_out_folder(out: Path) -> None:
     """Refuse an --out that is a file or cannot be written, before any image is read."""
+    from mtlkd.errors import UserError
     from mtlkd.files import make_out_folder
-    from mtlkd.ui import UserError
 
     make_out_folder(out, "the pictures")
     if not _writable(out):
@@ -151,7 +151,8 @@ def infer_paths(predictor: Any, sources: list[str | Path], out: str | Path, task
 
 
 def _infer_images(predictor, images, out, tasks, save_raw, batch_size, show_progress, summary, stems) -> None:
-    from mtlkd.runtime.media import MediaError, read_image
+    from mtlkd.errors import MediaError
+    from mtlkd.runtime.media import read_image
 
     with progress_bar("img", transient=False) if show_progress else _NoBar() as bar:
         task_id = bar.add_task("infer", total=len(images), info="")
@@ -172,7 +173,7 @@ def _infer_images(predictor, images, out, tasks, save_raw, batch_size, show_prog
                     try:
                         write_outputs(out, stems(source.stem), image, result, predictor.class_names, save_raw)
                     except OSError as exc:  # full disk, folder removed: nothing half-written is left; stop
-                        from mtlkd.ui import UserError
+                        from mtlkd.errors import UserError
 
                         raise UserError(f"{out}: cannot write the pictures of {source.path} "
                                         f"({exc.strerror or exc}); earlier outputs are complete") from None
@@ -182,8 +183,9 @@ def _infer_images(predictor, images, out, tasks, save_raw, batch_size, show_prog
 
 
 def _infer_video(predictor, source, out, tasks, max_frames, show_progress, summary, stems) -> None:
+    from mtlkd.errors import MediaError
     from mtlkd.runtime import visualize
-    from mtlkd.runtime.media import MediaError, VideoWriter, open_video
+    from mtlkd.runtime.media import VideoWriter, open_video
 
     try:
         reader = open_video(source)

@@ -7,7 +7,8 @@ from typing import NoReturn
 
 import typer
 
-from mtlkd.ui import UserError, user_errors
+from mtlkd.errors import ConfigError, UserError
+from mtlkd.ui import user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -95,7 +96,7 @@ def command(
 
         size = _parse_img_size(img_size)
         if pretrained and backbone_weights:
-            raise ValueError("--pretrained and --backbone-weights both name a starting point; pass one")
+            raise ConfigError("--pretrained and --backbone-weights both name a starting point; pass one")
         if pretrained:
             from mtlkd.models.pretrained import pretrained_backbone
 
@@ -203,7 +204,7 @@ def _parse_weights(text: str | None) -> dict[str, float] | None:
     try:
         return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
     except ValueError:
-        raise ValueError(f"--kd-weights {text!r}: expected task=value pairs, e.g. seg=1,depth=2") from None
+        raise ConfigError(f"--kd-weights {text!r}: expected task=value pairs, e.g. seg=1,depth=2") from None
 
 
 app.command()(command)

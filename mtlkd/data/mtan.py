@@ -21,13 +21,10 @@ from typing import Any
 import numpy as np
 
 from mtlkd.data import synthetic
+from mtlkd.errors import DatasetError
 from mtlkd.tasks import TASKS
 
 SPLITS = ("train", "val")
-
-
-class DatasetError(ValueError):
-    """A dataset is missing or malformed; the message is one line that says what to do."""
 
 
 @dataclass(frozen=True)

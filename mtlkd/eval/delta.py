@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mtlkd.errors import ReportError
 from mtlkd.tasks import TASKS
 
 Metrics = Mapping[str, Mapping[str, float]]
@@ -28,7 +29,7 @@ Metrics = Mapping[str, Mapping[str, float]]
 def relative_change(value: float, base: float, higher_is_better: bool) -> float:
     """Signed change in percent of the baseline: positive always means better."""
     if base == 0:
-        raise ValueError("baseline metric is 0, its relative change is undefined")
+        raise ReportError("baseline metric is 0, its relative change is undefined")
     change = (float(value) - float(base)) / float(base) * 100.0
     return change if higher_is_better else -change
 
@@ -46,7 +47,7 @@ def per_task_delta(metrics: Metrics, baseline: Metrics) -> dict[str, float]:
                 try:
                     changes.append(relative_change(mine[metric], base[metric], higher))
                 except ValueError as err:
-                    raise ValueError(f"{name}.{metric}: {err}") from None
+                    raise ReportError(f"{name}.{metric}: {err}") from None
         if changes:
             out[name] = sum(changes) / len(changes)
     return out
@@ -56,5 +57,5 @@ def delta(metrics: Metrics, baseline: Metrics) -> float:
     """Eq. 4: the mean over shared tasks of `per_task_delta`, in percent; 0 for the baseline itself."""
     tasks = per_task_delta(metrics, baseline)
     if not tasks:
-        raise ValueError("no task metric in common with the baseline")
+        raise ReportError("no task metric in common with the baseline")
     return sum(tasks.values()) / len(tasks)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mtlkd.errors import ReportError
 from mtlkd.eval.delta import delta
 from mtlkd.tasks import TASKS
 
@@ -39,10 +40,6 @@ METRIC_LABELS = {
     "within_30": "<30°",
 }
 METRIC_FORMATS = {"abs_err": ".4f", "rel_err": ".4f"}  # everything else: 2 decimals
-
-
-class ReportError(ValueError):
-    """Bad report input; the message is one line, fit to print as is."""
 
 
 LAST_METRICS_FILE = "last_metrics.json"  # the last epoch's weights on the evaluation split

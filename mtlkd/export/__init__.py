@@ -8,6 +8,7 @@ on synthetic scenes before it is reported as written (`mtlkd.export.validate`).
 Modules import their heavy dependencies (torch, onnx, onnxruntime, openvino, tensorrt) inside functions.
 """
 
+from mtlkd.errors import ValidationError
 from mtlkd.export.onnx import (
     DEFAULT_OPSET,
     INPUT_NAME,
@@ -21,18 +22,18 @@ from mtlkd.export.onnx import (
 from mtlkd.export.openvino import export_openvino, read_openvino_metadata
 from mtlkd.export.precision import PRECISIONS, convert_fp16, load_calibration_images, quantize_int8
 from mtlkd.export.tensorrt import (
+    BackendUnavailable,
     EngineBuildError,
-    TensorRTUnavailable,
     build_engine,
     parse_batch_profile,
     profile_shapes,
 )
 from mtlkd.export.triton import write_triton_repo
-from mtlkd.export.validate import TOLERANCES, ValidationError, validation_images
+from mtlkd.export.validate import TOLERANCES, validation_images
 
 __all__ = [
     "DEFAULT_OPSET", "INPUT_NAME", "METADATA_KEY", "PRECISIONS", "TOLERANCES", "EngineBuildError",
-    "TensorRTUnavailable", "ValidationError", "build_engine", "convert_fp16", "export_metadata", "export_onnx",
+    "BackendUnavailable", "ValidationError", "build_engine", "convert_fp16", "export_metadata", "export_onnx",
     "export_openvino", "graph_stats", "load_calibration_images", "optimize_for_ort", "parse_batch_profile",
     "profile_shapes", "quantize_int8", "read_onnx_metadata", "read_openvino_metadata", "validation_images",
     "write_triton_repo",

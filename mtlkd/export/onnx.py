@@ -32,6 +32,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mtlkd.errors import CheckpointError, ConfigError
+
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # the dynamo exporter cannot write older opsets
 MAX_OPSET = 23  # torch.onnx's newest (torch.onnx._constants.ONNX_MAX_OPSET); ONNX Runtime 1.2x runs it
@@ -88,7 +90,7 @@ def read_onnx_metadata(model: str | Path | Any) -> dict[str, Any]:
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)
-    raise ValueError(f"{model if isinstance(model, str | Path) else 'model'}: ONNX file without mtlkd metadata")
+    raise CheckpointError(f"{model if isinstance(model, str | Path) else 'model'}: ONNX file without mtlkd metadata")
 
 
 def save_onnx(proto, path: str | Path) -> Path:
@@ -152,7 +154,7 @@ def export_onnx(
     from mtlkd.tasks import parse_tasks
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"opset {opset}: the exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
+        raise ConfigError(f"opset {opset}: the exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
     tasks = parse_tasks(tasks, available=list(metadata["tasks"]))
     height, width = (int(v) for v in metadata["input_size"])
     wrapper = _wrapper(model, tasks)

@@ -25,19 +25,17 @@ from typing import Any
 
 import numpy as np
 
+from mtlkd.errors import BackendUnavailable, CheckpointError, ConfigError
+
 RT_INFO_PATH = ["mtlkd", "metadata"]
 
 
-class OpenVinoUnavailable(RuntimeError):
-    """OpenVINO is not installed; the message says what to install."""
-
-
 def require_openvino():
-    """The `openvino` module, or OpenVinoUnavailable in one line (not a ModuleNotFoundError traceback)."""
+    """The `openvino` module, or BackendUnavailable in one line (not a ModuleNotFoundError traceback)."""
     try:
         import openvino
     except ImportError:
-        raise OpenVinoUnavailable("--openvino needs OpenVINO, which is not installed (pip install openvino, or "
+        raise BackendUnavailable("--openvino needs OpenVINO, which is not installed (pip install openvino, or "
                                   "pip install 'mtlkd[cpu]')") from None
     return openvino
 INT8_SOURCE = "qdq"  # as fast as NNCF's IR or faster, and more accurate here: see the module docstring
@@ -76,7 +74,7 @@ def export_openvino(
             model = nncf_quantize(model, calibration, meta.get("input_name", "image"))
             extra = {"int8": f"NNCF post-training quantisation ({len(calibration)} calibration images)"}
         elif precision not in ("fp32", "fp16"):
-            raise ValueError(f"unknown precision {precision!r}")
+            raise ConfigError(f"unknown precision {precision!r}")
     # The CPU plugin picks bf16 compute on CPUs with avx512_bf16/AMX unless told otherwise; the runtime
     # should pass this hint to keep the accuracy the export was validated with.
     meta.update(precision=precision, format="openvino-ir", openvino_version=ov.get_version(),
@@ -114,6 +112,6 @@ def read_openvino_metadata(xml_path: str | Path) -> dict[str, Any]:
 
     model = ov.Core().read_model(str(xml_path))
     if not model.has_rt_info(RT_INFO_PATH):
-        raise ValueError(f"{xml_path}: OpenVINO IR without mtlkd metadata")
+        raise CheckpointError(f"{xml_path}: OpenVINO IR without mtlkd metadata")
     return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
 

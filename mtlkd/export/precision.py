@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlkd.errors import ConfigError, ExportError
 from mtlkd.export.onnx import read_onnx_metadata, save_onnx, set_metadata
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -74,7 +75,7 @@ def convert_fp16(src: str | Path, dst: str | Path, converter: str = "auto") -> P
             proto = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=block)
         _float32_outputs(proto)
     else:
-        raise ValueError(f"unknown fp16 converter {converter!r}; use auto, modelopt or onnxconverter-common")
+        raise ConfigError(f"unknown fp16 converter {converter!r}; use auto, modelopt or onnxconverter-common")
     set_metadata(proto, {**meta, "precision": "fp16", "fp16_converter": converter, "fp32_ops": list(FP32_OPS)})
     onnx.checker.check_model(proto)
     return save_onnx(proto, dst)
@@ -91,7 +92,7 @@ def _float32_outputs(proto) -> None:
             continue
         node = producers.get(output.name)
         if node is None or node.op_type != "Cast":
-            raise ValueError(f"fp16 conversion left output {output.name!r} in float16")
+            raise ExportError(f"fp16 conversion left output {output.name!r} in float16")
         for attr in node.attribute:
             if attr.name == "to":
                 attr.i = TensorProto.FLOAT
@@ -172,7 +173,7 @@ def load_calibration_images(
     float32, train preferred) or a folder of .npy arrays or image files (png, jpg, ...). Images of another
     size are resized to the model's input size.
     """
-    from mtlkd.ui import UserError
+    from mtlkd.errors import UserError
 
     height, width = (int(v) for v in input_size)
     if source is None:
@@ -200,7 +201,7 @@ def _read_image(path: Path, height: int, width: int) -> np.ndarray:
     """One image as H x W x 3 float32 RGB in [0, 1] at the model's input size."""
     import cv2
 
-    from mtlkd.ui import UserError
+    from mtlkd.errors import UserError
 
     if path.suffix.lower() == ".npy":
         image = np.load(path, allow_pickle=False).astype(np.float32)

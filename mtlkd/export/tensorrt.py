@@ -10,7 +10,7 @@ The engine is specific to the GPU, TensorRT version and batch profile it was bui
 file is loaded before and saved after every build, so rebuilding (other batch profile, other precision)
 skips the kernel timing it has already done.
 
-No TensorRT or no CUDA GPU -> `TensorRTUnavailable` with a one-line message; nothing is faked.
+No TensorRT or no CUDA GPU -> `BackendUnavailable` with a one-line message; nothing is faked.
 """
 
 from __future__ import annotations
@@ -22,16 +22,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mtlkd.errors import BackendUnavailable, ConfigError, EngineBuildError
+
 DEFAULT_BATCH = (1, 4, 8)
 DEFAULT_WORKSPACE_MB = 4096
-
-
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT or a CUDA GPU is missing on this machine."""
-
-
-class EngineBuildError(RuntimeError):
-    """TensorRT could not parse the graph or build the engine."""
 
 
 def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
@@ -46,18 +40,18 @@ def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[i
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(f"--batch {text!r}: expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
+            raise ConfigError(f"--batch {text!r}: expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
     else:
         values = [int(v) for v in text]
     if len(values) == 1:
         values = [1, values[0], values[0]]
     if len(values) != 3:
-        raise ValueError(f"--batch {text!r}: expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
+        raise ConfigError(f"--batch {text!r}: expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
     low, opt, high = values
     if not low <= opt <= high:
-        raise ValueError(f"--batch {text!r}: need MIN <= OPT <= MAX")
+        raise ConfigError(f"--batch {text!r}: need MIN <= OPT <= MAX")
     if low != 1:
-        raise ValueError(f"--batch {text!r}: MIN must be 1 (one image, or the last part of a batch, is sent as a "
+        raise ConfigError(f"--batch {text!r}: MIN must be 1 (one image, or the last part of a batch, is sent as a "
                          f"smaller batch by the Predictor and by Triton); use 1,{opt},{high}")
     return low, opt, high
 
@@ -71,11 +65,11 @@ def profile_shapes(batch: tuple[int, int, int], input_size: tuple[int, int] | li
 
 
 def require_tensorrt():
-    """The `tensorrt` module, or TensorRTUnavailable saying what is missing."""
+    """The `tensorrt` module, or BackendUnavailable saying what is missing."""
     try:
         import tensorrt as trt
     except ImportError:
-        raise TensorRTUnavailable(
+        raise BackendUnavailable(
             "TensorRT is not installed: --trt needs the tensorrt Python package (pip install tensorrt) "
             "and an NVIDIA GPU with CUDA"
         ) from None
@@ -86,9 +80,9 @@ def _builder(trt, logger):
     try:
         builder = trt.Builder(logger)
     except (TypeError, RuntimeError) as exc:  # the binding's factory returns null without a usable GPU
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} found no usable CUDA GPU ({exc})") from None
+        raise BackendUnavailable(f"TensorRT {trt.__version__} found no usable CUDA GPU ({exc})") from None
     if builder is None:
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} found no usable CUDA GPU")
+        raise BackendUnavailable(f"TensorRT {trt.__version__} found no usable CUDA GPU")
     return builder
 
 
@@ -116,7 +110,7 @@ def build_engine(
     unless `tf32`: TensorRT enables it by default, so an fp32 engine would multiply matrices with 10-bit
     mantissas and drift from the fp32 graph it was validated against.
     The engine and its sidecar are written beside their final names and moved into place together, so
-    neither is left without the other. Raises TensorRTUnavailable without TensorRT or GPU,
+    neither is left without the other. Raises BackendUnavailable without TensorRT or GPU,
     EngineBuildError when the build fails.
     """
     from mtlkd.checkpoint import sha256_of

@@ -31,6 +31,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mtlkd.errors import ConfigError
 from mtlkd.tasks import get_task
 
 KINDS = {
@@ -56,10 +57,10 @@ def config_text(name: str, kind: str, metadata: dict[str, Any], max_batch_size: 
     """The config.pbtxt of one model, in protobuf text format. `device`: KIND_CPU or KIND_GPU (default:
     the kind's own, GPU only for TensorRT)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown Triton model kind {kind!r}; known: {', '.join(KINDS)}")
+        raise ConfigError(f"unknown Triton model kind {kind!r}; known: {', '.join(KINDS)}")
     device = device or KINDS[kind]["device"]
     if device == "KIND_GPU" and kind not in GPU_CAPABLE:
-        raise ValueError(f"Triton's {kind} model runs on the CPU only; use KIND_CPU")
+        raise ConfigError(f"Triton's {kind} model runs on the CPU only; use KIND_CPU")
     height, width = (int(v) for v in metadata["input_size"])
     input_name = metadata.get("input_name", "image")
     preferred = sorted({b for b in (max_batch_size // 2, max_batch_size) if b >= 1})

@@ -29,11 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from mtlkd.errors import ValidationError
+
 BATCHES = (1, 3)
-
-
-class ValidationError(RuntimeError):
-    """An exported graph disagrees with its reference beyond the documented tolerance."""
 
 
 @dataclass(frozen=True)

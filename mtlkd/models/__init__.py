@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models.backbones import BACKBONES, register_backbone
 from mtlkd.models.cross_stitch import CrossStitchNet  # noqa: F401  (registers the "cross_stitch" arch)
 from mtlkd.models.heads import HEADS, register_head
@@ -50,13 +51,13 @@ def create_model(config: dict[str, Any] | str, backbone_weights: str | None = No
             backbone_weights = str(pretrained_backbone(preset))
     arch = config.get("arch", "mtl")
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     model = ARCHS[arch](config)
     if backbone_weights:
         missing, _ = model.backbone.load_pretrained(backbone_weights)
         if missing:
             lacks = ", ".join(missing[:3])
-            raise ValueError(f"{backbone_weights}: not a checkpoint of this backbone (it lacks {lacks})")
+            raise CheckpointError(f"{backbone_weights}: not a checkpoint of this backbone (it lacks {lacks})")
     return model
 
 
@@ -80,7 +81,8 @@ def explicit_attention(model: nn.Module) -> Iterator[None]:
 
 def load_model(path: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A network and its metadata from an mtlkd checkpoint (safetensors; never a pickle)."""
-    from mtlkd.checkpoint import CheckpointError, load_checkpoint, read_metadata
+    from mtlkd.checkpoint import load_checkpoint, read_metadata
+    from mtlkd.errors import CheckpointError
 
     check_shapes(path, read_metadata(path))
     state, metadata = load_checkpoint(path, device=device)
@@ -101,7 +103,8 @@ def check_shapes(path: str, metadata: dict[str, Any]) -> None:
     the real build allocate gigabytes before the weights are found not to fit."""
     import torch
 
-    from mtlkd.checkpoint import CheckpointError, tensor_shapes
+    from mtlkd.checkpoint import tensor_shapes
+    from mtlkd.errors import CheckpointError
 
     if not isinstance(metadata.get("config"), dict):
         raise CheckpointError(f"{path}: no network config in its metadata; pass a model.safetensors of mtl-train")

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mtlkd.errors import CheckpointError
+
 BACKBONES: dict[str, type[nn.Module]] = {}
 
 
@@ -87,6 +89,6 @@ class ViTBackbone(nn.Module):
             result = self.vit.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shapes that do not fit: another width or depth
             detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-            raise ValueError(f"{path}: weights do not fit this ViT ({detail}); pass a checkpoint of the same "
+            raise CheckpointError(f"{path}: weights do not fit this ViT ({detail}); pass a checkpoint of the same "
                              "width and depth") from None
         return list(result.missing_keys), list(result.unexpected_keys)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlkd.errors import ConfigError
 from mtlkd.models.nets import _Normalize, activate, build_backbone, build_head, register_arch
 
 SELF_WEIGHT = 0.9  # Misra et al.'s (alpha_S, alpha_D) = (0.9, 0.1)
@@ -50,7 +51,7 @@ class CrossStitchBackbone(nn.Module):
         self.streams = nn.ModuleDict({t: build_backbone(config) for t in self.tasks})
         first = self.streams[self.tasks[0]]
         if not hasattr(first, "vit"):
-            raise ValueError(f"cross-stitch mixes ViT blocks; backbone {config['backbone']['name']!r} is not a ViT")
+            raise ConfigError(f"cross-stitch mixes ViT blocks; backbone {config['backbone']['name']!r} is not a ViT")
         for task in self.tasks[1:]:  # one initialisation for all streams, as one pretrained checkpoint gives:
             self.streams[task].load_state_dict(first.state_dict())  # mixing needs features in one basis
         self.depth = first.depth

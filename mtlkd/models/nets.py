@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlkd.errors import ConfigError
 from mtlkd.models.backbones import BACKBONES
 from mtlkd.models.heads import HEADS
 from mtlkd.tasks import LOGITS, POSITIVE, UNIT, get_task
@@ -100,7 +101,7 @@ class SingleTaskNet(MultiTaskNet):
 
     def __init__(self, config: dict[str, Any]):
         if len(config["tasks"]) != 1:
-            raise ValueError(f"a single-task network takes one task, got {config['tasks']}")
+            raise ConfigError(f"a single-task network takes one task, got {config['tasks']}")
         super().__init__(config)
 
     @property

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from mtlkd.errors import ConfigError
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -65,14 +67,14 @@ def preset_config(
 ) -> dict[str, Any]:
     """A complete, JSON-serialisable network config from a preset name."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     config = copy.deepcopy(PRESETS[preset])
     if img_size is not None:
         config["backbone"]["img_size"] = list(img_size)
     if class_names is not None and num_classes is None:
         num_classes = len(class_names)
     if "seg" in tasks and num_classes is None:
-        raise ValueError(f"preset_config({preset!r}): segmentation needs num_classes or class_names (NYUv2: 13)")
+        raise ConfigError(f"preset_config({preset!r}): segmentation needs num_classes or class_names (NYUv2: 13)")
     config.update(
         preset=preset,
         arch=arch,

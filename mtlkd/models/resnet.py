@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlkd.errors import CheckpointError
 from mtlkd.models.backbones import register_backbone
 from mtlkd.models.heads import register_head
 
@@ -68,7 +69,7 @@ class ResNetBackbone(nn.Module):
         own = self.net.state_dict()
         wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
         if wrong:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: weights do not fit {self.variant} (e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} vs "
                 f"{tuple(own[wrong[0]].shape)}); pass a timm {self.variant} checkpoint"
             )

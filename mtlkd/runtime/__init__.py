@@ -8,7 +8,7 @@ Only the torch backend (a .safetensors checkpoint) imports torch; running an exp
 OpenCV, Pillow and the engine (onnxruntime, openvino or tensorrt).
 """
 
-from mtlkd.runtime.backends import BackendError, BackendUnavailable
+from mtlkd.errors import BackendError, BackendUnavailable
 from mtlkd.runtime.predictor import Predictor
 
 __all__ = ["BackendError", "BackendUnavailable", "Predictor"]

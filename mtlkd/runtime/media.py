@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mtlkd.errors import MediaError
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-
-
-class MediaError(ValueError):
-    """A file or camera that cannot be read; the message names it."""
 
 
 @dataclass(frozen=True)

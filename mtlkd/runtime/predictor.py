@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from mtlkd.errors import BackendError
 from mtlkd.runtime import processing
-from mtlkd.runtime.backends import BACKEND_NAMES, Backend, BackendError, backends_for, load_backend
+from mtlkd.runtime.backends import BACKEND_NAMES, Backend, backends_for, load_backend
 from mtlkd.tasks import parse_tasks
 
 GPU_SUFFIXES = (".engine", ".plan")

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from mtlkd.errors import MediaError
 from mtlkd.tasks import UNIT, decode_seg, get_task
 
 Size = tuple[int, int]  # (H, W)
@@ -39,7 +40,7 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
+        raise MediaError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     return image[..., :3]
@@ -56,9 +57,9 @@ def to_float(image: np.ndarray) -> np.ndarray:
         image = image.astype(np.float32, copy=False)
         high = float(image.max()) if image.size else 0.0
         if high > 1.0 + 1e-3:
-            raise ValueError(f"float images must be in [0, 1] (this one reaches {high:g}); pass uint8 or divide by 255")
+            raise MediaError(f"float images must be in [0, 1] (this one reaches {high:g}); pass uint8 or divide by 255")
         return np.clip(image, 0.0, 1.0)
-    raise ValueError(f"unsupported image dtype {image.dtype}; pass uint8, uint16 or float in [0, 1]")
+    raise MediaError(f"unsupported image dtype {image.dtype}; pass uint8, uint16 or float in [0, 1]")
 
 
 def resize_image(image: np.ndarray, size: Size) -> np.ndarray:

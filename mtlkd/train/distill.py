@@ -42,6 +42,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mtlkd.errors import ConfigError
 from mtlkd.tasks import LOGITS, get_task
 
 Divergence = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -165,7 +166,7 @@ def kd_view(task: str, pred: torch.Tensor, regression: str = "spatial") -> tuple
     channel's map flattened to B x C x HW with the spatial positions as the distribution axis, or with
     `regression="channel"` the channels at each pixel, like classes (see the module doc)."""
     if regression not in REGRESSION_VIEWS:
-        raise ValueError(f"regression KD view {regression!r}: expected spatial or channel")
+        raise ConfigError(f"regression KD view {regression!r}: expected spatial or channel")
     if get_task(task).output == LOGITS or regression == "channel":
         return pred, 1
     return pred.flatten(2), 2
@@ -188,7 +189,7 @@ def task_kd_loss(task: str, student_pred: torch.Tensor, teacher_pred: torch.Tens
     if kind == "dist":
         inter, intra = dist_terms(s, t, T, dim)
         return T * T * (inter + intra), {"inter": T * T * inter.item(), "intra": T * T * intra.item()}
-    raise ValueError(f"unknown distillation loss {kind!r}; known: cs, kl, dist")
+    raise ConfigError(f"unknown distillation loss {kind!r}; known: cs, kl, dist")
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from torch import nn
 
 from mtlkd import __version__
 from mtlkd.checkpoint import save_checkpoint, write_json
+from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import preset_config
 from mtlkd.models.nets import build_backbone
 from mtlkd.train.state import STATE_FILE, STATE_JSON, optimizer_state, restore_optimizers
@@ -64,14 +65,14 @@ class PretrainOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+            raise ConfigError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         for name in ("images", "epochs", "batch_size", "mask_block"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.images < self.batch_size:
-            raise ValueError(f"{self.images} images is less than one batch of {self.batch_size}")
+            raise ConfigError(f"{self.images} images is less than one batch of {self.batch_size}")
 
 
 class SimMIM(nn.Module):
@@ -81,7 +82,7 @@ class SimMIM(nn.Module):
         super().__init__()
         self.backbone = build_backbone(config)
         if not hasattr(self.backbone, "vit"):
-            raise ValueError(f"masked-image pretraining needs a ViT backbone, not {config['backbone']['name']!r}")
+            raise ConfigError(f"masked-image pretraining needs a ViT backbone, not {config['backbone']['name']!r}")
         vit = self.backbone.vit
         self.patch = int(vit.patch_embed.patch_size[0])
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
@@ -192,7 +193,8 @@ def pretrain(options: PretrainOptions) -> Path:
         start, history = _load_state(out, model, optimizer, scheduler)
         console.print(f"resuming {out} after epoch {start}")
     elif (out / BACKBONE_FILE).exists() or (out / STATE_JSON).exists():
-        raise ValueError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another --out")
+        raise ConfigError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another "
+                          "--out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "pretrain.json", asdict(options) | {"backbone": config["backbone"]})
     grid = tuple(model.backbone.grid)
@@ -245,7 +247,8 @@ def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int,
     try:
         meta = json.loads((out / STATE_JSON).read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new --out") from None
+        raise CheckpointError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new "
+                              "--out") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizers([optimizer], tensors, meta["optim_scalars"], meta["param_groups"])
     scheduler.load_state_dict(meta["scheduler"])

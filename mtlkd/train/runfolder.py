@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtlkd.ui import UserError
+from mtlkd.errors import UserError
 
 LOCK_FILE = ".lock"
 # What a training writes: the files `overwrite` deletes, and those that mean "a run lives here".

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlkd.errors import ConfigError
 from mtlkd.eval.delta import delta
 
 
@@ -28,10 +29,10 @@ def holdout_split(count: int, fraction: float, seed: int = 0) -> tuple[list[int]
     """(training indices, held-out selection indices) of `count` training images: a seeded permutation,
     `round(fraction * count)` held out (at least one when fraction > 0), both sorted."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"the held-out selection fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(f"the held-out selection fraction must be in [0, 1), got {fraction}")
     held = 0 if fraction == 0 else max(1, round(fraction * count))
     if held >= count:
-        raise ValueError(f"holding out {held} of {count} training images leaves none to train on")
+        raise ConfigError(f"holding out {held} of {count} training images leaves none to train on")
     order = np.random.default_rng([0x5E1EC7, seed]).permutation(count)
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 

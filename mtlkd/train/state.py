@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtlkd.checkpoint import save_checkpoint, write_json
+from mtlkd.errors import CheckpointError
 from mtlkd.train.methods.base import unwrap
 
 STATE_FILE = "state.safetensors"
@@ -81,24 +82,24 @@ def load(out: Path, method, optimizers: list, scheduler) -> tuple[int, dict]:
     try:
         tensors = load_file(str(state_file))
     except Exception as exc:  # noqa: BLE001  safetensors raises its own types for a damaged file
-        raise ValueError(f"{state_file}: corrupt training state ({_first_line(exc)}); train again into a new "
+        raise CheckpointError(f"{state_file}: corrupt training state ({_first_line(exc)}); train again into a new "
                          f"--out") from None
     try:
         meta = json.loads(state_json.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{state_json}: corrupt training state ({exc}); train again into a new --out") from None
+        raise CheckpointError(f"{state_json}: corrupt training state ({exc}); train again into a new --out") from None
     if not isinstance(meta, dict) or not set(meta) >= STATE_KEYS:
-        raise ValueError(f"{state_json}: corrupt training state (not what mtl-train writes); train again into a new "
-                         f"--out")
+        raise CheckpointError(f"{state_json}: corrupt training state (not what mtl-train writes); "
+                              "train again into a new --out")
     saved_steps, steps = meta["scheduler"].get("total_steps"), getattr(scheduler, "total_steps", None)
     if saved_steps is not None and steps is not None and saved_steps != steps:
-        raise ValueError(f"{state_json}: the run was saved for {saved_steps} steps but these options make {steps}; "
-                         f"resume with the run's own --epochs, --batch-size and --max-steps "
-                         f"(`mtl-train --resume --out {out}` alone uses them)")
+        raise CheckpointError(f"{state_json}: the run was saved for {saved_steps} steps but these options make "
+                              f"{steps}; resume with the run's own --epochs, --batch-size and --max-steps "
+                              f"(`mtl-train --resume --out {out}` alone uses them)")
     try:
         _restore(tensors, meta, method, optimizers, scheduler)
     except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
-        raise ValueError(f"{state_file}: the saved state does not fit this run's {method.name} networks "
+        raise CheckpointError(f"{state_file}: the saved state does not fit this run's {method.name} networks "
                          f"({_first_line(exc)}); was it written by another method? see {out / 'run.json'}") from None
     _truncate_history(out, meta["epochs_done"])
     return meta["epochs_done"], meta["selection"]

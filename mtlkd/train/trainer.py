@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 
 from mtlkd.checkpoint import load_checkpoint, model_metadata, save_checkpoint, write_json
 from mtlkd.data import open_dataset
+from mtlkd.errors import ConfigError
 from mtlkd.eval.evaluate import metric_arrays
 from mtlkd.models import preset_config
 from mtlkd.tasks import get_task, parse_tasks
@@ -81,7 +82,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked, but no CUDA GPU is visible; use --device cpu")
+        raise ConfigError("--device cuda asked, but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
 
 
@@ -122,7 +123,7 @@ def _train(options: TrainOptions) -> Path:
     if options.max_steps_per_epoch:
         steps = min(steps, options.max_steps_per_epoch)
     if steps < 1:
-        raise ValueError(f"{len(train_set)} training images is less than one batch of {options.batch_size}")
+        raise ConfigError(f"{len(train_set)} training images is less than one batch of {options.batch_size}")
     ctx = MethodContext(
         config=config, tasks=tasks, num_classes=config["num_classes"], class_names=config["class_names"],
         device=device, options=dict(options.method_options), epochs=options.epochs, steps_per_epoch=steps,

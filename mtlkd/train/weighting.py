@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlkd.errors import ConfigError
+
 WEIGHTINGS: dict[str, type[Weighting]] = {}
 
 
@@ -139,7 +141,7 @@ def last_shared_weight(shared: list[nn.Parameter]) -> nn.Parameter:
     the last shared layer before the heads (the final LayerNorm after it has only 1-D parameters)."""
     matrices = [p for p in shared if p.requires_grad and p.dim() >= 2]
     if not matrices:
-        raise ValueError("gradnorm needs a shared weight matrix; this network shares none")
+        raise ConfigError("gradnorm needs a shared weight matrix; this network shares none")
     return matrices[-1]
 
 
@@ -230,7 +232,7 @@ class OnlineTaskWeighting(Weighting):
         temperature = self.options.get("otw_temperature")
         self.temperature = 0.1 if temperature is None else float(temperature)
         if self.temperature <= 0:
-            raise ValueError(f"otw temperature must be positive, got {self.temperature}")
+            raise ConfigError(f"otw temperature must be positive, got {self.temperature}")
 
     def compute_weights(self, losses: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
@@ -241,7 +243,7 @@ class OnlineTaskWeighting(Weighting):
 
     def combine(self, losses, shared=None, reference=None, **context):
         if reference is None:
-            raise ValueError("otw needs single-task losses: use --method okd")
+            raise ConfigError("otw needs single-task losses: use --method okd")
         weights = self.compute_weights(losses, reference)
         ref = losses[self.tasks[0]]
         dev = weights.to(dtype=ref.dtype)
@@ -250,5 +252,5 @@ class OnlineTaskWeighting(Weighting):
 
 def create_weighting(name: str, tasks: list[str], options: dict[str, Any] | None = None) -> Weighting:
     if name not in WEIGHTINGS:
-        raise ValueError(f"unknown task weighting {name!r}; known: {', '.join(WEIGHTINGS)}")
+        raise ConfigError(f"unknown task weighting {name!r}; known: {', '.join(WEIGHTINGS)}")
     return WEIGHTINGS[name](tasks, options)

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mtlkd.cli.main import app
-from mtlkd.data import DatasetError
 from mtlkd.data.mtan import MTANDataset
 from mtlkd.data.synthetic import write_synthetic
+from mtlkd.errors import DatasetError
 
 runner = CliRunner()
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtlkd.data import DATASET_NAMES, DatasetError, get_spec, open_dataset
+from mtlkd.data import DATASET_NAMES, get_spec, open_dataset
 from mtlkd.data.mtan import MTANDataset, validate_dataset
+from mtlkd.errors import DatasetError
 
 torch = pytest.importorskip("torch")
 

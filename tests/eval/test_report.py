@@ -11,7 +11,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mtlkd.cli.report import app
-from mtlkd.eval.report import ReportError, build_report, load_metrics, render_table
+from mtlkd.errors import ReportError
+from mtlkd.eval.report import build_report, load_metrics, render_table
 
 # The paper's tables live in test_delta.py; loaded by path so this works under any pytest import mode.
 _spec = importlib.util.spec_from_file_location("okd_tables", Path(__file__).with_name("test_delta.py"))

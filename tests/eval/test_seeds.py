@@ -73,7 +73,7 @@ def test_report_cli_aggregates_seeds(tmp_path):
 
 
 def test_a_row_on_other_tasks_than_the_baseline_has_no_delta():
-    from mtlkd.eval.report import ReportError
+    from mtlkd.errors import ReportError
 
     depth_only = {"depth": {"abs_err": 1.0, "rel_err": 0.2}}
     with pytest.raises(ReportError, match="same tasks"):

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from mtlkd.checkpoint import model_metadata, save_checkpoint
 from mtlkd.cli.export import app
+from mtlkd.errors import BackendUnavailable
 from mtlkd.export import validate as val
 from mtlkd.export.onnx import read_onnx_metadata
 from mtlkd.export.precision import load_calibration_images
-from mtlkd.export.tensorrt import TensorRTUnavailable, parse_batch_profile, profile_shapes, require_tensorrt
+from mtlkd.export.tensorrt import parse_batch_profile, profile_shapes, require_tensorrt
 from mtlkd.models import create_model, preset_config
 
 runner = CliRunner()
@@ -76,7 +77,7 @@ def test_trt_refused_in_one_line_and_onnx_still_written(checkpoint, tmp_path):
     assert len(lines) == 1 and "TensorRT" in lines[0] and "model.onnx" in lines[0]
     assert read_onnx_metadata(out / "model.onnx")["tasks"] == ["seg"]
     assert not (out / "model.engine").exists()
-    with pytest.raises(TensorRTUnavailable, match="not installed"):
+    with pytest.raises(BackendUnavailable, match="not installed"):
         require_tensorrt()
 
 

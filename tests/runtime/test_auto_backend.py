@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from mtlkd.runtime import BackendUnavailable, Predictor, auto
+from mtlkd.errors import BackendUnavailable
+from mtlkd.runtime import Predictor, auto
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_raw_subsets_match_full_graph(backend, nano_onnx):
 
 def test_openvino_hint_is_configurable(nano_onnx):
     pytest.importorskip("openvino")
-    from mtlkd.runtime import BackendError
+    from mtlkd.errors import BackendError
 
     loaded = load_backend("openvino", nano_onnx, hint="throughput")
     assert loaded.config["PERFORMANCE_HINT"] == "THROUGHPUT"

@@ -11,7 +11,8 @@ import types
 import numpy as np
 import pytest
 
-from mtlkd.runtime import BackendUnavailable, Predictor
+from mtlkd.errors import BackendUnavailable
+from mtlkd.runtime import Predictor
 from mtlkd.runtime.backends import tensorrt_backend
 
 META = {"tasks": ["seg", "depth"], "input_size": [4, 4], "num_classes": 2}

@@ -14,8 +14,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtlkd.cli.infer import app
+from mtlkd.errors import BackendError
 from mtlkd.runtime import Predictor
-from mtlkd.runtime.backends import BackendError, json_metadata
+from mtlkd.runtime.backends import json_metadata
 from mtlkd.tasks import parse_tasks
 
 runner = CliRunner()
@@ -155,7 +156,8 @@ def test_onnx_metadata_must_agree_with_the_graph(tmp_path, nano_onnx, override, 
 def test_checkpoint_config_must_fit_its_tensors(tmp_path, nano_model):
     from safetensors.torch import save_file
 
-    from mtlkd.checkpoint import METADATA_KEY, CheckpointError, read_metadata, save_checkpoint
+    from mtlkd.checkpoint import METADATA_KEY, read_metadata, save_checkpoint
+    from mtlkd.errors import CheckpointError
     from mtlkd.models import load_model
 
     model, meta = nano_model

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtlkd.runtime.media import MediaError, VideoReader, VideoWriter, expand_sources, read_image
+from mtlkd.errors import MediaError
+from mtlkd.runtime.media import VideoReader, VideoWriter, expand_sources, read_image
 
 
 def test_exif_orientation_is_applied(tmp_path):

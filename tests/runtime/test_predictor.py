@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtlkd.runtime import BackendError, Predictor
+from mtlkd.errors import BackendError
+from mtlkd.runtime import Predictor
 from mtlkd.runtime.media import read_image
 
 SIZES = [(45, 61), (31, 17), (96, 128), (1, 1)]

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from mtlkd.runtime import BackendError, BackendUnavailable, Predictor
+from mtlkd.errors import BackendError, BackendUnavailable
+from mtlkd.runtime import Predictor
 from mtlkd.runtime.backends import available, tensorrt_backend
 
 

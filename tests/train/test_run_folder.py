@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from mtlkd.cli.main import app
 from mtlkd.data.synthetic import write_synthetic
+from mtlkd.errors import UserError
 from mtlkd.train.runfolder import run_lock
 from mtlkd.train.trainer import TrainOptions, train
-from mtlkd.ui import UserError
 
 runner = CliRunner()
 

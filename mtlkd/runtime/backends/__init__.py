@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mtlkd.errors import BackendError, BackendUnavailable
 from mtlkd.runtime.cpu import physical_cores  # noqa: F401  (the backends' default thread count)
-from mtlkd.ui import UserError
 
 MODULES = {
     "torch": "mtlkd.runtime.backends.torch_backend",
@@ -45,14 +45,6 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
 # The Python package each backend needs (checked with find_spec, i.e. without importing it).
 PACKAGES = {"torch": ("torch", "timm"), "onnxruntime": ("onnxruntime",), "openvino": ("openvino",),
             "tensorrt": ("tensorrt",)}
-
-
-class BackendError(UserError):
-    """A model file a backend cannot use (wrong type, no mtlkd metadata, missing tensor...)."""
-
-
-class BackendUnavailable(BackendError):
-    """The backend (or the device it needs) is not installed or not present on this machine."""
 
 
 class Backend:

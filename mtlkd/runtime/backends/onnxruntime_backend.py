@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mtlkd.runtime.backends import Backend, BackendError, BackendUnavailable, json_metadata, physical_cores
+from mtlkd.errors import BackendError, BackendUnavailable
+from mtlkd.runtime.backends import Backend, json_metadata, physical_cores
 
 METADATA_KEY = "mtlkd"
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mtlkd.runtime.backends import Backend, BackendError, BackendUnavailable, json_metadata
+from mtlkd.errors import BackendError, BackendUnavailable
+from mtlkd.runtime.backends import Backend, json_metadata
 
 # Where the metadata JSON may sit in rt_info: IR written by mtlkd.export.openvino (["mtlkd", "metadata"]),
 # ONNX metadata_props as OpenVINO's ONNX frontend files them (under "framework"), and a plain "mtlkd" key.

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from mtlkd.runtime.backends import Backend, BackendError, BackendUnavailable, json_metadata
+from mtlkd.errors import BackendError, BackendUnavailable, CudaError
+from mtlkd.runtime.backends import Backend, json_metadata
 
 
 def _modules() -> tuple[Any, Any]:
@@ -46,10 +47,6 @@ def _modules() -> tuple[Any, Any]:
         except ImportError:
             raise BackendUnavailable("the tensorrt backend needs cuda-python (pip install cuda-python)") from None
     return trt, cudart
-
-
-class CudaError(RuntimeError):
-    """A CUDA runtime call failed; the message keeps CUDA's own error name."""
 
 
 def _version(number: int) -> str:
@@ -186,14 +183,14 @@ class TensorRtBackend(Backend):
         tasks = self.check_tasks(tasks)
         batch = np.ascontiguousarray(self.check_batch(batch), dtype=self.dtypes[self.input_name])
         if self.max_batch is not None and batch.shape[0] > self.max_batch:
-            raise ValueError(f"batch {batch.shape[0]} exceeds the engine's maximum batch {self.max_batch}")
+            raise BackendError(f"batch {batch.shape[0]} exceeds the engine's maximum batch {self.max_batch}")
         count = batch.shape[0]
         if count < self.min_batch:  # an engine built elsewhere with a profile starting above 1: pad, then drop
             padding = np.repeat(batch[-1:], self.min_batch - count, axis=0)
             batch = np.ascontiguousarray(np.concatenate([batch, padding]))
         cudart, context = self.cudart, self.context
         if not context.set_input_shape(self.input_name, tuple(batch.shape)):
-            raise ValueError(f"the engine does not accept input shape {tuple(batch.shape)}")
+            raise BackendError(f"the engine does not accept input shape {tuple(batch.shape)}")
         pointer = self._buffer(self.input_name, batch.nbytes)
         _check(cudart.cudaMemcpyAsync(pointer, batch.ctypes.data, batch.nbytes,
                                       cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "copy to GPU", cudart)
@@ -206,7 +203,7 @@ class TensorRtBackend(Backend):
             if name in tasks:
                 host[name] = array
         if not context.execute_async_v3(stream_handle=int(self.stream)):
-            raise RuntimeError(f"TensorRT failed to run {self.path.name}")
+            raise BackendError(f"TensorRT failed to run {self.path.name}")
         for name, array in host.items():
             copy = cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes,
                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mtlkd.runtime.backends import Backend, BackendError, BackendUnavailable, physical_cores
+from mtlkd.errors import BackendError, BackendUnavailable
+from mtlkd.runtime.backends import Backend, physical_cores
 
 
 def available(device: str = "cpu") -> bool:

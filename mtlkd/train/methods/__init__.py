@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from mtlkd.errors import ConfigError
 from mtlkd.train.methods.base import Method, MethodContext
 
 METHODS: dict[str, type[Method]] = {}
@@ -20,7 +21,7 @@ def register_method(name: str):
 def create_method(name: str, ctx: MethodContext) -> Method:
     _import_all()
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
     return METHODS[name](ctx)
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkd.checkpoint import read_metadata
+from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import create_model, input_size
 from mtlkd.train.distill import normalized_feature_loss
 from mtlkd.train.methods import register_method
@@ -88,32 +89,32 @@ def find_teachers(paths: list[str] | str | None, tasks: list[str]) -> dict[str, 
     hint = ("train single-task teachers first (mtl-train DATASET --method stl --out runs/stl) "
             "and pass --teachers runs/stl")
     if not paths:
-        raise ValueError(f"kd-mtl needs frozen single-task teachers: {hint}")
+        raise ConfigError(f"kd-mtl needs frozen single-task teachers: {hint}")
     found: dict[str, Path] = {}
     for value in [paths] if isinstance(paths, str | Path) else paths:
         path = Path(value)
         if path.is_dir():
             files = sorted(path.glob("stl_*.safetensors"))
             if not files:
-                raise ValueError(f"--teachers {path}: no stl_<task>.safetensors in this folder; {hint}")
+                raise CheckpointError(f"--teachers {path}: no stl_<task>.safetensors in this folder; {hint}")
         elif path.is_file():
             files = [path]
         else:
-            raise ValueError(f"--teachers {path}: no such file or folder; {hint}")
+            raise CheckpointError(f"--teachers {path}: no such file or folder; {hint}")
         for file in files:
             meta_tasks = list(read_metadata(file).get("tasks") or [])
             if len(meta_tasks) != 1:
-                raise ValueError(
+                raise CheckpointError(
                     f"--teachers {file}: a network for {len(meta_tasks)} tasks ({', '.join(meta_tasks)}); "
                     "KD-MTL's teachers are single-task networks (stl_<task>.safetensors)"
                 )
             task = meta_tasks[0]
             if task in found and found[task].resolve() != file.resolve():
-                raise ValueError(f"two teachers for {task}: {found[task]} and {file}; pass one")
+                raise ConfigError(f"two teachers for {task}: {found[task]} and {file}; pass one")
             found[task] = file
     missing = [t for t in tasks if t not in found]
     if missing:
-        raise ValueError(f"no single-task teacher for {', '.join(missing)} in --teachers; {hint}")
+        raise ConfigError(f"no single-task teacher for {', '.join(missing)} in --teachers; {hint}")
     return {t: found[t] for t in tasks}
 
 
@@ -151,16 +152,16 @@ class KDMTLMethod(Method):
         options = ctx.options
         self.kd_layers = options.get("kd_layers") or "last"
         if self.kd_layers not in KD_LAYERS:
-            raise ValueError(f"--kd-layers {self.kd_layers!r}: expected one of {', '.join(KD_LAYERS)}")
+            raise ConfigError(f"--kd-layers {self.kd_layers!r}: expected one of {', '.join(KD_LAYERS)}")
         weights = dict(options.get("kd_weights") or {})
         unknown = [t for t in weights if t not in self.tasks]
         if unknown:
-            raise ValueError(f"--kd-weights names {', '.join(unknown)}, not trained here ({', '.join(self.tasks)})")
+            raise ConfigError(f"--kd-weights names {', '.join(unknown)}, not trained here ({', '.join(self.tasks)})")
         self.kd_weights = {t: float(weights.get(t, PAPER_KD_WEIGHTS.get(t, 1.0))) for t in self.tasks}
         self.adaptor_lr_option = options.get("adaptor_lr")
         self.adaptor_optimizer = options.get("adaptor_optimizer") or "own"
         if self.adaptor_optimizer not in ADAPTOR_OPTIMIZERS:
-            raise ValueError(f"--adaptor-optimizer {self.adaptor_optimizer!r}: expected own (the paper's) or shared")
+            raise ConfigError(f"--adaptor-optimizer {self.adaptor_optimizer!r}: expected own (the paper's) or shared")
 
         # Frozen teachers: a plain dict, outside self.nets (the optimiser and DDP never see them).
         self.teacher_paths = find_teachers(options.get("teachers"), self.tasks)

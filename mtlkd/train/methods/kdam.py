@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import create_model
 from mtlkd.train.distill import REGRESSION_VIEWS, task_kd_loss
 from mtlkd.train.methods import register_method
@@ -40,15 +41,15 @@ class KDAMMethod(Method):
         options = ctx.options
         self.kd = options.get("kd") or "cs"
         if self.kd not in DEFAULT_TEMPERATURE:
-            raise ValueError(f"--kd {self.kd!r}: expected cs (KDAM), kl (plain KD) or dist (DIST)")
+            raise ConfigError(f"--kd {self.kd!r}: expected cs (KDAM), kl (plain KD) or dist (DIST)")
         self.alpha = float(options.get("alpha", DEFAULT_ALPHA))
         self.beta = float(options.get("beta", DEFAULT_BETA))
         self.temperature = float(options.get("kd_temperature", DEFAULT_TEMPERATURE[self.kd]))
         self.regression_kd = options.get("regression_kd") or "spatial"
         if self.regression_kd not in REGRESSION_VIEWS:
-            raise ValueError(f"--regression-kd {self.regression_kd!r}: expected spatial or channel")
+            raise ConfigError(f"--regression-kd {self.regression_kd!r}: expected spatial or channel")
         if self.temperature <= 0:
-            raise ValueError(f"--kd-temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"--kd-temperature must be > 0, got {self.temperature}")
 
         self.teacher_path = _teacher_file(options.get("teacher"))
         # The frozen teacher lives outside self.nets: the optimiser and DDP never see it.
@@ -62,12 +63,12 @@ class KDAMMethod(Method):
         teacher_tasks = list(meta.get("tasks") or unwrap(self.teacher).tasks)
         missing = [t for t in self.tasks if t not in teacher_tasks]
         if missing:
-            raise ValueError(
+            raise CheckpointError(
                 f"teacher {self.teacher_path} predicts {', '.join(teacher_tasks)} but not {', '.join(missing)}; "
                 "KDAM needs a multi-task teacher covering every task of the student"
             )
         if "seg" in self.tasks and meta.get("num_classes") != self.ctx.num_classes:
-            raise ValueError(
+            raise CheckpointError(
                 f"teacher {self.teacher_path} segments {meta.get('num_classes')} classes, the data has "
                 f"{self.ctx.num_classes}"
             )
@@ -107,7 +108,7 @@ class KDAMMethod(Method):
 
 def _teacher_file(value: Any) -> Path:
     if not value:
-        raise ValueError(
+        raise ConfigError(
             "kdam needs a trained multi-task teacher: train one first (mtl-train DATASET --method mtl "
             "--preset vit-small --out runs/teacher) and pass --teacher runs/teacher/model.safetensors"
         )
@@ -115,5 +116,5 @@ def _teacher_file(value: Any) -> Path:
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
-        raise ValueError(f"--teacher {value}: no such checkpoint (expected a model.safetensors or its run folder)")
+        raise CheckpointError(f"--teacher {value}: no such checkpoint (expected a model.safetensors or its run folder)")
     return path

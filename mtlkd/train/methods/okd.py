@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mtlkd.errors import ConfigError
 from mtlkd.models import create_model
 from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
@@ -67,7 +68,7 @@ class AdaptiveFeatureDistillation(nn.Module):
     def __init__(self, variant: str, tasks: list[str], num_layers: int):
         super().__init__()
         if variant not in AFD_VARIANTS:
-            raise ValueError(f"unknown afd variant {variant!r}; known: {', '.join(AFD_VARIANTS)}")
+            raise ConfigError(f"unknown afd variant {variant!r}; known: {', '.join(AFD_VARIANTS)}")
         self.variant = variant
         self.tasks = list(tasks)
         n = len(self.tasks)
@@ -150,7 +151,7 @@ class OKDMethod(Method):
         warmup = ctx.options.get("warmup_epochs")
         warmup = DEFAULT_WARMUP_EPOCHS if warmup is None else int(warmup)
         if warmup < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup}")
+            raise ConfigError(f"warmup_epochs must be >= 0, got {warmup}")
         if warmup >= ctx.epochs:
             clamped = max(ctx.epochs - 1, 0)
             if _is_main_process():

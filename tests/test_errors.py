@@ -1,0 +1,87 @@
+"""The error family: user mistakes are one line and exit 2, bugs keep their traceback."""
+
+import ast
+import pathlib
+
+import pytest
+
+import mtlkd
+from mtlkd import errors, ui
+
+PACKAGE = pathlib.Path(mtlkd.__file__).parent
+
+
+def test_user_error_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info, ui.user_errors():
+        raise errors.DatasetError("data/nyuv2: no train split; pass the folder holding train/ and val/")
+    assert exit_info.value.code == errors.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err == "error: data/nyuv2: no train split; pass the folder holding train/ and val/\n"
+
+
+def test_a_plain_value_error_is_a_bug_and_keeps_its_traceback():
+    # numpy raising on bad shapes inside the library is not the user's mistake: it must not become exit 2
+    import numpy as np
+
+    with pytest.raises(ValueError, match="broadcast"), ui.user_errors():
+        np.zeros(3) + np.zeros(4)
+
+
+def test_missing_file_is_a_user_error(tmp_path, capsys):
+    with pytest.raises(SystemExit), ui.user_errors():
+        (tmp_path / "nope.json").read_text()
+    assert "nope.json" in capsys.readouterr().err
+
+
+def test_traceback_env_keeps_the_exception(monkeypatch):
+    monkeypatch.setenv(errors.TRACEBACK_ENV, "1")
+    with pytest.raises(errors.ConfigError), ui.user_errors():
+        raise errors.ConfigError("--epochs -1: must be at least 1")
+
+
+def test_every_exception_class_lives_in_errors_module():
+    """One module defines the family: an exception class anywhere else is a second taxonomy."""
+    stray = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = [ast.unparse(b) for b in node.bases]
+                if any(b.endswith(("Error", "Exception", "Unavailable")) for b in bases):
+                    stray.append(f"{path.relative_to(PACKAGE)}:{node.name}")
+    assert stray == []
+
+
+def test_errors_module_imports_nothing_heavy():
+    # the torch-free runtime raises these: the module must not pull in torch, rich or mtlkd's UI
+    tree = ast.parse((PACKAGE / "errors.py").read_text())
+    imported = [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert all(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in imported)
+
+
+def test_user_error_family_shares_one_base():
+    family = [getattr(errors, name) for name in dir(errors) if name.endswith(("Error", "Unavailable"))]
+    assert len(family) >= 10
+    assert all(issubclass(cls, errors.UserError) for cls in family)
+
+
+def test_line_progress_logs_when_not_a_terminal(monkeypatch):
+    lines = []
+    monkeypatch.setattr(ui.console, "print", lambda text, **_: lines.append(text))
+    monkeypatch.setattr(ui, "LOG_EVERY_SECONDS", 0.0)
+    bar = ui.LineProgress("img")
+    task = bar.add_task("train", total=4, info="")
+    for step in range(4):
+        bar.update(task, advance=1, info=f"loss {1 / (step + 1):.2f}")
+    assert len(lines) == 4
+    assert lines[-1].startswith("train 4/4 (100%)") and lines[-1].endswith("loss 0.25")
+    assert "img/s" in lines[0] and "eta" in lines[0]
+
+
+def test_quiet_progress_shows_nothing(capsys):
+    with ui.progress_bar("img", quiet=True) as bar:
+        task = bar.add_task("train", total=3, info="")
+        bar.update(task, advance=3)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
