@@ -13,6 +13,11 @@ over a few sizes, at the benchmark's thread count, best of several runs (a ceili
 * fp16: torch.matmul on float16 tensors, measured only where the CPU has native fp16 (AVX512_FP16, AMX-FP16);
   elsewhere fp16 graphs compute in float32 on the CPU and their rows are compared with the fp32 ceiling.
 
+The same products are also timed at the model's own shapes (`model_shapes`: for a ViT, the tokens x width
+products of qkv, projection and MLP, and the per-head attention products, at batch 1), so that a row can
+be held against what its own matrix products reach here (`shape_ceiling`), not only against large square
+products, which run closer to peak than a 577 x 192 x 576 one can.
+
 `native` says whether the CPU has dot-product instructions for the precision (see mtlkd.bench.machine);
 a ceiling measured without them is marked emulated. On a GPU the same products run through torch with
 CUDA events.
@@ -24,7 +29,6 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,36 +92,52 @@ def best_seconds(fn: Callable[[], Any], budget_s: float, min_runs: int = 3, sync
     return best
 
 
-def _torch_product(precision: str, n: int, device: str) -> Callable[[], Any]:
+Shape = tuple[int, int, int, int]  # (batch, m, k, n): `batch` independent (m x k) @ (k x n) products
+
+
+def square(n: int) -> Shape:
+    return (1, n, n, n)
+
+
+def shape_flops(shape: Shape) -> float:
+    batch, m, k, n = shape
+    return 2.0 * batch * m * k * n
+
+
+def _torch_product(precision: str, shape: Shape, device: str) -> Callable[[], Any]:
     import torch
 
-    if precision == "int8":
-        a = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device)
-        b = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device)
-        return lambda: torch._int_mm(a, b)
+    batch, m, k, n = shape
+    if precision == "int8":  # torch._int_mm is 2-D only: the batch as a loop
+        a = [torch.randint(-127, 128, (m, k), dtype=torch.int8, device=device) for _ in range(batch)]
+        b = [torch.randint(-127, 128, (k, n), dtype=torch.int8, device=device) for _ in range(batch)]
+        return lambda: [torch._int_mm(x, y) for x, y in zip(a, b, strict=True)]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    lead = (batch,) if batch > 1 else ()
+    a = torch.randn(*lead, m, k, device=device).to(dtype)
+    b = torch.randn(*lead, k, n, device=device).to(dtype)
     return lambda: torch.matmul(a, b)
 
 
-def _numpy_product(n: int) -> Callable[[], Any]:
+def _numpy_product(shape: Shape) -> Callable[[], Any]:
+    batch, m, k, n = shape
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
+    a = rng.standard_normal((batch, m, k), dtype=np.float32)
+    b = rng.standard_normal((batch, k, n), dtype=np.float32)
     return lambda: a @ b
 
 
-def _ort_int8_product(n: int, threads: int) -> Callable[[], Any]:
+def _ort_int8_product(shape: Shape, threads: int) -> Callable[[], Any]:
     """ONNX Runtime MatMulInteger (uint8 activations x int8 weights), the op family of the int8 graphs."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    batch, m, k, n = shape
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "ceiling",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n]),
-         helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])],
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [batch, m, k]),
+         helper.make_tensor_value_info("B", TensorProto.INT8, [batch, k, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [batch, m, n])],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     options = ort.SessionOptions()
@@ -125,42 +145,53 @@ def _ort_int8_product(n: int, threads: int) -> Callable[[], Any]:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feeds = {"A": rng.integers(0, 256, (n, n), dtype=np.uint8), "B": rng.integers(-127, 128, (n, n), dtype=np.int8)}
+    feeds = {"A": rng.integers(0, 256, (batch, m, k), dtype=np.uint8),
+             "B": rng.integers(-127, 128, (batch, k, n), dtype=np.int8)}  # fmt: skip
     return lambda: session.run(None, feeds)
 
 
-def _openvino_product(precision: str, n: int, threads: int) -> Callable[[], Any]:
+def _openvino_product(precision: str, shape: Shape, threads: int) -> Callable[[], Any]:
     """OpenVINO's CPU plugin on one MatMul (fp32, or bf16 through INFERENCE_PRECISION_HINT): the kernels the
-    OpenVINO rows use, which can beat oneDNN-through-torch on the same CPU."""
+    OpenVINO rows use, which can beat oneDNN-through-torch on the same CPU. At batch 1 the right operand is
+    a constant (a layer's weights: OpenVINO's FullyConnected kernel); batched, both are inputs (attention)."""
     import openvino as ov
 
+    batch, m, k, n = shape
     rng = np.random.default_rng(0)
-    a = ov.opset13.parameter([n, n], ov.Type.f32, name="a")
-    b = ov.opset13.constant(rng.standard_normal((n, n), dtype=np.float32))
-    model = ov.Model([ov.opset13.matmul(a, b, False, False)], [a], "ceiling")
+    a = ov.opset13.parameter([batch, m, k], ov.Type.f32, name="a")
+    inputs = [a]
+    if batch == 1:
+        b = ov.opset13.constant(rng.standard_normal((1, k, n), dtype=np.float32))
+    else:
+        b = ov.opset13.parameter([batch, k, n], ov.Type.f32, name="b")
+        inputs.append(b)
+    model = ov.Model([ov.opset13.matmul(a, b, False, False)], inputs, "ceiling")
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}  # fmt: skip
     request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
-    x = rng.standard_normal((n, n), dtype=np.float32)
-    return lambda: request.infer({0: x})
+    feeds = {i: rng.standard_normal(tuple(p.get_shape()), dtype=np.float32) for i, p in enumerate(inputs)}
+    return lambda: request.infer(feeds)
 
 
-def _methods(precision: str, device: str, threads: int) -> list[tuple[str, Callable[[int], Callable[[], Any]]]]:
+Maker = Callable[[Shape], Callable[[], Any]]
+
+
+def _methods(precision: str, device: str, threads: int) -> list[tuple[str, Maker]]:
     import importlib.util
 
     has = {m: importlib.util.find_spec(m) is not None for m in ("torch", "onnxruntime", "onnx")}
-    methods: list[tuple[str, Callable[[int], Callable[[], Any]]]] = []
+    methods: list[tuple[str, Maker]] = []
     if has["torch"]:
         name = "torch._int_mm" if precision == "int8" else f"torch.matmul {precision}"
-        methods.append((name, lambda n: _torch_product(precision, n, device)))
+        methods.append((name, lambda shape: _torch_product(precision, shape, device)))
     if device == "cpu" and precision == "fp32":
         methods.append(("numpy matmul", _numpy_product))
     # OpenVINO quietly computes a bf16 hint in f32 on a CPU without bf16 instructions: only where it is native
     ov_precision = precision == "fp32" or (precision == "bf16" and native_precisions()["bf16"])
     if device == "cpu" and ov_precision and importlib.util.find_spec("openvino") is not None:
-        methods.append((f"openvino MatMul {precision}", lambda n: _openvino_product(precision, n, threads)))
+        methods.append((f"openvino MatMul {precision}", lambda shape: _openvino_product(precision, shape, threads)))
     if device == "cpu" and precision == "int8" and has["onnxruntime"] and has["onnx"]:
-        methods.append(("onnxruntime MatMulInteger", lambda n: _ort_int8_product(n, threads)))
+        methods.append(("onnxruntime MatMulInteger", lambda shape: _ort_int8_product(shape, threads)))
     return methods
 
 
@@ -192,7 +223,7 @@ def measure_ceiling(precision: str, threads: int, device: str = "cpu", sizes: tu
                 if i > 0 and 8 * last * 3 > left:
                     break
                 try:
-                    seconds = best_seconds(make(n), left / (len(sizes) - i), sync=sync)
+                    seconds = best_seconds(make(square(n)), left / (len(sizes) - i), sync=sync)
                 except (RuntimeError, NotImplementedError) as exc:  # e.g. an op missing on this build
                     best.note = f"{name}: {str(exc).splitlines()[0][:80]}"
                     break
@@ -213,15 +244,85 @@ def measure_ceilings(precisions: list[str], threads: int, device: str = "cpu", b
     return {p: measure_ceiling(p, threads, device, sizes, budget_s) for p in dict.fromkeys(wanted)}
 
 
-def measure_ceilings_isolated(precisions: list[str], threads: int, device: str, budget: float, folder: Path,
-                              isolate: bool = True) -> dict[str, Ceiling]:  # fmt: skip
-    """`measure_ceilings` in a fresh worker pinned like the benchmark rows' (in this process without
-    `isolate`), so that the ceiling and the rows run under the same threads and affinity."""
-    from mtlkd.bench.timing import run_worker
+# ----------------------------------------------------------------------------- the model's own shapes
 
-    spec = {"mode": "ceiling", "precisions": list(precisions), "threads": threads, "device": device,
-            "budget": budget}  # fmt: skip
-    result = run_worker(spec, folder, isolate)
-    if "error" in result:
-        raise RuntimeError(f"measuring the matrix-product ceiling failed: {result['error']}")
-    return {p: Ceiling(**c) for p, c in result.items()}
+
+def model_shapes(config: dict[str, Any]) -> list[tuple[Shape, int]]:
+    """The matrix products of one image through the backbone, as (shape, how many per image): for a ViT,
+    per block the qkv, attention-output and two MLP products over all tokens, and the two attention
+    products per head (Q K^T and A V). Empty for backbones without a model of their shapes (CNNs)."""
+    backbone = config.get("backbone", {})
+    if backbone.get("name") != "vit":
+        return []
+    height, width = backbone["img_size"]
+    patch, dim, depth, heads = (int(backbone[k]) for k in ("patch_size", "embed_dim", "depth", "num_heads"))
+    hidden = int(dim * float(backbone.get("mlp_ratio", 4.0)))
+    tokens = (int(height) // patch) * (int(width) // patch) + 1  # patches and the class token
+    head_dim = dim // heads
+    shapes = [((1, tokens, dim, 3 * dim), depth), ((1, tokens, dim, dim), depth), ((1, tokens, dim, hidden), depth),
+              ((1, tokens, hidden, dim), depth), ((heads, tokens, head_dim, tokens), depth),
+              ((heads, tokens, tokens, head_dim), depth)]  # fmt: skip
+    merged: dict[Shape, int] = {}
+    for shape, count in shapes:
+        merged[shape] = merged.get(shape, 0) + count
+    return list(merged.items())
+
+
+@dataclass
+class ShapeCeiling:
+    precision: str
+    gflops: float  # all the model's products (per image) over the sum of their best times
+    per_shape: list[dict[str, Any]]  # shape, count, best gflops, method
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_shape_ceiling(precision: str, shapes: list[tuple[Shape, int]], threads: int, device: str = "cpu",
+                          budget_s: float = 1.0) -> ShapeCeiling | None:  # fmt: skip
+    """The rate the model's own matrix products reach here in `precision`: each distinct shape timed with
+    every method (best of several runs), then total FLOPs / total time, as if every product ran at its own
+    best. What the whole model could reach if everything but its matrix products were free."""
+    methods = _methods(precision, device, threads)
+    if not shapes or not methods:
+        return None
+    sync: Callable[[], Any] = lambda: None  # noqa: E731
+    if device == "cuda":
+        import torch
+
+        sync = torch.cuda.synchronize
+    share = budget_s / (len(shapes) * len(methods))
+    context = torch_threads(threads) if any(m.startswith("torch") for m, _ in methods) else contextlib.nullcontext()
+    per_shape, total_flops, total_s = [], 0.0, 0.0
+    with context:
+        for shape, count in shapes:
+            best, method = float("inf"), ""
+            for name, make in methods:
+                try:
+                    seconds = best_seconds(make(shape), share, sync=sync)
+                except (RuntimeError, NotImplementedError):  # e.g. _int_mm refuses small or odd shapes
+                    continue
+                if seconds < best:
+                    best, method = seconds, name
+            if best == float("inf"):
+                return None
+            flops = shape_flops(shape)
+            per_shape.append({"shape": list(shape), "count": count, "gflops": round(flops / best / 1e9, 2),
+                              "method": method})  # fmt: skip
+            total_flops += count * flops
+            total_s += count * best
+    return ShapeCeiling(precision, round(total_flops / total_s / 1e9, 2), per_shape)
+
+
+def measure_shape_ceilings(precisions: list[str], config: dict[str, Any], threads: int, device: str = "cpu",
+                           budget_s: float = 1.0) -> dict[str, ShapeCeiling]:  # fmt: skip
+    """Shape ceilings for the compute precisions the rows need (fp32 always); none for CNN backbones."""
+    native = native_precisions()
+    wanted = ["fp32"] + [compute_precision(p, native, device) for p in precisions]
+    shapes = model_shapes(config)
+    out = {}
+    for precision in dict.fromkeys(wanted):
+        ceiling = measure_shape_ceiling(precision, shapes, threads, device, budget_s)
+        if ceiling is not None:
+            out[precision] = ceiling
+    return out

@@ -16,18 +16,24 @@ import contextlib
 from typing import Any
 
 
-def flops_of(module: Any, *inputs: Any, **kwargs: Any) -> int:
-    """FLOPs of `module(*inputs, **kwargs)` (any nn.Module or callable), e.g. 2*10*64*32 for a
-    Linear(64, 32) on 10 tokens."""
+def flop_counter(module: Any, *inputs: Any, **kwargs: Any) -> Any:
+    """The `FlopCounterMode` after one call of `module(*inputs, **kwargs)` with explicit attention."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from mtlkd.models import explicit_attention
 
     attention = explicit_attention(module) if hasattr(module, "modules") else contextlib.nullcontext()
-    with attention, torch.no_grad(), FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False, depth=3)
+    with attention, torch.no_grad(), counter:
         module(*inputs, **kwargs)
-    return int(counter.get_total_flops())
+    return counter
+
+
+def flops_of(module: Any, *inputs: Any, **kwargs: Any) -> int:
+    """FLOPs of `module(*inputs, **kwargs)` (any nn.Module or callable), e.g. 2*10*64*32 for a
+    Linear(64, 32) on 10 tokens."""
+    return int(flop_counter(module, *inputs, **kwargs).get_total_flops())
 
 
 def count_flops(model: Any, input_size: tuple[int, int], tasks: list[str] | None = None,
@@ -36,18 +42,13 @@ def count_flops(model: Any, input_size: tuple[int, int], tasks: list[str] | None
 
     With `by_module`, also {top-level child: FLOPs} (backbone, heads.seg, ...)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from mtlkd.models import explicit_attention
 
     device = next(iter(model.parameters())).device
     x = torch.rand(1, 3, int(input_size[0]), int(input_size[1]), device=device)
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False, depth=3)
     try:
-        with explicit_attention(model), torch.no_grad(), counter:
-            model(x, tasks=tasks) if tasks is not None else model(x)
+        counter = flop_counter(model, x, **({} if tasks is None else {"tasks": tasks}))
     finally:
         model.train(was_training)
     total = int(counter.get_total_flops())

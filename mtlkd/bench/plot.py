@@ -1,6 +1,8 @@
 """The benchmark chart: per backend+precision, the MTL model's latency beside the stacked latencies of
-the STL models it replaces (with the MTL / sum-of-STL ratio above), and the MTL model's achieved rate as a
-fraction of the ceiling of its precision. Drawn with matplotlib's Agg backend (no display needed)."""
+the STL models it replaces (with the MTL / sum-of-STL ratio above; configurations where the STL models
+were not timed show the MTL bar alone), and the MTL model's achieved rate as a fraction of the ceiling of
+its precision, for square products and at the model's own shapes. Titled with the model's name and the
+CPU. Drawn with matplotlib's Agg backend (no display needed)."""
 
 from __future__ import annotations
 
@@ -50,10 +52,8 @@ def plot_result(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylim(0, top * 1.18)
     ax.set_ylabel("latency p50, batch 1 (ms)")
     machine = result["machine"]
-    models = result["models"]
-    size = "x".join(str(v) for v in models["mtl"]["input_size"])
-    name = result["options"].get("preset") if not result["options"].get("mtl") else Path(result["options"]["mtl"]).name
-    ax.set_title(f"{name} {size}: MTL vs sum of STL (ratio above the bars)\n{machine['cpu']}, "
+    ax.set_title(f"{result['name']}: one multi-task pass vs the single-task models (ratio above the bars)\n"
+                 f"{machine['cpu']}, "
                  f"{machine['threads']} threads, load avg {machine['load_avg'][0] if machine['load_avg'] else '?'}",
                  fontsize=10)  # fmt: skip
     ax.set_xticks(x, labels, rotation=25, ha="right", fontsize=8)
@@ -61,13 +61,15 @@ def plot_result(result: dict[str, Any], path: str | Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
 
     fractions = [100 * (c["fraction_of_ceiling"] or 0) for c in configs]
-    ax2.bar(x, fractions, 0.55, color=MTL_COLOUR)
+    shaped = [100 * (c.get("fraction_of_shape_ceiling") or 0) for c in configs]
+    ax2.bar(x - 0.15, fractions, 0.3, color=MTL_COLOUR, label="of square products")
+    ax2.bar(x + 0.15, shaped, 0.3, color="#9dc3e6", label="of the model's own shapes")
     for i, c in enumerate(configs):
         ceiling = next((r["ceiling_precision"] for r in rows if r["label"] == c["label"]), "")
-        ax2.text(x[i], fractions[i] + 1, f"{fractions[i]:.0f}%\n{ceiling}", ha="center", va="bottom", fontsize=7)
-    ax2.axhline(75, color="#c00000", linestyle="--", linewidth=0.9, label="target 75%")
-    ax2.set_ylim(0, max(100, *fractions) * 1.3)
-    ax2.set_ylabel("% of ceiling (MTL)")
+        top_i = max(fractions[i], shaped[i])
+        ax2.text(x[i], top_i + 1, ceiling, ha="center", va="bottom", fontsize=7)
+    ax2.set_ylim(0, max(100, *fractions, *shaped) * 1.25)
+    ax2.set_ylabel("MTL rate, % of ceiling")
     ax2.set_xticks(x, labels, rotation=25, ha="right", fontsize=8)
     ax2.legend(fontsize=8, loc="upper right")
     ax2.grid(axis="y", alpha=0.3)

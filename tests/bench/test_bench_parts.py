@@ -8,11 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from mtlkd.bench import accuracy_kept, plan, summarise, update_auto_cache
-from mtlkd.bench.ceiling import compute_precision, measure_ceiling
+from mtlkd.bench.autocache import update_auto_cache
+from mtlkd.bench.ceiling import (
+    compute_precision,
+    measure_ceiling,
+    measure_shape_ceiling,
+    model_shapes,
+    shape_flops,
+)
 from mtlkd.bench.flops import count_flops, flops_of, model_flops
 from mtlkd.bench.machine import PeakMemory, machine_info, native_precisions
-from mtlkd.bench.timing import measure, median_ci, merge_rounds
+from mtlkd.bench.plan import plan
+from mtlkd.bench.run import default_precisions
+from mtlkd.bench.stats import measure, median_ci, merge_rounds
+from mtlkd.bench.summary import make_row, summarise
 from mtlkd.models import create_model, preset_config
 
 
@@ -110,30 +119,94 @@ def _row(label, model, p50, params=100, mb=1.0, gflop=1.0, **extra):
     }  # fmt: skip
 
 
-def test_summary_ratios_and_targets():
+def test_summary_ratios_and_fastest_kept():
     rows = []
-    for label, scale, seg in (("torch fp32", 1.0, 100.0), ("onnxruntime int8", 0.4, 95.0)):
-        rows += [_row(label, "mtl", 40 * scale, params=120, seg_agreement=seg),
+    for label, scale, kept in (("torch fp32", 1.0, True), ("onnxruntime int8", 0.4, False)):
+        rows += [_row(label, "mtl", 40 * scale, params=120, accuracy_kept=kept, accuracy_basis="raw outputs"),
                  *(_row(label, t, 30 * scale) for t in ("seg", "depth", "normal"))]
-    summary = summarise(rows, {"bf16": False, "int8": False}, preset="vit-tiny", size=(384, 384))
+    summary = summarise(rows)
     by = {c["label"]: c for c in summary["configs"]}
     assert by["torch fp32"]["latency_ratio"] == pytest.approx(40 / 90, rel=1e-3)
     assert by["torch fp32"]["params_ratio"] == pytest.approx(120 / 300)
     assert by["onnxruntime int8"]["speedup_vs_torch_fp32"] == pytest.approx(2.5)
     assert by["onnxruntime int8"]["accuracy_kept"] is False and by["torch fp32"]["accuracy_kept"] is True
     assert summary["fastest"] == "onnxruntime int8" and summary["fastest_kept"] == "torch fp32"
-    targets = {t["name"]: t for t in summary["targets"]}
-    assert targets["latency_ratio"]["passed"] is True  # 0.444 everywhere
-    assert targets["speedup"]["passed"] is False and targets["speedup"]["threshold"] == 1.4
-    assert targets["accuracy"]["passed"] is False and targets["overhead_pct"]["passed"] is None
-    assert "targets_note" not in summary
+    assert summary["e2e_config"] == "torch fp32"
 
 
-def test_accuracy_kept_thresholds():
-    assert accuracy_kept({"seg_agreement": 99.5, "depth_rel_err": 0.5, "normal_angle": 0.3}) is True
-    assert accuracy_kept({"seg_agreement": 98.0}) is False
-    assert accuracy_kept({"normal_angle": 1.0}) is False
-    assert accuracy_kept({}) is None
+def test_configs_without_stl_rows_have_no_ratio():
+    rows = [_row("torch fp32", "mtl", 40), *(_row("torch fp32", t, 30) for t in ("seg", "depth", "normal")),
+            _row("openvino bf16", "mtl", 10)]  # the STL models were not timed on openvino bf16
+    by = {c["label"]: c for c in summarise(rows)["configs"]}
+    assert by["openvino bf16"]["latency_ratio"] is None and by["openvino bf16"]["speedup_vs_torch_fp32"] == 4.0
+
+
+class _Config:
+    backend, precision, variant, label, options = "openvino", "bf16", "default", "openvino bf16", {}
+
+
+class _Model:
+    def __init__(self, random_weights):
+        self.name, self.tasks, self.params = "mtl", ["seg", "depth"], 100
+        self.flops = {"flops": 2e9, "gflop": 2.0}
+        self.metadata = {"random_weights": random_weights}
+
+
+class _Ceiling:
+    precision, gflops = "bf16", 1000.0
+
+
+def _result(raw_seg, agreement):
+    return {"p50_ms": 10.0, "accuracy": {
+        "seg": {"task": "seg", "raw_rel_err": raw_seg, "max_abs_err": 0.1, "agreement": {"seg_agreement": agreement}},
+        "depth": {"task": "depth", "raw_rel_err": 1e-3, "max_abs_err": 0.01, "agreement": {"depth_rel_err": 0.1}},
+    }}  # fmt: skip
+
+
+def test_row_verdict_uses_task_agreement_only_for_trained_models(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"x")
+    # random weights: near-tie logits flip (60% agreement) but the raw outputs are within bf16's tolerance
+    random_row = make_row(_Config(), _Model(True), path, _result(0.01, 60.0), _Ceiling(), 1, shape_ceiling=500.0)
+    assert random_row["accuracy_kept"] is True and random_row["accuracy_basis"] == "raw outputs"
+    trained = make_row(_Config(), _Model(False), path, _result(0.01, 60.0), _Ceiling(), 1, shape_ceiling=500.0)
+    assert trained["accuracy_kept"] is False and any("seg_agreement" in f for f in trained["accuracy_failures"])
+    broken = make_row(_Config(), _Model(True), path, _result(0.4, 99.9), _Ceiling(), 1)
+    assert broken["accuracy_kept"] is False and "raw relative error" in broken["accuracy_failures"][0]
+    # 2 GFLOP in 10 ms = 200 GFLOP/s: 20% of the square ceiling, 40% of the model-shape ceiling
+    assert trained["achieved_gflops"] == pytest.approx(200.0)
+    assert trained["fraction_of_ceiling"] == pytest.approx(0.2) and trained["fraction_of_shape_ceiling"] == 0.4
+    assert broken["fraction_of_shape_ceiling"] is None
+
+
+def test_default_precisions_are_what_the_cpu_computes_natively():
+    assert default_precisions({"fp32": True, "bf16": False, "int8": False, "fp16": False}) == ["fp32"]
+    assert default_precisions({"fp32": True, "bf16": True, "int8": True, "fp16": False}) == ["fp32", "bf16", "int8"]
+
+
+def test_model_shapes_are_the_backbones_matrix_products():
+    """Every product the shape ceiling times is one the backbone computes: their FLOPs add up to the
+    backbone's counted FLOPs less the patch embedding (a convolution, not a matrix product here)."""
+    config = preset_config("vit-nano", ["seg"], num_classes=5)
+    model = create_model(config)
+    size = tuple(config["backbone"]["img_size"])
+    _, parts = count_flops(model, size, by_module=True)
+    b = config["backbone"]
+    grid = (size[0] // b["patch_size"]) * (size[1] // b["patch_size"])
+    patch_embed = 2 * grid * b["embed_dim"] * 3 * b["patch_size"] ** 2
+    shapes = model_shapes(config)
+    assert sum(count * shape_flops(shape) for shape, count in shapes) == parts["backbone"] - patch_embed
+    assert model_shapes({"backbone": {"name": "resnet18"}}) == []
+
+
+def test_shape_ceiling_is_positive_and_per_shape():
+    config = preset_config("vit-nano", ["seg"], num_classes=5)
+    ceiling = measure_shape_ceiling("fp32", model_shapes(config), threads=1, budget_s=0.05)
+    assert ceiling is not None and ceiling.gflops > 0
+    assert len(ceiling.per_shape) == len(model_shapes(config))
+    slowest = min(s["gflops"] for s in ceiling.per_shape)
+    fastest = max(s["gflops"] for s in ceiling.per_shape)
+    assert slowest <= ceiling.gflops <= fastest  # a FLOP-weighted harmonic mean lies between them
 
 
 def test_auto_cache_gets_the_measured_winner(tmp_path, monkeypatch):
@@ -156,15 +229,15 @@ def test_auto_cache_gets_the_measured_winner(tmp_path, monkeypatch):
 
 
 def test_random_weight_stl_rows_do_not_decide_a_configs_accuracy():
-    """A trained MTL with random-weight STL counterparts: only the trained model's accuracy counts."""
+    """A trained MTL with random-weight STL counterparts: only the trained model's verdict counts."""
     stl = ("seg", "depth", "normal")
-    rows = [_row("openvino bf16", "mtl", 20, seg_agreement=99.6),
-            *(_row("openvino bf16", t, 15, seg_agreement=90.0, random_weights=True) for t in stl),
-            _row("torch fp32", "mtl", 40, seg_agreement=100.0),
+    rows = [_row("openvino bf16", "mtl", 20, accuracy_kept=True, accuracy_basis="raw outputs and task agreement"),
+            *(_row("openvino bf16", t, 15, accuracy_kept=False, accuracy_basis="raw outputs", random_weights=True)
+              for t in stl),
+            _row("torch fp32", "mtl", 40, accuracy_kept=True, accuracy_basis="raw outputs and task agreement"),
             *(_row("torch fp32", t, 30, random_weights=True) for t in stl)]  # fmt: skip
-    summary = summarise(rows, {"bf16": True, "int8": True})
+    summary = summarise(rows)
     by = {c["label"]: c for c in summary["configs"]}
     assert by["openvino bf16"]["accuracy_kept"] is True and summary["fastest_kept"] == "openvino bf16"
-    assert [r["accuracy_kept"] for r in rows if r["model"] == "seg"][0] is False  # still shown per row
-    rows[0]["seg_agreement"] = 98.0
-    assert summarise(rows, {"bf16": True})["fastest_kept"] == "torch fp32"
+    rows[0]["accuracy_kept"] = False
+    assert summarise(rows)["fastest_kept"] == "torch fp32"

@@ -1,16 +1,7 @@
-"""Timing: warm-up, adaptive repetition until the median is stable, and the measurement of one
-configuration (one model file on one backend in one precision), normally in a fresh worker process.
-
-Statistics: latency p50 (median) and p90 of single calls. Repetition is adaptive: at least `repeats`
-timed calls, then more until the distribution-free 95% confidence interval of the median (order
-statistics n/2 +- 1.96 sqrt(n)/2) is within +-`rel_ci` of the median, or the time budget is spent.
-
-Clocks: `time.perf_counter` around each call on the CPU (every backend returns host arrays, so a call is
-complete when it returns); on a GPU, torch.cuda.Event pairs around the call for the torch backend.
-
-Worker: `python -m mtlkd.bench.timing SPEC.json OUT.json` runs `measure_config(spec)` in a process of its
-own, pinned to one thread per physical core, so that peak memory (RSS growth while loading and running,
-see `mtlkd.bench.machine.PeakMemory`) belongs to this configuration alone and no allocator state or
+"""The measurement of one configuration (one model file on one backend in one precision), normally in a
+fresh worker process: `python -m mtlkd.bench.worker SPEC.json OUT.json` runs `run_spec(spec)` in a process
+of its own, pinned to one thread per physical core, so that peak memory (RSS growth while loading and
+running, see `mtlkd.bench.machine.PeakMemory`) belongs to this configuration alone and no allocator state or
 thread pool is inherited from an earlier one.
 """
 
@@ -18,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -26,13 +16,13 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-WARMUP_RUNS, WARMUP_SECONDS, MAX_WARMUP = 2, 0.3, 20
+from mtlkd.bench.stats import cuda_timer, measure, wall_timer
+
 WORKER_TIMEOUT_S = 3600
 # OpenMP threads (torch, oneDNN, MKL) sleep instead of spinning while they wait for work, like ONNX Runtime's
 # intra-op threads (allow_spinning=0). On a shared 2-core machine spinning made torch eager 4-8x slower:
@@ -40,111 +30,6 @@ WORKER_TIMEOUT_S = 3600
 # MTL, torch fp32, 2 threads: 1.1-2.7 s per image with the default policy, 0.27-0.42 s with PASSIVE).
 # A wait policy the user set is kept; the `torch-spin` variant measures the library default.
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-E2E_SIZE = (480, 640)  # the per-image end-to-end test decodes a VGA JPEG, like a camera frame or photo
-
-
-@dataclass
-class Timing:
-    samples_ms: list[float]
-    warmup: int = 0
-    seconds: float = 0.0
-    converged: bool = False
-
-    @property
-    def p50(self) -> float:
-        return float(np.median(self.samples_ms))
-
-    @property
-    def p90(self) -> float:
-        return float(np.percentile(self.samples_ms, 90))
-
-    @property
-    def ci(self) -> tuple[float, float]:
-        return median_ci(self.samples_ms)
-
-    def summary(self) -> dict[str, Any]:
-        lo, hi = self.ci
-        return {"p50_ms": round(self.p50, 4), "p90_ms": round(self.p90, 4),
-                "mean_ms": round(float(np.mean(self.samples_ms)), 4), "ci_ms": [round(lo, 4), round(hi, 4)],
-                "repeats": len(self.samples_ms), "converged": self.converged}  # fmt: skip
-
-
-def median_ci(samples: list[float], z: float = 1.96) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median from order statistics (min/max below 6 samples)."""
-    values = sorted(samples)
-    n = len(values)
-    if n < 6:
-        return values[0], values[-1]
-    half = z * math.sqrt(n) / 2
-    lo = max(0, int(math.floor(n / 2 - half)) - 1)
-    hi = min(n - 1, int(math.ceil(n / 2 + half)) - 1)
-    return values[lo], values[hi]
-
-
-def wall_timer(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def cuda_timer(fn: Callable[[], Any]) -> float:
-    """Seconds between two CUDA events recorded around `fn` on the current stream."""
-    import torch
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1000.0
-
-
-Timer = Callable[[Callable[[], Any]], float]
-
-
-def measure(fn: Callable[[], Any], repeats: int = 10, budget_s: float = 10.0, rel_ci: float = 0.02,
-            max_repeats: int | None = None, timer: Timer = wall_timer) -> Timing:  # fmt: skip
-    """Warm up (at least 2 calls and 0.3 s), then time calls until the median is stable (see module doc)."""
-    warm, start = 0, time.perf_counter()
-    while warm < WARMUP_RUNS or (time.perf_counter() - start < WARMUP_SECONDS and warm < MAX_WARMUP):
-        fn()
-        warm += 1
-    max_repeats = max_repeats or max(repeats * 20, 200)
-    samples: list[float] = []
-    converged, start = False, time.perf_counter()
-    while len(samples) < max_repeats:
-        samples.append(timer(fn) * 1000.0)
-        if len(samples) >= max(repeats, 1):
-            lo, hi = median_ci(samples)
-            median = float(np.median(samples))
-            if len(samples) >= 6 and (hi - lo) / 2 <= rel_ci * median:
-                converged = True
-                break
-            if time.perf_counter() - start >= budget_s:
-                break
-    return Timing(samples, warm, time.perf_counter() - start, converged)
-
-
-def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One configuration measured in several rounds (fresh workers at different times) -> one result:
-    latency statistics over the pooled samples, throughput and load time the median of the rounds, peak
-    memory the maximum, accuracy from the first round (it does not depend on timing)."""
-    errors = [r for r in results if "error" in r]
-    if errors or len(results) == 1:
-        return errors[0] if errors else results[0]
-    samples = [v for r in results for v in r["samples_ms"]]
-    pooled = Timing(samples, converged=all(r["converged"] for r in results))
-    merged = {**results[0], **pooled.summary(), "samples_ms": samples, "rounds": len(results)}
-    for key in ("load_s", "throughput_ips", "batch_p50_ms"):
-        merged[key] = round(float(np.median([r[key] for r in results])), 4)
-    for key in ("peak_mem_mb", "peak_mem_batch_mb", "gpu_peak_mb"):
-        values = [r[key] for r in results if r.get(key) is not None]
-        merged[key] = max(values) if values else None
-    merged["batch_repeats"] = sum(r["batch_repeats"] for r in results)
-    return merged
-
-
-# ------------------------------------------------------------------------------------------ worker
 
 
 def precision_context(spec: dict[str, Any]) -> Callable[[], contextlib.AbstractContextManager]:
@@ -234,20 +119,16 @@ def measure_config(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def accuracy(run: Callable[[np.ndarray], dict[str, np.ndarray]], data: Any, tasks: list[str]) -> dict[str, float]:
-    """Seg agreement %, depth relative error %, normal angle (deg) of this configuration's outputs against
-    the PyTorch fp32 outputs stored with the inputs (one image per call, so any batch profile works)."""
-    from mtlkd.export.validate import accuracy_kept
+def accuracy(run: Callable[[np.ndarray], dict[str, np.ndarray]], data: Any, tasks: list[str]) -> dict[str, dict]:
+    """Per task, how this configuration's outputs differ from the PyTorch fp32 outputs stored with the
+    inputs (`mtlkd.accuracy.OutputError` as a dict; one image per call, so any batch profile works)."""
+    from mtlkd.accuracy import compare_outputs
 
     images = data["accuracy"]
     outs = [run(np.ascontiguousarray(images[i : i + 1])) for i in range(len(images))]
-    kept: dict[str, float] = {}
-    for task in tasks:
-        key = f"ref_{task}"
-        if key in data.files:
-            out = np.concatenate([o[task] for o in outs])
-            kept.update({k: round(v, 4) for k, v in accuracy_kept(task, data[key], out).items()})
-    return kept
+    refs = {task: data[f"ref_{task}"] for task in tasks if f"ref_{task}" in data.files}
+    candidate = {task: np.concatenate([o[task] for o in outs]) for task in refs}
+    return {task: err.to_dict() for task, err in compare_outputs(refs, candidate).items()}
 
 
 def end_to_end(backend: Any, context: Callable[[], contextlib.AbstractContextManager], image: np.ndarray,
@@ -290,64 +171,18 @@ def end_to_end(backend: Any, context: Callable[[], contextlib.AbstractContextMan
             "overhead_share_pct": round(100 * overhead / med["total"], 2)}  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------ inputs
-# Written by the parent process, read by the workers.
-
-
-def dataset_images(root: Path, size: tuple[int, int], n: int) -> np.ndarray:
-    """n images (N x 3 x H x W float32 in [0, 1]) from an MTAN-layout folder's val split (else train)."""
-    import cv2
-
-    from mtlkd.errors import UserError
-
-    folder = next((root / s / "image" for s in ("val", "train") if (root / s / "image").is_dir()), None)
-    if folder is None:
-        raise UserError(f"--data-dir {root}: expected {root}/val/image/0.npy (the MTAN layout; mtl-data writes it)")
-    files = sorted((f for f in folder.glob("*.npy") if f.stem.isdigit()), key=lambda f: int(f.stem))[:n]
-    if not files:
-        raise UserError(f"--data-dir {root}: {folder} has no .npy images")
-    images = []
-    for f in files:
-        image = np.load(f, allow_pickle=False).astype(np.float32)
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise UserError(f"{f}: expected an H x W x 3 image, got shape {image.shape}")
-        image = image / 255.0 if image.max() > 1.5 else image
-        if image.shape[:2] != tuple(size):
-            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-        images.append(np.clip(image, 0, 1).transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(images), dtype=np.float32)
-
-
-def write_inputs(net: Any, tasks: list[str], timing: np.ndarray, images: np.ndarray, path: Path) -> Path:
-    """The timing image, the accuracy images and the PyTorch fp32 outputs of `net` on them, for the workers."""
-    from mtlkd.export.validate import run_torch
-
-    refs = run_torch(net, images, tasks)
-    np.savez(path, timing=timing, accuracy=images, **{f"ref_{t}": refs[t] for t in tasks})
-    return path
-
-
-def write_jpeg(path: Path, seed: int = 99) -> Path:
-    """A synthetic VGA scene as a quality-90 JPEG: what `mtl-infer image.jpg` decodes (a PNG of the same
-    scene costs about 7.5 ms to decode here against 2 ms)."""
-    from PIL import Image
-
-    from mtlkd.data.synthetic import render_scene
-
-    scene = render_scene(np.random.default_rng(seed), *E2E_SIZE)["image"]
-    Image.fromarray((np.clip(scene, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path, quality=90)
-    return path
-
-
 def measure_ceilings_here(spec: dict[str, Any]) -> dict[str, Any]:
-    """The matrix-product ceilings, measured under the same pinning and thread settings as the rows."""
-    from mtlkd.bench.ceiling import measure_ceilings
+    """The matrix-product ceilings, square and at the model's shapes, under the rows' pinning and threads."""
+    from mtlkd.bench.ceiling import measure_ceilings, measure_shape_ceilings
     from mtlkd.bench.machine import pin_threads
 
     if spec.get("pin"):
         pin_threads(spec["threads"])
-    ceilings = measure_ceilings(spec["precisions"], spec["threads"], spec["device"], spec["budget"])
-    return {p: c.to_dict() for p, c in ceilings.items()}
+    square = measure_ceilings(spec["precisions"], spec["threads"], spec["device"], spec["budget"])
+    shapes = measure_shape_ceilings(spec["precisions"], spec["config"], spec["threads"], spec["device"],
+                                    spec["budget"])  # fmt: skip
+    return {"square": {p: c.to_dict() for p, c in square.items()},
+            "shapes": {p: c.to_dict() for p, c in shapes.items()}}
 
 
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -375,7 +210,7 @@ def run_worker(spec: dict[str, Any], folder: Path, isolate: bool) -> dict[str, A
         else:
             env[key] = value
     try:
-        proc = subprocess.run([sys.executable, "-m", "mtlkd.bench.timing", str(spec_path), str(out_path)],
+        proc = subprocess.run([sys.executable, "-m", "mtlkd.bench.worker", str(spec_path), str(out_path)],
                               capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)  # fmt: skip
     except subprocess.TimeoutExpired:
         return {"error": f"worker timed out after {WORKER_TIMEOUT_S} s"}

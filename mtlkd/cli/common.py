@@ -1,0 +1,71 @@
+"""What every command shares, so that the same option means the same thing everywhere.
+
+The house vocabulary: the model as the first positional; `--out DIR`; `--batch-size N`; `--img-size HxW`;
+`--device cpu|cuda`; `--json [PATH]` (JSON on stdout without a path, into the file with one); `--quiet`
+(no progress, results only). Results go to stdout, progress and logs to stderr. Help shows metavars, never
+type placeholders; ranges are checked by the library's option dataclasses (one ConfigError line).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer.core
+
+from mtlkd.errors import ConfigError
+
+# typer prints a type placeholder after every argument (`MODEL <path>`); the metavar says it already.
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+
+JSON_STDOUT = "-"  # what a bare `--json` means
+OPTIONAL_VALUE_OPTIONS = ("--json",)
+
+
+def optional_values(argv: Sequence[str], options: Sequence[str] = OPTIONAL_VALUE_OPTIONS) -> list[str]:
+    """`--json` without a value (last, or followed by another option) becomes `--json=-`, so that one
+    option both prints JSON and writes it to a file. `--json PATH` and `--json=PATH` are left alone."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in options and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out[i] = f"{arg}={JSON_STDOUT}"
+    return out
+
+
+def run(app: Any, argv: Sequence[str] | None = None) -> None:
+    """A console script's entry: the argv with optional values resolved, then the typer app."""
+    app(args=optional_values(sys.argv[1:] if argv is None else argv), prog_name=Path(sys.argv[0]).name)
+
+
+def parse_hw(text: str | None, option: str = "--img-size") -> tuple[int, int] | None:
+    """'384x384' -> (384, 384): height x width, both at least 8 pixels."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX,*]\s*(\d+)\s*", text)
+    if not match or int(match[1]) < 8 or int(match[2]) < 8:
+        raise ConfigError(f"{option} {text!r}: expected HEIGHTxWIDTH with both sides at least 8, e.g. 384x384")
+    return int(match[1]), int(match[2])
+
+
+def parse_list(text: str | None, option: str) -> list[str] | None:
+    """'a, b,a' -> ['a', 'b'] (lower case, duplicates dropped); None stays None (the default)."""
+    if text is None:
+        return None
+    return list(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip())) or []
+
+
+def emit_json(data: Any, target: str | Path | None) -> Path | None:
+    """`--json`: to stdout when `target` is "-", into the file otherwise (written beside, then renamed)."""
+    if target is None:
+        return None
+    if str(target) == JSON_STDOUT:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+        return None
+    from mtlkd.files import atomic_write_bytes
+
+    return atomic_write_bytes(target, (json.dumps(data, indent=2, default=str) + "\n").encode())
