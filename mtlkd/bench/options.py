@@ -18,6 +18,7 @@ class BenchOptions:
     `precisions` None: fp32 and every precision this machine computes natively. `stl_on` "best": the
     single-task models are timed on the reference (torch fp32) and on the fastest configuration that keeps
     the accuracy, "all": on every configuration. `train_steps` 0: random weights, raw-output verdicts only.
+    `profile`: where the multi-task model's time goes per kind of operation (ONNX Runtime, OpenVINO).
     """
 
     model: Path | None = None
@@ -44,6 +45,7 @@ class BenchOptions:
     ceiling_budget: float = 1.0
     stl_on: str = "best"
     train_steps: int = 40
+    profile: bool = False
 
     def __post_init__(self) -> None:
         from mtlkd.models.presets import PRESETS

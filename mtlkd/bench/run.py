@@ -161,7 +161,8 @@ def _measure(options: BenchOptions, prepared: Prepared, data: tuple, run_dir: Pa
             "repeats": options.repeats, "budget": options.budget, "rel_ci": options.rel_ci}  # fmt: skip
     mtl, stl = models[0], models[1:]
     mtl_jobs = [(c, mtl) for c in prepared.configs if (mtl.name, c.artifact) in paths]
-    mtl_results = _run_jobs(mtl_jobs, options, base, prepared, inputs, run_dir, report, "multi-task")
+    mtl_results = _run_jobs(mtl_jobs, options, {**base, "profile": options.profile}, prepared, inputs, run_dir,
+                            report, "multi-task")  # fmt: skip
     # a first judgement of the multi-task rows (square ceilings only) chooses where the STL models run
     first = [make_row(c, m, paths[(m.name, c.artifact)], r,
                       before[compute_precision(c.precision, native, options.device)], options.batch_size)

@@ -42,7 +42,7 @@ def make_row(config: Any, model: Any, path: Path, result: dict[str, Any], ceilin
         return {**row, "error": result["error"]}
     keep = ("p50_ms", "p90_ms", "mean_ms", "ci_ms", "repeats", "converged", "load_s", "throughput_ips",
             "batch_p50_ms", "batch_repeats", "peak_mem_mb", "peak_mem_batch_mb", "peak_mem_exact", "gpu_peak_mb",
-            "samples_ms")
+            "samples_ms", "profile")
     row.update({k: result.get(k) for k in keep}, rounds=result.get("rounds", 1))
     achieved = model.flops["flops"] / (result["p50_ms"] / 1000) / 1e9
     row.update(achieved_gflops=float(f"{achieved:.5g}"), fraction_of_ceiling=_fraction(achieved, ceiling.gflops),

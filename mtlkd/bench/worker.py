@@ -116,6 +116,12 @@ def measure_config(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         result.update(batch_p50_ms=round(timing.p50, 4), batch_repeats=len(timing.samples_ms),
                       throughput_ips=round(1000 / timing.p50, 3), peak_mem_batch_mb=result["peak_mem_mb"])
+    if spec.get("profile") and spec["backend"] in ("openvino", "onnxruntime") and spec["device"] == "cpu":
+        from mtlkd.bench.profile import profile_onnxruntime, profile_openvino
+
+        profile = (profile_openvino(backend, image, tasks) if spec["backend"] == "openvino"
+                   else profile_onnxruntime(spec["path"], image, spec["threads"]))  # fmt: skip
+        result["profile"] = profile.to_dict()
     return result
 
 

@@ -69,6 +69,8 @@ def command(
                                     help="Write the measured winner into the runtime's backend=auto cache."),
     ceiling_budget: float = typer.Option(1.0, "--ceiling-budget", metavar="SECONDS",
                                          help="Time per precision for the matrix-product ceilings."),
+    profile: bool = typer.Option(False, "--profile", help="Where the multi-task model's time goes, per kind of "
+                                 "operation (ONNX Runtime and OpenVINO rows)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress; results only."),
 ) -> None:  # fmt: skip
     """Benchmark one multi-task model against its single-task models on every backend and precision.
@@ -103,7 +105,7 @@ def command(
             variants=parse_list(variants, "--variants") or [], batch_size=batch_size, data_dir=data_dir,
             repeats=repeats, rounds=rounds, budget=budget, threads=threads, device=device, isolate=isolate,
             cache=cache, accuracy_images=accuracy_images, calib_size=calib_size, e2e=e2e, auto_cache=auto_cache,
-            ceiling_budget=ceiling_budget, stl_on=stl_on, train_steps=train_steps,
+            ceiling_budget=ceiling_budget, stl_on=stl_on, train_steps=train_steps, profile=profile,
         )  # fmt: skip
         for name in options.backends or []:
             if not installed(name):
@@ -227,6 +229,7 @@ def render(result: dict[str, Any], out: Any) -> None:
         out.print(f"fastest with the accuracy kept: [bold]{summary['fastest_kept']}[/]"
                   + (f"; fastest overall: {summary['fastest']}" if summary["fastest"] != summary["fastest_kept"]
                      else ""))  # fmt: skip
+    _render_profiles(result["rows"], out)
     e2e = result.get("end_to_end")
     if e2e and not e2e.get("error"):
         h, w = e2e["image_size"]
@@ -240,6 +243,24 @@ def render(result: dict[str, Any], out: Any) -> None:
         out.print(f"[dim]skipped {s['backend']} {s['precision']} {s['variant']}: {s['reason']}[/]")
     for entry in result.get("auto_cache") or []:
         out.print(f"[dim]auto backend for {Path(entry['file']).name}: {entry['backend']} {entry['timings_ms']}[/]")
+
+
+def _render_profiles(rows: list[dict[str, Any]], out: Any) -> None:
+    """`--profile`: per configuration, the share of the engine's time per kind of operation."""
+    from rich.table import Table
+
+    profiled = [r for r in rows if r.get("profile")]
+    if not profiled:
+        return
+    names = list(dict.fromkeys(k for r in profiled for k in r["profile"]["shares"]))
+    table = Table(title="where the multi-task model's time goes (% of the engine's own total, batch 1)")
+    for col in ("configuration", "engine ms", *names):
+        table.add_column(col, justify="left" if col == "configuration" else "right")
+    for r in profiled:
+        shares = r["profile"]["shares"]
+        table.add_row(r["label"], _f(r["profile"]["total_ms"], ".1f"),
+                      *(_f(100 * shares[n], ".1f") if n in shares else "-" for n in names))  # fmt: skip
+    out.print(table)
 
 
 app.command()(command)

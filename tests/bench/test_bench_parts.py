@@ -241,3 +241,22 @@ def test_random_weight_stl_rows_do_not_decide_a_configs_accuracy():
     assert by["openvino bf16"]["accuracy_kept"] is True and summary["fastest_kept"] == "openvino bf16"
     rows[0]["accuracy_kept"] = False
     assert summarise(rows)["fastest_kept"] == "torch fp32"
+
+
+def test_profile_categories_and_an_onnxruntime_profile(tmp_path):
+    """The engine's own per-node times, grouped: shares add up to one and the matrix products are there."""
+    pytest.importorskip("onnxruntime")
+    from mtlkd.bench.profile import category, profile_onnxruntime
+    from mtlkd.checkpoint import model_metadata
+    from mtlkd.export.onnx import export_onnx
+
+    assert category("FullyConnected") == "matrix products" and category("Reorder") == "layout"
+    assert category("Subgraph", "node_matmul,node_softmax,node_matmul_1") == "attention"
+    assert category("Subgraph", "node_add_27") == "element-wise" and category("SomethingNew") == "other"
+    config = preset_config("vit-nano", ["seg", "depth"], num_classes=5)
+    path = tmp_path / "nano.onnx"
+    export_onnx(create_model(config).eval(), model_metadata(config), path, ["seg", "depth"])
+    image = np.random.default_rng(0).random((1, 3, *config["backbone"]["img_size"]), dtype=np.float32)
+    profile = profile_onnxruntime(path, image, threads=1, runs=3)
+    assert profile.total_ms > 0 and sum(profile.shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert profile.shares.get("matrix products", 0) > 0 and profile.top_nodes
