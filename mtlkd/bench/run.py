@@ -59,7 +59,7 @@ class Prepared:
 def prepare(options: BenchOptions, report: Progress) -> Prepared:
     """The plan, the models (trained briefly, or read) and every file the plan loads."""
     from mtlkd.bench.machine import native_precisions
-    from mtlkd.export.precision import load_calibration_images
+    from mtlkd.export.precision import DEFAULT_KEEP_FLOAT, load_calibration_images
     from mtlkd.runtime.backends import available, installed, physical_cores
 
     threads = options.threads or physical_cores()
@@ -76,7 +76,8 @@ def prepare(options: BenchOptions, report: Progress) -> Prepared:
     report("models", 1, 1, "")
     size = models[0].input_size
     calib_source = str(Path(options.data_dir).resolve()) if options.data_dir else "synthetic"
-    calib_tag = hashlib.sha256(f"{calib_source}:{options.calib_size}".encode()).hexdigest()[:8]
+    recipe = f"{calib_source}:{options.calib_size}:float={','.join(DEFAULT_KEEP_FLOAT)}"  # a new recipe, new files
+    calib_tag = hashlib.sha256(recipe.encode()).hexdigest()[:8]
     needs_calib = any(c.artifact in ("int8.onnx", "ov-int8", "ov-int8-nncf", "trt-int8") for c in configs)
     calibration = (load_calibration_images(options.data_dir, size, options.calib_size) if needs_calib
                    else (np.zeros((0, 3, *size), np.float32), "none"))  # fmt: skip
