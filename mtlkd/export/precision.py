@@ -113,8 +113,9 @@ DEFAULT_KEEP_FLOAT = ("attention",)
 
 def int8_groups(model: str | Path | Any) -> dict[str, list[str]]:
     """The quantisable nodes of a graph by role: `attention` (MatMuls whose inputs are both activations:
-    Q K^T and A V in every block, and the heads' products of patches with their queries), `convolutions` (the patch embedding, CNN layers) and `weights` (every MatMul or Gemm
-    with a constant operand: qkv, projections, MLPs, heads)."""
+    Q K^T and A V in every block, and the heads' products of patches with their queries), `convolutions`
+    (the patch embedding, CNN layers) and `weights` (every MatMul or Gemm with a constant operand: qkv,
+    projections, MLPs, heads)."""
     import onnx
 
     proto = onnx.load(str(model)) if isinstance(model, str | Path) else model
