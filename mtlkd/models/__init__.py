@@ -8,18 +8,19 @@ from typing import Any
 
 from torch import nn
 
-from mtlkd.errors import CheckpointError, ConfigError
+from mtlkd.errors import ConfigError
 from mtlkd.models.backbones import BACKBONES, register_backbone
+from mtlkd.models.config import ModelConfig, as_model_config
 from mtlkd.models.cross_stitch import CrossStitchNet  # noqa: F401  (registers the "cross_stitch" arch)
 from mtlkd.models.heads import HEADS, register_head
-from mtlkd.models.nets import ARCHS, MultiTaskNet, SingleTaskNet, register_arch
-from mtlkd.models.presets import PRESETS, input_size, preset_config
+from mtlkd.models.nets import ARCHS, DenseNet, MultiTaskNet, SingleTaskNet, register_arch
+from mtlkd.models.presets import PRESETS, input_size, model_config, preset_config
 from mtlkd.models.resnet import ResNetBackbone  # noqa: F401  (registers the "resnet" backbone and "aspp" head)
 
 __all__ = [
-    "ARCHS", "BACKBONES", "HEADS", "PRESETS", "MultiTaskNet", "SingleTaskNet", "count_parameters", "load_model",
-    "create_model", "list_models", "explicit_attention", "input_size", "preset_config", "register_arch",
-    "register_backbone", "register_head",
+    "ARCHS", "BACKBONES", "HEADS", "PRESETS", "DenseNet", "ModelConfig", "MultiTaskNet", "SingleTaskNet",
+    "count_parameters", "load_model", "create_model", "list_models", "explicit_attention", "input_size",
+    "model_config", "preset_config", "register_arch", "register_backbone", "register_head",
 ]
 
 
@@ -32,31 +33,34 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
-def create_model(config: dict[str, Any] | str, backbone_weights: str | None = None, *,
+def create_model(config: ModelConfig | dict[str, Any] | str, backbone_weights: str | None = None, *,
                  tasks: list[str] | tuple[str, ...] | None = None, num_classes: int | None = None,
                  class_names: list[str] | None = None, img_size: tuple[int, int] | None = None,
                  arch: str = "mtl", pretrained: bool = False) -> nn.Module:
     """Build a network from a preset name (`create_model("vit-tiny", tasks=["seg", "depth"])`; by default all
-    three tasks and NYUv2's 13 classes) or from a complete config; optionally start its backbone from local
-    weights, or from the preset's pretrained backbone (`pretrained=True`, see mtlkd.models.pretrained)."""
+    three tasks and NYUv2's 13 classes) or from a complete config (typed, or its JSON form); optionally start
+    its backbone from local weights, or from the preset's pretrained backbone (`pretrained=True`, see
+    mtlkd.models.pretrained)."""
     if isinstance(config, str):
         preset = config
         tasks = list(tasks or DEFAULT_TASKS)
         if "seg" in tasks and num_classes is None and class_names is None:
             num_classes = DEFAULT_NUM_CLASSES
-        config = preset_config(preset, tasks, num_classes, class_names, img_size=img_size, arch=arch)
+        config = model_config(preset, tasks, num_classes, class_names, img_size=img_size, arch=arch)
         if pretrained:
             from mtlkd.models.pretrained import pretrained_backbone
 
             backbone_weights = str(pretrained_backbone(preset))
-    arch = config.get("arch", "mtl")
-    if arch not in ARCHS:
-        raise ConfigError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
-    model = ARCHS[arch](config)
+    config = as_model_config(config)
+    if config.arch not in ARCHS:
+        raise ConfigError(f"unknown architecture {config.arch!r}; known: {', '.join(ARCHS)}")
+    model = ARCHS[config.arch](config)
     if backbone_weights:
         missing, _ = model.backbone.load_pretrained(backbone_weights)
         if missing:
             lacks = ", ".join(missing[:3])
+            from mtlkd.errors import CheckpointError
+
             raise CheckpointError(f"{backbone_weights}: not a checkpoint of this backbone (it lacks {lacks})")
     return model
 

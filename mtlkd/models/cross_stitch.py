@@ -17,7 +17,6 @@ It is a multi-task network: one checkpoint (`arch: cross_stitch`) that `mtlkd.mo
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ import torch
 from torch import nn
 
 from mtlkd.errors import ConfigError
-from mtlkd.models.nets import _Normalize, activate, build_backbone, build_head, register_arch
+from mtlkd.models.config import ModelConfig
+from mtlkd.models.nets import DenseNet, activate, build_backbone, build_head, register_arch
 
 SELF_WEIGHT = 0.9  # Misra et al.'s (alpha_S, alpha_D) = (0.9, 0.1)
 
@@ -45,13 +45,13 @@ class CrossStitchBackbone(nn.Module):
     `forward(x) -> (blocks, outs)`: `blocks` one B x N x E tensor per block (mean of the mixed streams),
     `outs` task -> that stream's final-normed patch tokens (what its head reads)."""
 
-    def __init__(self, config: dict[str, Any], tasks: list[str]):
+    def __init__(self, config: ModelConfig, tasks: list[str]):
         super().__init__()
         self.tasks = list(tasks)
         self.streams = nn.ModuleDict({t: build_backbone(config) for t in self.tasks})
         first = self.streams[self.tasks[0]]
         if not hasattr(first, "vit"):
-            raise ConfigError(f"cross-stitch mixes ViT blocks; backbone {config['backbone']['name']!r} is not a ViT")
+            raise ConfigError(f"cross-stitch mixes ViT blocks; backbone {config.backbone.name!r} is not a ViT")
         for task in self.tasks[1:]:  # one initialisation for all streams, as one pretrained checkpoint gives:
             self.streams[task].load_state_dict(first.state_dict())  # mixing needs features in one basis
         self.depth = first.depth
@@ -60,6 +60,7 @@ class CrossStitchBackbone(nn.Module):
         self.num_heads = first.num_heads
         self.grid = first.grid
         self.num_prefix = first.num_prefix
+        self.output_stride = first.output_stride
         init = cross_stitch_init(len(self.tasks))
         self.units = nn.ParameterList([nn.Parameter(init.clone()) for _ in range(self.depth)])
 
@@ -69,7 +70,7 @@ class CrossStitchBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         vits = [self.streams[t].vit for t in self.tasks]
-        states = [vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x)))) for vit in vits]
+        states = [self.streams[t].tokens(x) for t in self.tasks]
         blocks = []
         for layer, alpha in enumerate(self.units):
             stacked = torch.stack([vit.blocks[layer](h) for vit, h in zip(vits, states, strict=True)])
@@ -87,21 +88,18 @@ class CrossStitchBackbone(nn.Module):
 
 
 @register_arch("cross_stitch")
-class CrossStitchNet(nn.Module):
+class CrossStitchNet(DenseNet):
     """Cross-stitch multi-task network; the same forward contract as MultiTaskNet."""
 
-    def __init__(self, config: dict[str, Any]):
-        super().__init__()
-        self.config = copy.deepcopy(config)
-        self.tasks: list[str] = list(config["tasks"])
-        self.normalize = _Normalize(config["mean"], config["std"])
-        self.backbone = CrossStitchBackbone(config, self.tasks)
-        self.heads = nn.ModuleDict({t: build_head(config, t, self.backbone) for t in self.tasks})
+    def __init__(self, config: ModelConfig | dict[str, Any]):
+        super().__init__(config)
+        self.backbone = CrossStitchBackbone(self.config, self.tasks)
+        self.heads = nn.ModuleDict({t: build_head(self.config, t, self.backbone) for t in self.tasks})
 
     def forward(self, x: torch.Tensor, tasks: list[str] | None = None, return_features: bool = False):
-        size = (x.shape[-2], x.shape[-1])
+        size = self._size(x)
         blocks, outs = self.backbone(self.normalize(x))
-        preds: dict[str, Any] = {t: activate(t, self.heads[t](outs[t], size)) for t in (tasks or self.tasks)}
+        preds: dict[str, Any] = {t: activate(t, self.heads[t](outs[t], size)) for t in self._tasks(tasks)}
         if return_features:
             preds["features"] = blocks
         return preds

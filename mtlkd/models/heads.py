@@ -1,5 +1,8 @@
 """Task heads of Fig. 2 of the OKD paper: learned queries attend with the patch tokens, then a scalar
-product of patches and queries gives per-patch outputs that are upsampled to the input size."""
+product of patches and queries gives per-patch outputs that are upsampled to the input size (or left at
+the token grid: `forward(tokens, size=None)`). A head class is built by `from_config(config, backbone,
+out_channels)` from its kind's typed config; what the backbone fixes (width, grid, attention heads) comes
+from the backbone."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
+
+from mtlkd.models.config import MaskTransformerConfig, QueryRegressionConfig
 
 HEADS: dict[str, type[nn.Module]] = {}
 
@@ -46,10 +51,13 @@ class _QueryDecoder(nn.Module):
         return patches @ queries.transpose(1, 2)
 
 
-def _to_map(per_patch: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """B x N x C per-patch values -> B x C x H x W at the input size (bilinear)."""
+def _to_map(per_patch: torch.Tensor, grid: tuple[int, int], size: tuple[int, int] | None) -> torch.Tensor:
+    """B x N x C per-patch values -> B x C x H x W at `size` (bilinear), or at the token grid when `size`
+    is None."""
     b, _, c = per_patch.shape
     maps = per_patch.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+    if size is None:
+        return maps
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
@@ -59,13 +67,17 @@ class MaskTransformerHead(nn.Module):
     scalar product of its embedding with each class embedding (Fig. 2a)."""
 
     def __init__(self, embed_dim: int, out_channels: int, grid: tuple[int, int], layers: int = 2,
-                 num_heads: int = 3, **_: object):
+                 num_heads: int = 3):
         super().__init__()
         self.decoder = _QueryDecoder(embed_dim, out_channels, layers, num_heads)
         self.mask_norm = nn.LayerNorm(out_channels)
         self.grid = tuple(grid)
 
-    def forward(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, config: MaskTransformerConfig, backbone: nn.Module, out_channels: int) -> nn.Module:
+        return cls(backbone.out_dim, out_channels, backbone.grid, config.layers, backbone.num_heads)
+
+    def forward(self, tokens: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
         return _to_map(self.mask_norm(self.decoder(tokens)), self.grid, size)
 
 
@@ -75,7 +87,7 @@ class QueryRegressionHead(nn.Module):
     patches, then an MLP to the task's channels (1 for depth, 3 for normals)."""
 
     def __init__(self, embed_dim: int, out_channels: int, grid: tuple[int, int], layers: int = 2,
-                 num_heads: int = 3, num_queries: int = 128, **_: object):
+                 num_heads: int = 3, num_queries: int = 128):
         super().__init__()
         self.decoder = _QueryDecoder(embed_dim, num_queries, layers, num_heads)
         self.mlp = nn.Sequential(
@@ -83,5 +95,10 @@ class QueryRegressionHead(nn.Module):
         )
         self.grid = tuple(grid)
 
-    def forward(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, config: QueryRegressionConfig, backbone: nn.Module, out_channels: int) -> nn.Module:
+        return cls(backbone.out_dim, out_channels, backbone.grid, config.layers, backbone.num_heads,
+                   config.num_queries)
+
+    def forward(self, tokens: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
         return _to_map(self.mlp(self.decoder(tokens)), self.grid, size)

@@ -24,6 +24,7 @@ from torch import nn
 
 from mtlkd.errors import CheckpointError
 from mtlkd.models.backbones import register_backbone
+from mtlkd.models.config import ASPPConfig, ResNetConfig
 from mtlkd.models.heads import register_head
 
 
@@ -31,19 +32,16 @@ from mtlkd.models.heads import register_head
 class ResNetBackbone(nn.Module):
     """A dilated timm ResNet; `forward(x) -> (four stage maps, last map)`."""
 
-    def __init__(
-        self,
-        variant: str = "resnet50",
-        img_size: tuple[int, int] = (288, 384),
-        output_stride: int = 8,
-        drop_path: float = 0.0,
-    ):
+    def __init__(self, config: ResNetConfig):
         super().__init__()
         import timm
 
+        self.config = config
+        variant, output_stride, img_size = config.variant, config.output_stride, config.img_size
+
         self.net = timm.create_model(
             variant, pretrained=False, features_only=True, output_stride=output_stride,
-            out_indices=(1, 2, 3, 4), drop_path_rate=drop_path,
+            out_indices=(1, 2, 3, 4), drop_path_rate=config.drop_path,
         )
         self.variant = variant
         self.output_stride = output_stride
@@ -110,14 +108,20 @@ class ASPP(nn.Module):
 class ASPPHead(nn.Module):
     """DeepLabV3 head: ASPP, 3x3 convolution, 1x1 classifier, bilinear upsampling to `size`."""
 
-    def __init__(self, embed_dim: int, out_channels: int, grid: tuple[int, int] = (1, 1), num_heads: int = 4,
-                 channels: int = 256, rates: tuple[int, ...] | list[int] = (12, 24, 36), dropout: float = 0.5,
-                 **_: object):
+    def __init__(self, in_channels: int, out_channels: int, channels: int = 256,
+                 rates: tuple[int, ...] = (12, 24, 36), dropout: float = 0.5):
         super().__init__()
-        self.aspp = ASPP(embed_dim, channels, tuple(rates), dropout)
+        self.aspp = ASPP(in_channels, channels, tuple(rates), dropout)
         self.conv = _conv_bn_relu(channels, channels, 3)
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
-    def forward(self, out: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, config: ASPPConfig, backbone: nn.Module, out_channels: int) -> nn.Module:
+        return cls(backbone.out_dim, out_channels, config.channels, config.rates, config.dropout)
+
+    def forward(self, out: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+        """The task map at `size` (bilinear), or at the backbone's output stride when `size` is None."""
         x = self.classifier(self.conv(self.aspp(out)))
+        if size is None:
+            return x
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -37,8 +37,8 @@ from torch import nn
 
 from mtlkd import __version__
 from mtlkd.checkpoint import save_checkpoint, write_json
-from mtlkd.errors import CheckpointError, ConfigError
-from mtlkd.models import preset_config
+from mtlkd.errors import ConfigError
+from mtlkd.models import ModelConfig, model_config
 from mtlkd.models.nets import build_backbone
 from mtlkd.train.state import STATE_FILE, STATE_JSON, optimizer_state, restore_optimizers
 from mtlkd.ui import console, progress_bar
@@ -78,18 +78,18 @@ class PretrainOptions:
 class SimMIM(nn.Module):
     """A ViT backbone with a mask token and a linear pixel decoder."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.backbone = build_backbone(config)
         if not hasattr(self.backbone, "vit"):
-            raise ConfigError(f"masked-image pretraining needs a ViT backbone, not {config['backbone']['name']!r}")
+            raise ConfigError(f"masked-image pretraining needs a ViT backbone, not {config.backbone.name!r}")
         vit = self.backbone.vit
         self.patch = int(vit.patch_embed.patch_size[0])
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.decoder = nn.Linear(self.backbone.embed_dim, self.patch * self.patch * 3)
-        self.register_buffer("mean", torch.tensor(config["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config["std"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(list(config.mean)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(config.std)).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """images: B x 3 x H x W in [0, 1]; mask: B x N bool (True = hidden). Returns the L1 loss."""
@@ -97,7 +97,7 @@ class SimMIM(nn.Module):
         vit = self.backbone.vit
         tokens = vit.patch_embed(x)
         tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype).expand_as(tokens), tokens)
-        tokens = vit.norm_pre(vit._pos_embed(tokens))
+        tokens = self.backbone.add_position(tokens)
         tokens = vit.norm(vit.blocks(tokens))[:, self.backbone.num_prefix :]
         pred = self.decoder(tokens)
         target = patchify(x, self.patch)
@@ -178,8 +178,9 @@ def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path
 def pretrain(options: PretrainOptions) -> Path:
     """Run (or resume) SimMIM pretraining; returns the path of the backbone checkpoint."""
     out = Path(options.out)
-    config = preset_config(options.preset, [])
-    size = tuple(config["backbone"]["img_size"])
+    config = model_config(options.preset)
+    backbone_json = config.to_dict()["backbone"]
+    size = config.img_size
     torch.manual_seed(options.seed)
     model = SimMIM(config)
     images = torch.from_numpy(pretraining_images(options.images, size, options.data_seed))
@@ -196,7 +197,7 @@ def pretrain(options: PretrainOptions) -> Path:
         raise ConfigError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another "
                           "--out")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "pretrain.json", asdict(options) | {"backbone": config["backbone"]})
+    write_json(out / "pretrain.json", asdict(options) | {"backbone": backbone_json})
     grid = tuple(model.backbone.grid)
     for epoch in range(start, options.epochs):
         generator = torch.Generator().manual_seed(options.seed * 100003 + epoch)
@@ -222,7 +223,7 @@ def pretrain(options: PretrainOptions) -> Path:
         console.print(f"epoch {epoch + 1}  masked-patch L1 {record['loss']:.4f}  {record['seconds']:.0f}s")
         _save_state(out, model, optimizer, scheduler, epoch + 1, history)
     meta = {  # a backbone, not a model: no tasks or heads, so not model_metadata
-        "kind": "backbone", "objective": "simmim", "preset": options.preset, "backbone": config["backbone"],
+        "kind": "backbone", "objective": "simmim", "preset": options.preset, "backbone": backbone_json,
         "input_size": [int(v) for v in size], "mtlkd_version": __version__,
         "pretraining": {**asdict(options), "history": history, "scene_ranges": "wide"},
     }

@@ -31,7 +31,7 @@ def test_outputs_have_input_size_and_conventions(nano):
 def test_requested_tasks_only_and_features(nano):
     out = nano(torch.rand(1, 3, 32, 32), tasks=["depth"], return_features=True)
     assert set(out) == {"depth", "features"}
-    depth = nano.config["backbone"]["depth"]
+    depth = nano.config.backbone.depth
     assert len(out["features"]) == depth
     grid = 32 // 8
     assert all(f.shape == (1, grid * grid, 32) for f in out["features"])
@@ -47,7 +47,7 @@ def test_unrequested_heads_do_not_run(nano, monkeypatch):
 def test_config_is_json_and_rebuilds_the_same_network(nano, tmp_path):
     from mtlkd.checkpoint import model_metadata, save_checkpoint
 
-    config = json.loads(json.dumps(nano.config))
+    config = json.loads(json.dumps(nano.config.to_dict()))
     path = save_checkpoint(tmp_path / "m.safetensors", nano.state_dict(), model_metadata(config))
     loaded, meta = load_model(str(path))
     x = torch.rand(1, 3, 32, 32)
@@ -105,9 +105,9 @@ def test_create_model_by_name_as_timm_users_expect():
 
     assert {"vit-tiny", "vit-micro", "vit-nano", "deeplabv3-r50"} <= set(list_models())
     net = create_model("vit-nano")
-    assert net.tasks == ["seg", "depth", "normal"] and net.config["num_classes"] == 13
+    assert net.tasks == ["seg", "depth", "normal"] and net.config.num_classes == 13
     depth_only = create_model("vit-nano", tasks=["depth"])
-    assert list(depth_only.heads) == ["depth"] and depth_only.config["num_classes"] is None
+    assert list(depth_only.heads) == ["depth"] and depth_only.config.num_classes is None
     five = create_model("vit-nano", tasks=["seg"], class_names=["a", "b", "c", "d", "e"])
     assert five(torch.rand(1, 3, 32, 32))["seg"].shape == (1, 5, 32, 32)
     with pytest.raises(ValueError, match="unknown preset"):

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from mtlkd.checkpoint import model_metadata, save_checkpoint
 from mtlkd.models import BACKBONES, HEADS, PRESETS, create_model, input_size, load_model, preset_config
+from mtlkd.models.config import ResNetConfig
 from mtlkd.models.resnet import ASPPHead, ResNetBackbone
 
 TASKS = ["seg", "depth", "normal"]
@@ -15,12 +16,12 @@ TASKS = ["seg", "depth", "normal"]
 
 def test_registered():
     assert BACKBONES["resnet"] is ResNetBackbone and HEADS["aspp"] is ASPPHead
-    assert PRESETS["deeplabv3-r50"]["backbone"]["variant"] == "resnet50"
+    assert PRESETS["deeplabv3-r50"].backbone.variant == "resnet50"
     assert input_size(preset_config("deeplabv3-r50", TASKS, 13)) == (288, 384)
 
 
 def test_backbone_returns_four_dilated_stage_maps():
-    backbone = ResNetBackbone("resnet18", img_size=(64, 96), output_stride=8).eval()
+    backbone = ResNetBackbone(ResNetConfig("resnet18", img_size=(64, 96), output_stride=8)).eval()
     blocks, out = backbone(torch.rand(2, 3, 64, 96))
     assert [tuple(b.shape) for b in blocks] == [(2, 64, 16, 24), (2, 128, 8, 12), (2, 256, 8, 12), (2, 512, 8, 12)]
     assert out is blocks[-1]
@@ -28,12 +29,12 @@ def test_backbone_returns_four_dilated_stage_maps():
 
 
 def test_resnet50_feature_dims():
-    backbone = ResNetBackbone("resnet50", img_size=(32, 32))
+    backbone = ResNetBackbone(ResNetConfig("resnet50", img_size=(32, 32)))
     assert backbone.feature_dims == [256, 512, 1024, 2048] and backbone.out_dim == 2048
 
 
 def test_aspp_head_shapes_and_batch_of_one():
-    head = ASPPHead(embed_dim=32, out_channels=5, grid=(1, 1), num_heads=4, channels=16, layers=2)
+    head = ASPPHead(in_channels=32, out_channels=5, channels=16)
     assert head(torch.randn(2, 32, 6, 8), (48, 64)).shape == (2, 5, 48, 64)
     head.train()
     out = head(torch.randn(1, 32, 6, 8), (24, 32))  # image pooling has no batch norm: fine for one image
@@ -79,7 +80,7 @@ def test_load_pretrained_timm_weights(tmp_path):
     config = preset_config("deeplabv3-r18", ["seg"], 5, img_size=(32, 32))
     net = create_model(config, backbone_weights=str(tmp_path / "r18.safetensors"))
     assert torch.equal(net.backbone.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
-    missing, unexpected = ResNetBackbone("resnet18").load_pretrained(tmp_path / "r18.safetensors")
+    missing, unexpected = ResNetBackbone(ResNetConfig("resnet18")).load_pretrained(tmp_path / "r18.safetensors")
     assert missing == [] and unexpected == []
     with pytest.raises(ValueError, match="resnet50"):
-        ResNetBackbone("resnet50").load_pretrained(tmp_path / "r18.safetensors")
+        ResNetBackbone(ResNetConfig("resnet50")).load_pretrained(tmp_path / "r18.safetensors")
