@@ -21,11 +21,12 @@ from mtlkd.checkpoint import load_checkpoint, model_metadata, save_checkpoint, w
 from mtlkd.data import open_dataset
 from mtlkd.errors import ConfigError
 from mtlkd.eval.evaluate import metric_arrays
-from mtlkd.models import preset_config
+from mtlkd.models import model_config
 from mtlkd.tasks import get_task, parse_tasks
 from mtlkd.train import state as train_state
 from mtlkd.train.methods import create_method
-from mtlkd.train.methods.base import MethodContext, forward, task_losses, unwrap
+from mtlkd.train.methods.base import MethodContext, Trained, forward, task_losses, unwrap
+from mtlkd.train.options import options_to_json
 from mtlkd.train.runfolder import check_options, check_run_folder, run_lock
 from mtlkd.train.selection import EpochSelector, holdout_split
 from mtlkd.ui import console, progress_bar
@@ -58,6 +59,9 @@ class TrainOptions:
     backbone_weights: str | None = None
     select_fraction: float = 0.1  # share of the training images held out to choose the epoch (0: the last)
     select_seed: int = 0  # which images; the same for every run and seed, so rows are chosen alike
+    quiet: bool = False  # no progress bars or epoch lines: only results and errors
+    # The method's options (its Options dataclass, mtlkd.train.methods); given as a mapping of what was set,
+    # stored in run.json complete, with the defaults the run used.
     method_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,7 +118,7 @@ def _train(options: TrainOptions) -> Path:
     train_set = Subset(full_train, train_ids)
     select_set = Subset(open_dataset(options.dataset, options.data_dir, "train", options.tasks), select_ids)
     tasks = parse_tasks(options.tasks, available=list(full_train.tasks))
-    config = preset_config(
+    config = model_config(
         options.preset, tasks, full_train.num_classes if "seg" in tasks else None,
         list(full_train.class_names) if "seg" in tasks else None,
         img_size=tuple(options.img_size) if options.img_size else None,
@@ -125,7 +129,8 @@ def _train(options: TrainOptions) -> Path:
     if steps < 1:
         raise ConfigError(f"{len(train_set)} training images is less than one batch of {options.batch_size}")
     ctx = MethodContext(
-        config=config, tasks=tasks, num_classes=config["num_classes"], class_names=config["class_names"],
+        config=config, tasks=tasks, num_classes=config.num_classes,
+        class_names=list(config.class_names) if config.class_names else None,
         device=device, options=dict(options.method_options), epochs=options.epochs, steps_per_epoch=steps,
         backbone_weights=options.backbone_weights,
     )
@@ -148,7 +153,8 @@ def _train(options: TrainOptions) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.jsonl").write_text("")
     if dinfo.main:
-        write_json(out / "run.json", {k: v for k, v in asdict(options).items()} | {"config": config})
+        write_json(out / "run.json", asdict(options) | {"method_options": options_to_json(method.options),
+                                                        "config": config.to_dict()})
     selector = EpochSelector(selection)
 
     sampler = (DistributedSampler(train_set, dinfo.world, dinfo.rank, shuffle=True, seed=options.seed, drop_last=True)
@@ -176,11 +182,12 @@ def _train(options: TrainOptions) -> Path:
                 record["select_delta"] = selector.update(epoch + 1, record["val"], trained)
             else:  # nothing held out: keep the last epoch
                 selector.keep_last(epoch + 1, trained)
-            _save_selected(out, method, selector, epoch, options, config)
+            _save_selected(out, method, selector, epoch, options)
             train_state.save(out, method, optimizers, scheduler, epoch + 1, selector.state)
             with open(out / "history.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            _print_epoch(record)
+            if not options.quiet:
+                _print_epoch(record)
             from mtlkd.train.plots import plot_history
 
             plot_history(out)
@@ -196,17 +203,17 @@ def _final_scores(out: Path, method, eval_set, selector: EpochSelector, options:
     the chosen checkpoints (metrics.json, what reports read); selection.json says what was chosen."""
     loader = DataLoader(eval_set, batch_size=options.batch_size, num_workers=options.workers)
     last = validate(method, loader, device)
-    stems = method.checkpoints()
+    networks = method.networks()
     kept = selector.chosen()
-    earlier = [name for name in method.eval_targets() if kept.get(name, {}).get("epoch") != options.epochs]
+    earlier = [name for name in networks if kept.get(name, {}).get("epoch") != options.epochs]
     for name in earlier:  # networks whose kept epoch is the last one already hold its weights
-        stem = _stem(name, stems)
-        if stem in stems and (out / f"{stem}.safetensors").is_file():
-            state, _ = load_checkpoint(out / f"{stem}.safetensors", device=str(device))
-            stems[stem].load_state_dict(state)
+        path = out / f"{networks[name].stem}.safetensors"
+        if path.is_file():
+            state, _ = load_checkpoint(path, device=str(device))
+            unwrap(networks[name].net).load_state_dict(state)
     chosen = validate(method, loader, device) if earlier else last  # the same weights are scored once
-    write_json(out / "last_metrics.json", merged_metrics(last))
-    write_json(out / "metrics.json", merged_metrics(chosen))
+    write_json(out / "last_metrics.json", merged_metrics(last, networks))
+    write_json(out / "metrics.json", merged_metrics(chosen, networks))
     write_json(out / "selection.json", {
         "rule": "an epoch replaces the kept one when its Delta against it is > 0, on the held-out training images",
         "select_fraction": options.select_fraction, "select_seed": options.select_seed,
@@ -220,7 +227,7 @@ def _train_epoch(method, loader, optimizers, scheduler, scaler, options, device,
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     with progress_bar("img", transient=True) as bar:
         job = bar.add_task(f"epoch {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="",
-                           visible=dinfo.main)
+                           visible=dinfo.main and not options.quiet)
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
@@ -250,7 +257,8 @@ def validate(method, loader, device, max_batches: int | None = None) -> dict[str
     """Metrics and unweighted losses of every network the method asks to be measured."""
     method.train(False)
     results: dict[str, Any] = {}
-    for name, (net, tasks) in method.eval_targets().items():
+    for name, trained in method.networks().items():
+        net, tasks = trained.net, trained.tasks
         accs = {t: get_task(t).metric(num_classes=method.ctx.num_classes) for t in tasks}
         loss_sums = dict.fromkeys(tasks, 0.0)
         batches = 0
@@ -270,27 +278,23 @@ def validate(method, loader, device, max_batches: int | None = None) -> dict[str
     return results
 
 
-def _stem(name: str, stems: dict) -> str:
-    return "model" if name == "mtl" and "model" in stems else name
-
-
-def _save_selected(out: Path, method, selector: EpochSelector, epoch: int, options: TrainOptions, config) -> None:
+def _save_selected(out: Path, method, selector: EpochSelector, epoch: int, options: TrainOptions) -> None:
     """Save each network whose held-out Delta improved this epoch: its checkpoint is the chosen one."""
-    stems = method.checkpoints()
-    for name in method.eval_targets():
-        net = stems.get(_stem(name, stems))
-        if net is None or not selector.improved(name, epoch + 1):
+    for name, trained in method.networks().items():
+        if not selector.improved(name, epoch + 1):
             continue
-        meta = model_metadata(net.config, method=options.method, dataset=options.dataset, epoch=epoch + 1,
-                              preset=options.preset, selection=selector.chosen()[name])
-        save_checkpoint(out / f"{_stem(name, stems)}.safetensors", net.state_dict(), meta)
+        net = unwrap(trained.net)
+        meta = model_metadata(net.config.to_dict(), method=options.method, dataset=options.dataset,
+                              epoch=epoch + 1, preset=options.preset, selection=selector.chosen()[name])
+        save_checkpoint(out / f"{trained.stem}.safetensors", net.state_dict(), meta)
 
 
-def merged_metrics(results: dict) -> dict[str, Any]:
-    """metrics.json from `validate`'s results: the deployable multi-task network's metrics; for STL
-    runs, each task's from its own network."""
-    if "mtl" in results:
-        return results["mtl"]["metrics"]
+def merged_metrics(results: dict, networks: dict[str, Trained]) -> dict[str, Any]:
+    """metrics.json from `validate`'s results: the headline (deployable multi-task) network's metrics;
+    without one (STL runs), each task's from its own network."""
+    headline = [name for name, trained in networks.items() if trained.headline and name in results]
+    if headline:
+        return results[headline[0]]["metrics"]
     merged: dict[str, Any] = {}
     for entry in results.values():
         merged.update(entry["metrics"])

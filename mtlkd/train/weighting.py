@@ -11,12 +11,14 @@ otw (OKD's own, which needs the single-task losses: `combine(mtl_losses, referen
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from mtlkd.errors import ConfigError
+from mtlkd.train.options import NoOptions, Options, merged_fields, option, parse_options
 
 WEIGHTINGS: dict[str, type[Weighting]] = {}
 
@@ -31,12 +33,16 @@ def register_weighting(name: str):
 
 
 class Weighting(nn.Module):
-    name = "base"
+    """Base class. `Options` is the dataclass of the weighting's own options (none by default)."""
 
-    def __init__(self, tasks: list[str], options: dict[str, Any] | None = None):
+    name = "base"
+    Options: ClassVar[type] = NoOptions
+    needs_reference = False  # True: combine() needs the single-task losses (only OKD has them)
+
+    def __init__(self, tasks: list[str], options: Any = None):
         super().__init__()
         self.tasks = list(tasks)
-        self.options = dict(options or {})
+        self.options = parse_options(self.Options, own_options(self.Options, options), f"--task-weighting {self.name}")
 
     def combine(self, losses: dict[str, torch.Tensor], shared: list[nn.Parameter] | None = None,
                 **context: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -85,9 +91,18 @@ class DynamicWeightAverage(Weighting):
     sum to K. Epochs whose losses arrive empty (OKD's single-task warm-up) do not count. The last two
     epochs' losses are buffers, so they are checkpointed and a resumed run continues exactly."""
 
+    @dataclasses.dataclass
+    class Options(Options):
+        dwa_temperature: float = option(2.0, "DWA's softmax temperature T (Liu et al.: 2).", metavar="T")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.dwa_temperature <= 0:
+                raise ConfigError(f"--dwa-temperature {self.dwa_temperature}: must be > 0")
+
     def __init__(self, tasks, options=None):
         super().__init__(tasks, options)
-        self.temperature = float(self.options.get("dwa_temperature") or 2.0)
+        self.temperature = self.options.dwa_temperature
         k = len(self.tasks)
         self.register_buffer("history", torch.zeros(2, k, dtype=torch.float64))  # L(t-2), L(t-1)
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.int64))
@@ -164,10 +179,14 @@ class GradNorm(Weighting):
     whose value is sum_k w_k L_k and whose gradient with respect to w is exactly g. After each optimiser
     step (`after_step`) the weights are renormalised to sum to K."""
 
+    @dataclasses.dataclass
+    class Options(Options):
+        gradnorm_alpha: float = option(1.5, "GradNorm's asymmetry alpha (Chen et al.'s NYUv2 value: 1.5).",
+                                       metavar="ALPHA")
+
     def __init__(self, tasks, options=None):
         super().__init__(tasks, options)
-        alpha = self.options.get("gradnorm_alpha")
-        self.alpha = 1.5 if alpha is None else float(alpha)
+        self.alpha = self.options.gradnorm_alpha
         k = len(self.tasks)
         self.weights = nn.Parameter(torch.ones(k))
         self.register_buffer("initial_losses", torch.zeros(k))
@@ -227,12 +246,21 @@ class OnlineTaskWeighting(Weighting):
     from the current step's losses, without gradient (the weights are constants of the step). The
     single-task losses come as `combine(mtl_losses, reference=stl_losses)`; the weights sum to N_t."""
 
+    needs_reference = True
+
+    @dataclasses.dataclass
+    class Options(Options):
+        otw_temperature: float = option(0.1, "OKD's online task weighting temperature T (the paper: 0.1).",
+                                        metavar="T")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.otw_temperature <= 0:
+                raise ConfigError(f"--otw-temperature {self.otw_temperature}: must be > 0")
+
     def __init__(self, tasks, options=None):
         super().__init__(tasks, options)
-        temperature = self.options.get("otw_temperature")
-        self.temperature = 0.1 if temperature is None else float(temperature)
-        if self.temperature <= 0:
-            raise ConfigError(f"otw temperature must be positive, got {self.temperature}")
+        self.temperature = self.options.otw_temperature
 
     def compute_weights(self, losses: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
@@ -243,14 +271,47 @@ class OnlineTaskWeighting(Weighting):
 
     def combine(self, losses, shared=None, reference=None, **context):
         if reference is None:
-            raise ConfigError("otw needs single-task losses: use --method okd")
+            raise ConfigError("--task-weighting otw needs single-task losses: use --method okd")
         weights = self.compute_weights(losses, reference)
         ref = losses[self.tasks[0]]
         dev = weights.to(dtype=ref.dtype)
         return sum(dev[i] * losses[t] for i, t in enumerate(self.tasks)), _floats(self.tasks, weights)
 
 
-def create_weighting(name: str, tasks: list[str], options: dict[str, Any] | None = None) -> Weighting:
+def create_weighting(name: str, tasks: list[str], options: Any = None) -> Weighting:
+    """`options`: the weighting's own options (a mapping or its Options), or a method's options holding
+    them among others (then only the weighting's fields are read)."""
     if name not in WEIGHTINGS:
         raise ConfigError(f"unknown task weighting {name!r}; known: {', '.join(WEIGHTINGS)}")
     return WEIGHTINGS[name](tasks, options)
+
+
+def own_options(cls: type, options: Any) -> Any:
+    """From a method's options (which hold every weighting's fields), the fields of `cls`; a mapping or an
+    instance of `cls` as it is."""
+    if options is None or isinstance(options, cls | dict):
+        return options
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name in names}
+
+
+# What a method with a task weighting accepts: the choice and every weighting's own options, each declared
+# once above (a method sets its own default choice by redeclaring `task_weighting`).
+WeightingOptions = merged_fields(
+    "WeightingOptions", [cls.Options for cls in WEIGHTINGS.values()],
+    task_weighting=("str", option("equal", "How the task losses are combined.", choices=tuple(WEIGHTINGS),
+                                  metavar="NAME")),
+)
+WeightingOptions.__module__ = __name__
+WeightingOptions.__doc__ = "A task weighting's choice and the options of every weighting."
+
+
+def check_weighting_options(options: Any) -> None:
+    """Options of a weighting other than the chosen one, set away from their default, are a mistake."""
+    chosen = WEIGHTINGS[options.task_weighting].Options
+    own = {f.name for f in dataclasses.fields(chosen)}
+    for cls in WEIGHTINGS.values():
+        for f in dataclasses.fields(cls.Options):
+            if f.name not in own and getattr(options, f.name) != f.default:
+                raise ConfigError(f"--{f.name.replace('_', '-')} applies to another task weighting than "
+                                  f"{options.task_weighting}; drop it or pass --task-weighting accordingly")

@@ -60,7 +60,7 @@ def test_mixing_is_the_alpha_combination_after_every_block():
         model.backbone.units[1].copy_(torch.tensor([[0.5, 0.5], [0.25, 0.75]]))
     x = torch.rand(2, 3, 32, 32)
     vits = [model.backbone.streams[t].vit for t in ("seg", "depth")]
-    h = [vit.norm_pre(vit._pos_embed(vit.patch_embed(model.normalize(x)))) for vit in vits]
+    h = [model.backbone.streams[t].tokens(model.normalize(x)) for t in ("seg", "depth")]
     means = []
     for layer in range(2):
         a = model.backbone.units[layer].detach()
@@ -99,7 +99,7 @@ def test_units_are_the_shared_parameters_and_learn():
 
 def test_checkpoint_round_trip_through_load_model(tmp_path):
     model = net()
-    path = save_checkpoint(tmp_path / "model.safetensors", model.state_dict(), model_metadata(model.config))
+    path = save_checkpoint(tmp_path / "model.safetensors", model.state_dict(), model_metadata(model.config.to_dict()))
     loaded, meta = load_model(str(path))
     assert isinstance(loaded, CrossStitchNet) and meta["config"]["arch"] == "cross_stitch"
     x = torch.rand(1, 3, 32, 32)
@@ -141,8 +141,9 @@ def test_cross_stitch_method_trains(weighting):
     ctx = MethodContext(config=config, tasks=TASKS, num_classes=13, class_names=None, device=torch.device("cpu"),
                         options=options, epochs=1, steps_per_epoch=8)
     method = create_method("cross-stitch", ctx)
-    assert method.nets["mtl"].config["arch"] == "cross_stitch"
-    assert set(method.checkpoints()) == {"model"} and list(method.eval_targets()) == ["mtl"]
+    assert method.nets["mtl"].config.arch == "cross_stitch"
+    networks = method.networks()
+    assert list(networks) == ["mtl"] and networks["mtl"].stem == "model" and networks["mtl"].headline
     optimizer = torch.optim.AdamW(method.parameter_groups(2e-3), weight_decay=0.0)
     batch = fixed_batch()
     method.train(True)

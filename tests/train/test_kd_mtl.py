@@ -39,7 +39,7 @@ def _save_teachers(folder, preset="vit-nano", img_size=None, tasks=TASKS):
     ctx = _ctx(preset, img_size)
     for i, task in enumerate(tasks):
         torch.manual_seed(10 + i)
-        config = ctx.task_config(task)
+        config = ctx.task_config(task).to_dict()
         net = create_model(config)
         save_checkpoint(folder / f"stl_{task}.safetensors", net.state_dict(), model_metadata(config))
     return folder
@@ -179,7 +179,7 @@ def test_cnn_student_and_teachers(tmp_path):
     folder = _save_teachers(tmp_path / "cnn", preset="deeplabv3-r18", img_size=(32, 32), tasks=["seg", "depth"])
     ctx = _ctx("deeplabv3-r18", (32, 32), teachers=[str(folder)], kd_layers="mid+last")
     ctx.tasks = ["seg", "depth"]
-    ctx.config = {**ctx.config, "tasks": ["seg", "depth"]}
+    ctx.config = ctx.config.with_tasks(["seg", "depth"])
     method = create_method("kd-mtl", ctx)
     method.train(True)
     total, logs = method.training_step(_batch(b=2), 0, 0)

@@ -111,7 +111,7 @@ def test_teacher_with_another_input_size_and_more_tasks(tmp_path):
     _save_net(path, img_size=(48, 64))
     ctx = _ctx(teacher=str(path))
     ctx.tasks = ["seg", "depth"]
-    ctx.config = {**ctx.config, "tasks": ["seg", "depth"]}
+    ctx.config = ctx.config.with_tasks(["seg", "depth"])
     method = create_method("kdam", ctx)
     total, logs = method.training_step(_batch(b=2, size=(24, 40)), 0, 0)
     assert torch.isfinite(total) and set(logs["kd_loss"]) == {"seg", "depth"}

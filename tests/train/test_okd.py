@@ -149,7 +149,7 @@ def test_last_distils_only_the_penultimate_block():
 
 
 def test_unknown_variant_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown afd variant"):
+    with pytest.raises(ValueError, match="--afd everything: expected one of learned, equal"):
         okd(afd="everything")
 
 
@@ -204,12 +204,13 @@ def test_warmup_longer_than_the_run_is_clamped_with_a_warning(capsys):
 
 def test_validated_and_saved_networks():
     method = okd()
-    targets = method.eval_targets()
-    assert list(targets) == ["mtl", "stl_seg", "stl_depth", "stl_normal"]
-    assert targets["mtl"][1] == TASKS and targets["stl_depth"][1] == ["depth"]
-    stems = method.checkpoints()
+    networks = method.networks()
+    assert list(networks) == ["mtl", "stl_seg", "stl_depth", "stl_normal"]
+    assert networks["mtl"].tasks == TASKS and networks["stl_depth"].tasks == ["depth"]
+    stems = {n.stem: n.net for n in networks.values()}
     assert set(stems) == {"model", "stl_seg", "stl_depth", "stl_normal"}
-    assert stems["model"].config["arch"] == "mtl" and stems["stl_seg"].config["arch"] == "stl"
+    assert [n for n, t in networks.items() if t.headline] == ["mtl"]
+    assert stems["model"].config.arch == "mtl" and stems["stl_seg"].config.arch == "stl"
     assert stems["stl_seg"].tasks == ["seg"]
 
 

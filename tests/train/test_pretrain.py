@@ -78,9 +78,9 @@ def test_every_methods_networks_start_from_the_checkpoint(tmp_path, cache):
     teacher_dir = tmp_path / "teachers"
     for task in ("seg", "depth", "normal"):
         net = create_model(preset_config("vit-nano", [task], 13 if task == "seg" else None, arch="stl"))
-        save_checkpoint(teacher_dir / f"stl_{task}.safetensors", net.state_dict(), model_metadata(net.config))
+        save_checkpoint(teacher_dir / f"stl_{task}.safetensors", net.state_dict(), model_metadata(net.config.to_dict()))
     mtl = create_model(preset_config("vit-nano", ["seg", "depth", "normal"], 13))
-    save_checkpoint(tmp_path / "teacher.safetensors", mtl.state_dict(), model_metadata(mtl.config))
+    save_checkpoint(tmp_path / "teacher.safetensors", mtl.state_dict(), model_metadata(mtl.config.to_dict()))
 
     weights = str(tmp_path / "pt" / "backbone.safetensors")
     cases = {"mtl": {}, "stl": {}, "okd": {}, "kd-mtl": {"teachers": [str(teacher_dir)]},

@@ -139,7 +139,7 @@ def test_corrupt_or_foreign_state_is_one_line_naming_the_file(tiny_data, tmp_pat
     assert result.exit_code == 2 and str(state) in _one_line(result)
     state.write_text(good)
     saved = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**saved, "method": "stl"}))  # another method's run.json
+    (run / "run.json").write_text(json.dumps({**saved, "method": "stl", "method_options": {}}))  # an stl run.json
     result = _cli("train", "--resume", "--out", run)
     assert result.exit_code == 2, result.output
     line = _one_line(result)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from train_helpers import TASKS, fixed_batch, nano_context, run_steps
 
+from mtlkd.errors import ConfigError
 from mtlkd.models import create_model, preset_config
 from mtlkd.train.methods import create_method
 from mtlkd.train.weighting import WEIGHTINGS, create_weighting, last_shared_weight
@@ -236,7 +237,8 @@ def test_mtl_trains_with_each_weighting(weighting):
     assert set(record["task_weights"]) == set(TASKS)
 
 
-def test_mtl_with_otw_fails_with_the_message():
-    method = create_method("mtl", nano_context(task_weighting="otw"))
-    with pytest.raises(ValueError, match="use --method okd"):
-        method.training_step(fixed_batch(), 0, 0)
+def test_mtl_with_otw_fails_at_once_with_the_message():
+    with pytest.raises(ConfigError, match="use --method okd"):  # before any network is built or trained
+        create_method("mtl", nano_context(task_weighting="otw"))
+    with pytest.raises(ConfigError, match="use --method okd"):
+        create_weighting("otw", TASKS).combine({t: torch.ones(()) for t in TASKS})

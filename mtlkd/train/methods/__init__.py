@@ -18,11 +18,16 @@ def register_method(name: str):
     return wrap
 
 
-def create_method(name: str, ctx: MethodContext) -> Method:
+def method_class(name: str) -> type[Method]:
+    """The class registered as `name` (its `Options` is the dataclass of its options)."""
     _import_all()
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name](ctx)
+    return METHODS[name]
+
+
+def create_method(name: str, ctx: MethodContext) -> Method:
+    return method_class(name)(ctx)
 
 
 def method_names() -> list[str]:

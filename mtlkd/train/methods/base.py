@@ -6,35 +6,59 @@ checkpoints, logging and distribution. So a new method is one small class, not a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlkd.models import input_size, load_model
+from mtlkd.errors import ConfigError
+from mtlkd.models import create_model, input_size, load_model
+from mtlkd.models.config import ModelConfig, as_model_config
 from mtlkd.tasks import get_task
+from mtlkd.train.options import NoOptions, parse_options
+from mtlkd.train.weighting import WeightingOptions, check_weighting_options, create_weighting
 
 
 @dataclass
 class MethodContext:
     """What every method is built from: the network config, the dataset's tasks and classes, options."""
 
-    config: dict[str, Any]  # the (multi-task) network config, from a preset
+    config: ModelConfig | dict[str, Any]  # the (multi-task) network config, from a preset
     tasks: list[str]
     num_classes: int | None
     class_names: list[str] | None
     device: torch.device
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)  # the method's Options, or a mapping of them
     epochs: int = 1
     steps_per_epoch: int = 1
     backbone_weights: str | None = None
 
-    def task_config(self, task: str, arch: str = "stl") -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        self.config = as_model_config(self.config)
+
+    def network_config(self, arch: str = "mtl") -> ModelConfig:
+        """The multi-task network's config with another architecture (mtl, cross_stitch)."""
+        return dataclasses.replace(self.config, arch=arch)
+
+    def task_config(self, task: str, arch: str = "stl") -> ModelConfig:
         """The same network with one task: the single-task baseline/teacher."""
-        return {**self.config, "arch": arch, "tasks": [task]}
+        return self.config.with_tasks([task], arch)
+
+
+@dataclass
+class Trained:
+    """A network a method trains, as the trainer sees it: validated on `tasks`, an epoch chosen for it,
+    saved as `<stem>.safetensors`. The `headline` one's metrics are the run's metrics.json (the deployable
+    multi-task network); without one, every network's metrics are merged per task (STL)."""
+
+    net: nn.Module
+    tasks: list[str]
+    stem: str
+    headline: bool = False
 
 
 def forward(net: nn.Module, images: torch.Tensor, tasks: list[str] | None = None,
@@ -50,7 +74,7 @@ def forward(net: nn.Module, images: torch.Tensor, tasks: list[str] | None = None
         images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     out = net(images, tasks=tasks, return_features=return_features)
     if tuple(size) != tuple(target_size):
-        for task in tasks or unwrap(net).tasks:
+        for task in unwrap(net).tasks if tasks is None else tasks:
             out[task] = F.interpolate(out[task], size=target_size, mode="bilinear", align_corners=False)
             if get_task(task).output == "unit":
                 out[task] = F.normalize(out[task], dim=1)
@@ -77,18 +101,25 @@ def unwrap(net: nn.Module) -> nn.Module:
 
 
 class Method:
-    """Base class. Subclasses set `self.nets` (an nn.ModuleDict of every trainable network) and implement
-    `training_step`; the rest has sensible defaults."""
+    """Base class. Subclasses declare `Options` (a dataclass of their options, with the paper's defaults),
+    set `self.nets` (an nn.ModuleDict of every trainable network), implement `training_step` and say what
+    they train in `networks()`; the rest has sensible defaults."""
 
     name = "base"
+    Options: ClassVar[type] = NoOptions
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
+        self.options = parse_options(self.Options, ctx.options, f"--method {self.name}")
         self.tasks = list(ctx.tasks)
         self.nets = nn.ModuleDict()
         self.extra = nn.ModuleDict()  # non-network trainable state (task weights, omega, adaptors)
 
     # -- what the trainer asks of a method ------------------------------------------------------------
+    def networks(self) -> dict[str, Trained]:
+        """Name (the key in history.jsonl and selection.json) -> a network the trainer validates and saves."""
+        raise NotImplementedError
+
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimiser groups; a method with its own learning rates (KD-MTL adaptors) overrides this."""
         params = [p for p in list(self.nets.parameters()) + list(self.extra.parameters()) if p.requires_grad]
@@ -98,24 +129,15 @@ class Method:
         """Total loss of one batch and the numbers to log (floats, or dicts of floats)."""
         raise NotImplementedError
 
-    def eval_targets(self) -> dict[str, tuple[nn.Module, list[str]]]:
-        """What validation measures: name -> (network, tasks). The metrics of all entries are merged
-        per task into metrics.json (for STL: each task from its own network)."""
-        return {"mtl": (self.nets["mtl"], self.tasks)}
-
-    def checkpoints(self) -> dict[str, nn.Module]:
-        """File stem -> network to save as `<stem>.safetensors`; `model` is the deployable one."""
-        return {"model": unwrap(self.nets["mtl"])}
-
     def extra_optimizers(self) -> list[torch.optim.Optimizer]:
         """Optimisers of the method's own, stepped with the trainer's AdamW but outside its schedule
         (KD-MTL's adaptors: the paper's constant-rate Adam)."""
         return []
 
     def trained_networks(self, epoch: int) -> set[str]:
-        """Names of `eval_targets` that trained in this (0-based) epoch; the epoch selection ignores the
+        """Names of `networks()` that trained in this (0-based) epoch; the epoch selection ignores the
         others (OKD's multi-task network during the single-task warm-up)."""
-        return set(self.eval_targets())
+        return set(self.networks())
 
     def on_epoch_end(self, epoch: int, epoch_logs: dict[str, Any]) -> dict[str, Any]:
         """Hook after each epoch; returns extra numbers for history.jsonl. A method with a task weighting
@@ -126,7 +148,7 @@ class Method:
         return {"task_weights": epoch_logs.get("task_weights", {})}
 
     def after_optimizer_step(self) -> None:
-        """Hook after each optimiser step (GradNorm renormalises its weights here)."""
+        """Hook after each optimiser step (GradNorm renormalises here)."""
         if "weighting" in self.extra:
             self.extra["weighting"].after_step()
 
@@ -138,3 +160,40 @@ class Method:
         self.nets.to(device)
         self.extra.to(device)
         return self
+
+
+class StudentMethod(Method):
+    """A method that trains one multi-task network (`self.student`, saved as model.safetensors) on its task
+    losses combined by a task weighting, plus whatever a subclass adds (distillation terms, other
+    networks). Its Options derive from WeightingOptions, which carries the weighting's choice and options."""
+
+    Options: ClassVar[type] = WeightingOptions
+    arch = "mtl"  # the student's architecture
+    provides_reference = False  # whether combine() gets single-task losses (OKD), which otw needs
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        check_weighting_options(self.options)
+        weighting = create_weighting(self.options.task_weighting, self.tasks, self.options)
+        if weighting.needs_reference and not self.provides_reference:
+            raise ConfigError(f"--task-weighting {weighting.name} needs single-task losses, which "
+                              f"--method {self.name} does not train: use --method okd")
+        self.extra["weighting"] = weighting
+        self.nets["mtl"] = create_model(ctx.network_config(self.arch), ctx.backbone_weights)
+
+    @property
+    def student(self) -> nn.Module:
+        return self.nets["mtl"]
+
+    def student_losses(self, images: torch.Tensor, batch: dict[str, torch.Tensor], return_features: bool = False,
+                       reference: dict[str, torch.Tensor] | None = None):
+        """(predictions, per-task losses, their weighted total, the weights) of the student on a batch."""
+        preds = forward(self.student, images, self.tasks, return_features=return_features)
+        losses = task_losses(preds, batch, self.tasks)
+        context = {} if reference is None else {"reference": reference}
+        total, weights = self.extra["weighting"].combine(losses, shared=unwrap(self.student).shared_parameters(),
+                                                         **context)
+        return preds, losses, total, weights
+
+    def networks(self) -> dict[str, Trained]:
+        return {"mtl": Trained(self.student, self.tasks, "model", headline=True)}

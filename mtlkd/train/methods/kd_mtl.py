@@ -29,6 +29,7 @@ resized to the student's.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkd.checkpoint import read_metadata
-from mtlkd.errors import CheckpointError, ConfigError
-from mtlkd.models import create_model, input_size
+from mtlkd.errors import ConfigError
+from mtlkd.models import input_size
 from mtlkd.train.distill import normalized_feature_loss
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import Method, MethodContext, forward, load_frozen, task_losses, unwrap
-from mtlkd.train.weighting import create_weighting
+from mtlkd.train.methods.base import MethodContext, StudentMethod, load_frozen, unwrap
+from mtlkd.train.options import option, parse_options
+from mtlkd.train.weighting import WeightingOptions
 
 PAPER_KD_WEIGHTS = {"seg": 1.0, "depth": 1.0, "normal": 2.0}
 KD_LAYERS = ("last", "mid+last")
@@ -96,15 +98,15 @@ def find_teachers(paths: list[str] | str | None, tasks: list[str]) -> dict[str, 
         if path.is_dir():
             files = sorted(path.glob("stl_*.safetensors"))
             if not files:
-                raise CheckpointError(f"--teachers {path}: no stl_<task>.safetensors in this folder; {hint}")
+                raise ConfigError(f"--teachers {path}: no stl_<task>.safetensors in this folder; {hint}")
         elif path.is_file():
             files = [path]
         else:
-            raise CheckpointError(f"--teachers {path}: no such file or folder; {hint}")
+            raise ConfigError(f"--teachers {path}: no such file or folder; {hint}")
         for file in files:
             meta_tasks = list(read_metadata(file).get("tasks") or [])
             if len(meta_tasks) != 1:
-                raise CheckpointError(
+                raise ConfigError(
                     f"--teachers {file}: a network for {len(meta_tasks)} tasks ({', '.join(meta_tasks)}); "
                     "KD-MTL's teachers are single-task networks (stl_<task>.safetensors)"
                 )
@@ -124,8 +126,7 @@ def encoder_features(net: nn.Module, images: torch.Tensor) -> list[torch.Tensor]
     size = input_size(net.config)
     if tuple(images.shape[-2:]) != size:
         images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-    blocks, _ = net.backbone(net.normalize(images))
-    return blocks
+    return net.features(images)
 
 
 def align_to(teacher: torch.Tensor, student: torch.Tensor, teacher_grid: tuple[int, int] | None,
@@ -145,32 +146,48 @@ def align_to(teacher: torch.Tensor, student: torch.Tensor, teacher_grid: tuple[i
     return maps.flatten(2).transpose(1, 2)
 
 
-@register_method("kd-mtl")
-class KDMTLMethod(Method):
-    def __init__(self, ctx: MethodContext):
-        super().__init__(ctx)
-        options = ctx.options
-        self.kd_layers = options.get("kd_layers") or "last"
-        if self.kd_layers not in KD_LAYERS:
-            raise ConfigError(f"--kd-layers {self.kd_layers!r}: expected one of {', '.join(KD_LAYERS)}")
-        weights = dict(options.get("kd_weights") or {})
-        unknown = [t for t in weights if t not in self.tasks]
-        if unknown:
-            raise ConfigError(f"--kd-weights names {', '.join(unknown)}, not trained here ({', '.join(self.tasks)})")
-        self.kd_weights = {t: float(weights.get(t, PAPER_KD_WEIGHTS.get(t, 1.0))) for t in self.tasks}
-        self.adaptor_lr_option = options.get("adaptor_lr")
-        self.adaptor_optimizer = options.get("adaptor_optimizer") or "own"
-        if self.adaptor_optimizer not in ADAPTOR_OPTIMIZERS:
-            raise ConfigError(f"--adaptor-optimizer {self.adaptor_optimizer!r}: expected own (the paper's) or shared")
+@dataclasses.dataclass
+class KDMTLOptions(WeightingOptions):
+    """KD-MTL's options with the paper's defaults (Li and Bilen, ECCV-W 2020); see the module's docstring."""
 
-        # Frozen teachers: a plain dict, outside self.nets (the optimiser and DDP never see them).
-        self.teacher_paths = find_teachers(options.get("teachers"), self.tasks)
+    teachers: tuple[str, ...] = option((), "Frozen single-task teachers: stl_<task>.safetensors files or the run "
+                                       "folder of an stl run.", metavar="PATH")
+    kd_layers: str = option("last", "Distilled blocks: last (the OKD paper's reading) or mid+last (NYUv2, Table 4).",
+                            choices=KD_LAYERS, metavar="LAYERS")
+    kd_weights: dict[str, float] = option(
+        help="Per-task distillation weights lambda_t as task=w pairs; tasks not named keep the paper's NYUv2 "
+        f"values ({', '.join(f'{t}={w:g}' for t, w in PAPER_KD_WEIGHTS.items())}).", metavar="TASK=W,...",
+        factory=dict)
+    adaptor_optimizer: str = option("own", f"own: the paper's Adam at a constant {PAPER_ADAPTOR_LR:g}, weight decay "
+                                    f"{PAPER_ADAPTOR_WEIGHT_DECAY:g}; shared: a group of the network's AdamW + "
+                                    "OneCycle.", choices=ADAPTOR_OPTIMIZERS, metavar="WHICH")
+    adaptor_lr: float | None = option(None, f"Adaptor learning rate (own: {PAPER_ADAPTOR_LR:g}; shared: peak, "
+                                      f"{ADAPTOR_LR_RATIO:g} x --lr).", metavar="LR")
+
+
+@register_method("kd-mtl")
+class KDMTLMethod(StudentMethod):
+    Options = KDMTLOptions
+
+    def __init__(self, ctx: MethodContext):
+        options = parse_options(KDMTLOptions, ctx.options, "--method kd-mtl")
+        unknown = [t for t in options.kd_weights if t not in ctx.tasks]
+        if unknown:
+            raise ConfigError(f"--kd-weights names {', '.join(unknown)}, not trained here ({', '.join(ctx.tasks)})")
+        # Frozen teachers first (a missing one is the likeliest mistake): a plain dict, outside self.nets (the
+        # optimiser and DDP never see them).
+        teacher_paths = find_teachers(list(options.teachers), list(ctx.tasks))
+        super().__init__(ctx)
+        self.kd_layers = options.kd_layers
+        self.kd_weights = {t: float(options.kd_weights.get(t, PAPER_KD_WEIGHTS.get(t, 1.0))) for t in self.tasks}
+        self.adaptor_lr_option = options.adaptor_lr
+        self.adaptor_optimizer = options.adaptor_optimizer
+        self.teacher_paths = teacher_paths
         self.teachers: dict[str, nn.Module] = {}
         for task, path in self.teacher_paths.items():
             self.teachers[task], _ = load_frozen(path, ctx.device)
 
-        self.nets["mtl"] = create_model({**ctx.config, "arch": "mtl"}, ctx.backbone_weights)
-        student = unwrap(self.nets["mtl"]).backbone
+        student = unwrap(self.student).backbone
         s_dims = list(student.feature_dims)
         self.student_layers = layer_indices(len(s_dims), self.kd_layers)
         self.teacher_layers: dict[str, list[int]] = {}
@@ -183,7 +200,6 @@ class KDMTLMethod(Method):
                 for i, j in zip(self.student_layers, self.teacher_layers[task], strict=True)
             )
         self.extra["adaptors"] = adaptors
-        self.extra["weighting"] = create_weighting(options.get("task_weighting") or "equal", self.tasks, options)
 
     # -- optimiser ----------------------------------------------------------------------------------
     def adaptor_lr(self, lr: float) -> float:
@@ -213,13 +229,9 @@ class KDMTLMethod(Method):
     # -- training -----------------------------------------------------------------------------------
     def training_step(self, batch, step, epoch):
         images = batch["image"]
-        preds = forward(self.nets["mtl"], images, self.tasks, return_features=True)
-        losses = task_losses(preds, batch, self.tasks)
-        l_task, weights = self.extra["weighting"].combine(
-            losses, shared=unwrap(self.nets["mtl"]).shared_parameters()
-        )
+        preds, losses, l_task, weights = self.student_losses(images, batch, return_features=True)
         s_feats = preds["features"]
-        s_grid = getattr(unwrap(self.nets["mtl"]).backbone, "grid", None)
+        s_grid = getattr(unwrap(self.student).backbone, "grid", None)
         kd_losses = {}
         for task, teacher in self.teachers.items():
             with torch.no_grad():

@@ -17,67 +17,79 @@ channel: how depth and normals become distributions, see mtlkd.train.distill).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtlkd.errors import CheckpointError, ConfigError
-from mtlkd.models import create_model
+from mtlkd.errors import ConfigError
 from mtlkd.train.distill import REGRESSION_VIEWS, task_kd_loss
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import Method, MethodContext, forward, load_frozen, task_losses, unwrap
-from mtlkd.train.weighting import create_weighting
+from mtlkd.train.methods.base import MethodContext, StudentMethod, forward, load_frozen, unwrap
+from mtlkd.train.options import option, parse_options
+from mtlkd.train.weighting import WeightingOptions
 
-DEFAULT_ALPHA = 1.0
-DEFAULT_BETA = 1.0
 DEFAULT_TEMPERATURE = {"cs": 3.0, "kl": 3.0, "dist": 1.0}
 
 
-@register_method("kdam")
-class KDAMMethod(Method):
-    def __init__(self, ctx: MethodContext):
-        super().__init__(ctx)
-        options = ctx.options
-        self.kd = options.get("kd") or "cs"
-        if self.kd not in DEFAULT_TEMPERATURE:
-            raise ConfigError(f"--kd {self.kd!r}: expected cs (KDAM), kl (plain KD) or dist (DIST)")
-        self.alpha = float(options.get("alpha", DEFAULT_ALPHA))
-        self.beta = float(options.get("beta", DEFAULT_BETA))
-        self.temperature = float(options.get("kd_temperature", DEFAULT_TEMPERATURE[self.kd]))
-        self.regression_kd = options.get("regression_kd") or "spatial"
-        if self.regression_kd not in REGRESSION_VIEWS:
-            raise ConfigError(f"--regression-kd {self.regression_kd!r}: expected spatial or channel")
-        if self.temperature <= 0:
-            raise ConfigError(f"--kd-temperature must be > 0, got {self.temperature}")
+@dataclasses.dataclass
+class KDAMOptions(WeightingOptions):
+    """KDAM's options with the paper's defaults ("Loss weights", kdam-cauchy-schwarz-kd.txt line 145)."""
 
-        self.teacher_path = _teacher_file(options.get("teacher"))
+    teacher: str | None = option(None, "The trained multi-task teacher: its model.safetensors or run folder.",
+                                 metavar="PATH")
+    kd: str = option("cs", "Distillation loss: cs (KDAM's Cauchy-Schwarz), kl (plain KD) or dist (DIST).",
+                     choices=tuple(DEFAULT_TEMPERATURE), metavar="LOSS")
+    alpha: float = option(1.0, "Weight of the multi-task loss (the paper: 1).", metavar="W")
+    beta: float = option(1.0, "Weight of the distillation loss (the paper: 1).", metavar="W")
+    kd_temperature: float | None = option(
+        None, "Softening temperature T (" + ", ".join(f"{k}: {v:g}" for k, v in DEFAULT_TEMPERATURE.items()) + ").",
+        metavar="T")
+    regression_kd: str = option("spatial", "How depth and normals become distributions (mtlkd.train.distill).",
+                                choices=tuple(REGRESSION_VIEWS), metavar="VIEW")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kd_temperature is not None and self.kd_temperature <= 0:
+            raise ConfigError(f"--kd-temperature {self.kd_temperature}: must be > 0")
+
+
+@register_method("kdam")
+class KDAMMethod(StudentMethod):
+    Options = KDAMOptions
+
+    def __init__(self, ctx: MethodContext):
+        options = parse_options(KDAMOptions, ctx.options, "--method kdam")
+        teacher_path = _teacher_file(options.teacher)
+        super().__init__(ctx)
+        self.kd = options.kd
+        self.alpha = options.alpha
+        self.beta = options.beta
+        self.temperature = DEFAULT_TEMPERATURE[self.kd] if options.kd_temperature is None else options.kd_temperature
+        self.regression_kd = options.regression_kd
+        self.teacher_path = teacher_path
         # The frozen teacher lives outside self.nets: the optimiser and DDP never see it.
         self.teacher, meta = load_frozen(self.teacher_path, ctx.device)
         self._check_teacher(meta)
-
-        self.nets["mtl"] = create_model({**ctx.config, "arch": "mtl"}, ctx.backbone_weights)
-        self.extra["weighting"] = create_weighting(options.get("task_weighting") or "equal", self.tasks, options)
 
     def _check_teacher(self, meta: dict[str, Any]) -> None:
         teacher_tasks = list(meta.get("tasks") or unwrap(self.teacher).tasks)
         missing = [t for t in self.tasks if t not in teacher_tasks]
         if missing:
-            raise CheckpointError(
+            raise ConfigError(
                 f"teacher {self.teacher_path} predicts {', '.join(teacher_tasks)} but not {', '.join(missing)}; "
                 "KDAM needs a multi-task teacher covering every task of the student"
             )
         if "seg" in self.tasks and meta.get("num_classes") != self.ctx.num_classes:
-            raise CheckpointError(
+            raise ConfigError(
                 f"teacher {self.teacher_path} segments {meta.get('num_classes')} classes, the data has "
                 f"{self.ctx.num_classes}"
             )
 
     def training_step(self, batch, step, epoch):
         images = batch["image"]
-        preds = forward(self.nets["mtl"], images, self.tasks)
-        losses = task_losses(preds, batch, self.tasks)
-        l_mt, weights = self.extra["weighting"].combine(losses, shared=unwrap(self.nets["mtl"]).shared_parameters())
+        preds, losses, l_mt, weights = self.student_losses(images, batch)
         with torch.no_grad():
             # Each network at its own input size; both predictions come back at the batch's size.
             teacher_preds = forward(self.teacher, images, self.tasks)
@@ -116,5 +128,5 @@ def _teacher_file(value: Any) -> Path:
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"--teacher {value}: no such checkpoint (expected a model.safetensors or its run folder)")
+        raise ConfigError(f"--teacher {value}: no such checkpoint (expected a model.safetensors or its run folder)")
     return path

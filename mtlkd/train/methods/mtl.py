@@ -1,26 +1,34 @@
-"""Plain multi-task learning: one shared backbone, one head per task, losses combined by a task
-weighting (equal by default; DWA, UW, GradNorm, RLW as the tables' baselines)."""
+"""Multi-task learning of one network on its task losses combined by a task weighting (equal by default;
+DWA, UW, GradNorm, RLW as the tables' baselines). One family, two architectures:
+
+- `mtl`: one shared backbone, one head per task.
+- `cross-stitch` (Misra et al., CVPR 2016), the OKD paper's feature-fusion baseline: one backbone per task,
+  mixed after every transformer block by learned cross-stitch units (mtlkd.models.cross_stitch), one head
+  per task; its mixing matrices are logged every epoch.
+"""
 
 from __future__ import annotations
 
-from mtlkd.models import create_model
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
-from mtlkd.train.weighting import create_weighting
+from mtlkd.train.methods.base import StudentMethod, unwrap
 
 
 @register_method("mtl")
-class MTLMethod(Method):
-    def __init__(self, ctx: MethodContext):
-        super().__init__(ctx)
-        self.nets["mtl"] = create_model({**ctx.config, "arch": "mtl"}, ctx.backbone_weights)
-        weighting = ctx.options.get("task_weighting") or "equal"
-        self.extra["weighting"] = create_weighting(weighting, self.tasks, ctx.options)
+class MultiTaskMethod(StudentMethod):
+    arch = "mtl"
 
     def training_step(self, batch, step, epoch):
-        preds = forward(self.nets["mtl"], batch["image"], self.tasks)
-        losses = task_losses(preds, batch, self.tasks)
-        weighting = self.extra["weighting"]
-        total, weights = weighting.combine(losses, shared=unwrap(self.nets["mtl"]).shared_parameters())
+        _, losses, total, weights = self.student_losses(batch["image"], batch)
         return total, {"mtl_loss": {t: v.item() for t, v in losses.items()}, "task_weights": weights}
 
+    def on_epoch_end(self, epoch, epoch_logs):
+        record = super().on_epoch_end(epoch, epoch_logs)
+        net = unwrap(self.student)
+        if hasattr(net, "stitch_matrices"):
+            record["cross_stitch"] = net.stitch_matrices()
+        return record
+
+
+@register_method("cross-stitch")
+class CrossStitchMethod(MultiTaskMethod):
+    arch = "cross_stitch"

@@ -21,6 +21,8 @@ The single-task networks are kept: they are validated as `stl_<task>` and saved 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -29,13 +31,30 @@ from torch import nn
 from mtlkd.errors import ConfigError
 from mtlkd.models import create_model
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
-from mtlkd.train.weighting import create_weighting
+from mtlkd.train.methods.base import MethodContext, StudentMethod, Trained, forward, task_losses, unwrap
+from mtlkd.train.options import option
+from mtlkd.train.weighting import WEIGHTINGS, WeightingOptions
 from mtlkd.ui import console
 
 AFD_VARIANTS = ("learned", "equal", "softmax", "select", "last", "none")
-DEFAULT_WARMUP_EPOCHS = 5
-DEFAULT_WEIGHTING = "otw"
+
+
+@dataclasses.dataclass
+class OKDOptions(WeightingOptions):
+    """OKD's options with the paper's defaults (Jacob et al., WACV 2023)."""
+
+    task_weighting: str = option("otw", "How the task losses are combined (OKD's own: otw, eq. 3).",
+                                 choices=tuple(WEIGHTINGS), metavar="NAME")
+    afd: str = option("learned", "Adaptive feature distillation variant (Table 5's ablations; none: no AFD).",
+                      choices=AFD_VARIANTS, metavar="VARIANT")
+    warmup_epochs: int = option(5, "Epochs the single-task networks train alone first (the paper: 5 of 200).",
+                                metavar="N")
+    same_init: bool = option(True, "Start every backbone from the same weights (the paper: one ImageNet ViT).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs {self.warmup_epochs}: must be 0 or more")
 
 
 class AdaptiveFeatureDistillation(nn.Module):
@@ -124,34 +143,30 @@ def _is_main_process() -> bool:
 
 
 @register_method("okd")
-class OKDMethod(Method):
-    """Options (absent or None: the paper's default): task_weighting (otw), otw_temperature (0.1),
-    afd (learned), warmup_epochs (5), same_init (True), and the chosen weighting's own (dwa_temperature,
-    gradnorm_alpha)."""
+class OKDMethod(StudentMethod):
+    """The multi-task student (`mtl`) and one single-task network per task (`stl_<task>`); see OKDOptions."""
+
+    Options = OKDOptions
+    provides_reference = True
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        self.nets["mtl"] = create_model({**ctx.config, "arch": "mtl"}, ctx.backbone_weights)
         for task in self.tasks:
             self.nets[f"stl_{task}"] = create_model(ctx.task_config(task), ctx.backbone_weights)
-        self.same_init = bool(ctx.options.get("same_init", True))
+        self.same_init = self.options.same_init
         if self.same_init and not ctx.backbone_weights:
             # The paper starts every network from the same ImageNet ViT-Ti, so block l of each one speaks the
             # same basis and eq. 2's distance between them means something. Without pretrained weights,
             # independent random initialisations would make AFD pull the MTL features towards an arbitrary
             # rotation of its own; the single-task backbones start as copies of the MTL one instead.
-            shared = self.nets["mtl"].backbone.state_dict()
+            shared = unwrap(self.student).backbone.state_dict()
             for task in self.tasks:
                 self.nets[f"stl_{task}"].backbone.load_state_dict(shared)
-        self.weighting_name = ctx.options.get("task_weighting") or DEFAULT_WEIGHTING
-        self.extra["weighting"] = create_weighting(self.weighting_name, self.tasks, ctx.options)
-        num_layers = len(self.nets["mtl"].backbone.feature_dims)
-        self.extra["afd"] = AdaptiveFeatureDistillation(ctx.options.get("afd") or "learned", self.tasks, num_layers)
+        self.weighting_name = self.options.task_weighting
+        num_layers = len(unwrap(self.student).backbone.feature_dims)
+        self.extra["afd"] = AdaptiveFeatureDistillation(self.options.afd, self.tasks, num_layers)
 
-        warmup = ctx.options.get("warmup_epochs")
-        warmup = DEFAULT_WARMUP_EPOCHS if warmup is None else int(warmup)
-        if warmup < 0:
-            raise ConfigError(f"warmup_epochs must be >= 0, got {warmup}")
+        warmup = self.options.warmup_epochs
         if warmup >= ctx.epochs:
             clamped = max(ctx.epochs - 1, 0)
             if _is_main_process():
@@ -184,32 +199,22 @@ class OKDMethod(Method):
         if not joint:  # warm-up: the single-task networks alone
             return loss, logs
 
-        mtl = self.nets["mtl"]
-        out = forward(mtl, images, self.tasks, return_features=with_features)
-        mtl_losses = task_losses(out, batch, self.tasks)
-        weighted, weights = self.extra["weighting"].combine(
-            mtl_losses, shared=unwrap(mtl).shared_parameters(),
-            reference={t: v.detach() for t, v in stl_losses.items()},
-        )
+        out, mtl_losses, weighted, weights = self.student_losses(
+            images, batch, return_features=with_features, reference={t: v.detach() for t, v in stl_losses.items()})
         afd = self.afd(out["features"], stl_features) if with_features else weighted.new_zeros(())
         loss = afd + loss + weighted
         logs.update(mtl_loss={t: v.item() for t, v in mtl_losses.items()}, task_weights=weights,
                     afd_loss=afd.item())
         return loss, logs
 
-    def eval_targets(self):
-        targets = {"mtl": (self.nets["mtl"], self.tasks)}
-        targets.update({f"stl_{t}": (self.nets[f"stl_{t}"], [t]) for t in self.tasks})
-        return targets
+    def networks(self):
+        networks = super().networks()
+        networks.update({f"stl_{t}": Trained(self.nets[f"stl_{t}"], [t], f"stl_{t}") for t in self.tasks})
+        return networks
 
     def trained_networks(self, epoch):
-        names = set(self.eval_targets())
-        return names if epoch >= self.warmup_epochs else names - {"mtl"}
-
-    def checkpoints(self):
-        stems = {"model": unwrap(self.nets["mtl"])}
-        stems.update({f"stl_{t}": unwrap(self.nets[f"stl_{t}"]) for t in self.tasks})
-        return stems
+        names = set(self.networks())
+        return names if epoch >= self.warmup_epochs else names - set(super().networks())
 
     def on_epoch_end(self, epoch, epoch_logs):
         record: dict = {"okd_phase": "joint" if epoch >= self.warmup_epochs else "stl_warmup"}

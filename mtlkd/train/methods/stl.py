@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mtlkd.models import create_model
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import Method, MethodContext, forward, task_losses, unwrap
+from mtlkd.train.methods.base import Method, MethodContext, Trained, forward, task_losses
 
 
 @register_method("stl")
@@ -22,8 +22,5 @@ class STLMethod(Method):
             losses.update(task_losses(forward(self.nets[task], batch["image"], [task]), batch, [task]))
         return sum(losses.values()), {"stl_loss": {t: v.item() for t, v in losses.items()}}
 
-    def eval_targets(self):
-        return {f"stl_{task}": (self.nets[task], [task]) for task in self.tasks}
-
-    def checkpoints(self):
-        return {f"stl_{task}": unwrap(self.nets[task]) for task in self.tasks}
+    def networks(self):
+        return {f"stl_{task}": Trained(self.nets[task], [task], f"stl_{task}") for task in self.tasks}
