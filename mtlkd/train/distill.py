@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from mtlkd.errors import ConfigError
 from mtlkd.tasks import LOGITS, get_task
+from mtlkd.train.method_options import REGRESSION_VIEWS
 
 Divergence = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -157,7 +158,6 @@ def normalized_feature_loss(student_feat: torch.Tensor, teacher_feat: torch.Tens
     return (a - b).pow(2).sum(dim).mean()
 
 
-REGRESSION_VIEWS = ("spatial", "channel")
 
 
 def kd_view(task: str, pred: torch.Tensor, regression: str = "spatial") -> tuple[torch.Tensor, int]:

@@ -120,19 +120,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
-
-
-def merged_fields(name: str, classes: list[type], base: type = Options, **overrides: Any) -> type:
-    """One dataclass holding the fields of several (each declared once, defaults from where they are
-    declared), with `overrides` as extra fields: name -> (type string, field)."""
-    specs: dict[str, tuple[str, Any]] = dict(overrides)
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            if f.name in specs:
-                continue
-            if f.default is dataclasses.MISSING:
-                default = dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
-            else:
-                default = dataclasses.field(default=f.default, metadata=f.metadata)
-            specs[f.name] = (str(f.type), default)
-    return dataclasses.make_dataclass(name, [(n, t, d) for n, (t, d) in specs.items()], bases=(base,))

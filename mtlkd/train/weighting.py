@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from mtlkd.errors import ConfigError
-from mtlkd.train.options import NoOptions, Options, merged_fields, option, parse_options
+from mtlkd.train.method_options import DWAOptions, GradNormOptions, OTWOptions
+from mtlkd.train.options import NoOptions, parse_options
 
 WEIGHTINGS: dict[str, type[Weighting]] = {}
 
@@ -91,14 +92,7 @@ class DynamicWeightAverage(Weighting):
     sum to K. Epochs whose losses arrive empty (OKD's single-task warm-up) do not count. The last two
     epochs' losses are buffers, so they are checkpointed and a resumed run continues exactly."""
 
-    @dataclasses.dataclass
-    class Options(Options):
-        dwa_temperature: float = option(2.0, "DWA's softmax temperature T (Liu et al.: 2).", metavar="T")
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.dwa_temperature <= 0:
-                raise ConfigError(f"--dwa-temperature {self.dwa_temperature}: must be > 0")
+    Options = DWAOptions
 
     def __init__(self, tasks, options=None):
         super().__init__(tasks, options)
@@ -179,10 +173,7 @@ class GradNorm(Weighting):
     whose value is sum_k w_k L_k and whose gradient with respect to w is exactly g. After each optimiser
     step (`after_step`) the weights are renormalised to sum to K."""
 
-    @dataclasses.dataclass
-    class Options(Options):
-        gradnorm_alpha: float = option(1.5, "GradNorm's asymmetry alpha (Chen et al.'s NYUv2 value: 1.5).",
-                                       metavar="ALPHA")
+    Options = GradNormOptions
 
     def __init__(self, tasks, options=None):
         super().__init__(tasks, options)
@@ -248,15 +239,7 @@ class OnlineTaskWeighting(Weighting):
 
     needs_reference = True
 
-    @dataclasses.dataclass
-    class Options(Options):
-        otw_temperature: float = option(0.1, "OKD's online task weighting temperature T (the paper: 0.1).",
-                                        metavar="T")
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.otw_temperature <= 0:
-                raise ConfigError(f"--otw-temperature {self.otw_temperature}: must be > 0")
+    Options = OTWOptions
 
     def __init__(self, tasks, options=None):
         super().__init__(tasks, options)
@@ -293,25 +276,3 @@ def own_options(cls: type, options: Any) -> Any:
         return options
     names = {f.name for f in dataclasses.fields(cls)}
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name in names}
-
-
-# What a method with a task weighting accepts: the choice and every weighting's own options, each declared
-# once above (a method sets its own default choice by redeclaring `task_weighting`).
-WeightingOptions = merged_fields(
-    "WeightingOptions", [cls.Options for cls in WEIGHTINGS.values()],
-    task_weighting=("str", option("equal", "How the task losses are combined.", choices=tuple(WEIGHTINGS),
-                                  metavar="NAME")),
-)
-WeightingOptions.__module__ = __name__
-WeightingOptions.__doc__ = "A task weighting's choice and the options of every weighting."
-
-
-def check_weighting_options(options: Any) -> None:
-    """Options of a weighting other than the chosen one, set away from their default, are a mistake."""
-    chosen = WEIGHTINGS[options.task_weighting].Options
-    own = {f.name for f in dataclasses.fields(chosen)}
-    for cls in WEIGHTINGS.values():
-        for f in dataclasses.fields(cls.Options):
-            if f.name not in own and getattr(options, f.name) != f.default:
-                raise ConfigError(f"--{f.name.replace('_', '-')} applies to another task weighting than "
-                                  f"{options.task_weighting}; drop it or pass --task-weighting accordingly")

@@ -19,8 +19,9 @@ from mtlkd.errors import ConfigError
 from mtlkd.models import create_model, input_size, load_model
 from mtlkd.models.config import ModelConfig, as_model_config
 from mtlkd.tasks import get_task
+from mtlkd.train.method_options import WeightingOptions
 from mtlkd.train.options import NoOptions, parse_options
-from mtlkd.train.weighting import WeightingOptions, check_weighting_options, create_weighting
+from mtlkd.train.weighting import create_weighting
 
 
 @dataclass
@@ -173,7 +174,6 @@ class StudentMethod(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        check_weighting_options(self.options)
         weighting = create_weighting(self.options.task_weighting, self.tasks, self.options)
         if weighting.needs_reference and not self.provides_reference:
             raise ConfigError(f"--task-weighting {weighting.name} needs single-task losses, which "

@@ -29,7 +29,6 @@ resized to the student's.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +40,16 @@ from mtlkd.checkpoint import read_metadata
 from mtlkd.errors import ConfigError
 from mtlkd.models import input_size
 from mtlkd.train.distill import normalized_feature_loss
+from mtlkd.train.method_options import (
+    ADAPTOR_LR_RATIO,
+    PAPER_ADAPTOR_LR,
+    PAPER_ADAPTOR_WEIGHT_DECAY,
+    PAPER_KD_WEIGHTS,
+    KDMTLOptions,
+)
 from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import MethodContext, StudentMethod, load_frozen, unwrap
-from mtlkd.train.options import option, parse_options
-from mtlkd.train.weighting import WeightingOptions
-
-PAPER_KD_WEIGHTS = {"seg": 1.0, "depth": 1.0, "normal": 2.0}
-KD_LAYERS = ("last", "mid+last")
-# The paper's adaptor / network learning-rate ratio: 0.1 / 1e-4 with Adam (kd4mtl-adaptors.txt 554-556).
-# By default the adaptors' peak lr is this ratio times the network's (1.0 at our default 1e-3). The adaptor
-# output is L2-normalised, so the loss does not depend on the adaptor's scale and Adam-type updates stay
-# stable at such rates: on vit-nano (150 AdamW + OneCycle steps, network lr 1e-3) the distillation loss
-# ended at 3.17 / 2.10 / 1.81 / 1.76 / 1.76 for adaptor lr 1e-3 / 1e-2 / 0.1 / 1 / 10.
-ADAPTOR_LR_RATIO = 1000.0
-ADAPTOR_OPTIMIZERS = ("own", "shared")
-PAPER_ADAPTOR_LR = 0.1
-PAPER_ADAPTOR_WEIGHT_DECAY = 5e-4
+from mtlkd.train.options import parse_options
 
 
 class FeatureAdaptor(nn.Module):
@@ -144,25 +137,6 @@ def align_to(teacher: torch.Tensor, student: torch.Tensor, teacher_grid: tuple[i
     maps = teacher.transpose(1, 2).reshape(b, e, *teacher_grid)
     maps = F.interpolate(maps, size=tuple(student_grid), mode="bilinear", align_corners=False)
     return maps.flatten(2).transpose(1, 2)
-
-
-@dataclasses.dataclass
-class KDMTLOptions(WeightingOptions):
-    """KD-MTL's options with the paper's defaults (Li and Bilen, ECCV-W 2020); see the module's docstring."""
-
-    teachers: tuple[str, ...] = option((), "Frozen single-task teachers: stl_<task>.safetensors files or the run "
-                                       "folder of an stl run.", metavar="PATH")
-    kd_layers: str = option("last", "Distilled blocks: last (the OKD paper's reading) or mid+last (NYUv2, Table 4).",
-                            choices=KD_LAYERS, metavar="LAYERS")
-    kd_weights: dict[str, float] = option(
-        help="Per-task distillation weights lambda_t as task=w pairs; tasks not named keep the paper's NYUv2 "
-        f"values ({', '.join(f'{t}={w:g}' for t, w in PAPER_KD_WEIGHTS.items())}).", metavar="TASK=W,...",
-        factory=dict)
-    adaptor_optimizer: str = option("own", f"own: the paper's Adam at a constant {PAPER_ADAPTOR_LR:g}, weight decay "
-                                    f"{PAPER_ADAPTOR_WEIGHT_DECAY:g}; shared: a group of the network's AdamW + "
-                                    "OneCycle.", choices=ADAPTOR_OPTIMIZERS, metavar="WHICH")
-    adaptor_lr: float | None = option(None, f"Adaptor learning rate (own: {PAPER_ADAPTOR_LR:g}; shared: peak, "
-                                      f"{ADAPTOR_LR_RATIO:g} x --lr).", metavar="LR")
 
 
 @register_method("kd-mtl")

@@ -21,8 +21,6 @@ The single-task networks are kept: they are validated as `stl_<task>` and saved 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,31 +28,10 @@ from torch import nn
 
 from mtlkd.errors import ConfigError
 from mtlkd.models import create_model
+from mtlkd.train.method_options import AFD_VARIANTS, OKDOptions
 from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import MethodContext, StudentMethod, Trained, forward, task_losses, unwrap
-from mtlkd.train.options import option
-from mtlkd.train.weighting import WEIGHTINGS, WeightingOptions
 from mtlkd.ui import console
-
-AFD_VARIANTS = ("learned", "equal", "softmax", "select", "last", "none")
-
-
-@dataclasses.dataclass
-class OKDOptions(WeightingOptions):
-    """OKD's options with the paper's defaults (Jacob et al., WACV 2023)."""
-
-    task_weighting: str = option("otw", "How the task losses are combined (OKD's own: otw, eq. 3).",
-                                 choices=tuple(WEIGHTINGS), metavar="NAME")
-    afd: str = option("learned", "Adaptive feature distillation variant (Table 5's ablations; none: no AFD).",
-                      choices=AFD_VARIANTS, metavar="VARIANT")
-    warmup_epochs: int = option(5, "Epochs the single-task networks train alone first (the paper: 5 of 200).",
-                                metavar="N")
-    same_init: bool = option(True, "Start every backbone from the same weights (the paper: one ImageNet ViT).")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"--warmup-epochs {self.warmup_epochs}: must be 0 or more")
 
 
 class AdaptiveFeatureDistillation(nn.Module):
