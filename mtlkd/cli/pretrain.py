@@ -6,25 +6,36 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.ui import user_errors
+from mtlkd.models.presets import PRESETS
+from mtlkd.ui import UserError, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
+VIT_PRESETS = [name for name, preset in PRESETS.items() if preset.backbone.name == "vit"]
 
 
 def command(
-    preset: str = typer.Option("vit-micro", help="The preset whose ViT backbone is pretrained."),
-    out: Path = typer.Option(Path("runs/pretrain"), help="Run folder; backbone.safetensors is written there."),
-    images: int = typer.Option(4800, help="Pretraining scenes (rendered once, cached)."),
-    data_seed: int = typer.Option(1000, help="Scene seed; the benchmark's scenes are seed 0."),
-    epochs: int = typer.Option(20, help="Passes over the scenes."),
-    batch_size: int = typer.Option(64, help="Images per step."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (OneCycle, 10% warm-up)."),
-    mask_ratio: float = typer.Option(0.6, help="Share of patches hidden (SimMIM: 0.6)."),
-    seed: int = typer.Option(0, help="Seed of initialisation, order, augmentation and masks."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last finished epoch."),
+    preset: str = typer.Option("vit-micro", metavar="NAME",
+                               help=f"The preset whose ViT backbone is pretrained: {', '.join(VIT_PRESETS)}."),
+    out: Path = typer.Option(Path("runs/pretrain"), help="Run folder; backbone.safetensors is written there.",
+                             metavar="DIR"),
+    images: int = typer.Option(4800, help="Pretraining scenes (rendered once, cached).", metavar="N"),
+    data_seed: int = typer.Option(1000, help="Scene seed; the benchmark's scenes are seed 0.", metavar="N"),
+    epochs: int = typer.Option(20, help="Passes over the scenes.", metavar="N"),
+    batch_size: int = typer.Option(64, help="Images per step.", metavar="N"),
+    img_size: str | None = typer.Option(None, help="Input HxW, overriding the preset's (a multiple of its patch "
+                                        "size; the backbone then fits `mtl-train --img-size` of the same size).",
+                                        metavar="HxW"),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (OneCycle, 10% warm-up).", metavar="LR"),
+    mask_ratio: float = typer.Option(0.6, help="Share of patches hidden (SimMIM: 0.6).", metavar="F"),
+    seed: int = typer.Option(0, help="Seed of initialisation, order, augmentation and masks.", metavar="N"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda.", metavar="DEVICE"),
+    resume: bool = typer.Option(False, "--resume", metavar="",
+                                help="Continue the run in --out from its last finished epoch."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="",
+                               help="No progress bars or epoch lines: only the result and errors."),
 ) -> None:
     """Pretrain a ViT backbone with SimMIM on synthetic scenes that are not the benchmark's, and write
-    OUT/backbone.safetensors for `mtl-train --backbone-weights`.
+    OUT/backbone.safetensors for `mtl-train --backbone-weights`; print its path on stdout (progress on stderr).
 
     Example:
 
@@ -33,11 +44,24 @@ def command(
     with user_errors():
         from mtlkd.train.pretrain import PretrainOptions, pretrain
 
+        if preset not in VIT_PRESETS:
+            raise UserError(f"--preset {preset}: pretraining needs a ViT preset; known: {', '.join(VIT_PRESETS)}")
         path = pretrain(PretrainOptions(
             out=str(out), preset=preset, images=images, data_seed=data_seed, epochs=epochs,
             batch_size=batch_size, lr=lr, mask_ratio=mask_ratio, seed=seed, resume=resume,
+            img_size=_parse_img_size(img_size), device=device, quiet=quiet,
         ))
     typer.echo(f"backbone: {path}")
+
+
+def _parse_img_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--img-size {text}: expected HxW, e.g. 96x128") from None
+    return height, width
 
 
 app.command()(command)

@@ -1,85 +1,85 @@
-"""`mtl-train`: train single-task, multi-task and distilled models."""
+"""`mtl-train`: train single-task, multi-task and distilled models.
+
+The method flags and their help come from the methods' option dataclasses (mtlkd.train.method_options):
+one flag per option, in the "Method options" panel, each saying which methods take it and their default.
+Importing this module needs no torch, so `--help` is quick and a runtime-only install says in one line
+what it lacks.
+"""
 
 from __future__ import annotations
 
+import enum
+import inspect
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
-from mtlkd.errors import ConfigError, UserError
-from mtlkd.ui import user_errors
+from mtlkd.data.mtan import DATASET_NAMES
+from mtlkd.models.presets import PRESETS
+from mtlkd.train.method_options import METHOD_OPTIONS, method_flags
+from mtlkd.train.options import flag
+from mtlkd.ui import UserError, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
+Dataset = enum.Enum("Dataset", {name: name for name in DATASET_NAMES}, type=str)  # a choice in --help
+
+METHOD_PANEL = "Method options"
+METHOD_HELP = {
+    "stl": "one network per task (the single-task baseline, KD-MTL's teachers)",
+    "mtl": "one backbone, one head per task, a task weighting",
+    "cross-stitch": "one backbone per task, mixed after every block (Misra et al.)",
+    "okd": "online distillation from single-task networks trained alongside (Jacob et al.)",
+    "kd-mtl": "frozen single-task teachers through feature adaptors (Li and Bilen)",
+    "kdam": "a trained multi-task teacher, Cauchy-Schwarz divergence (Xu et al.)",
+}
 
 
 def command(
     ctx: typer.Context,
-    dataset: str = typer.Argument("synthetic", help="nyuv2, cityscapes, cityscapes19 or synthetic."),
-    method: str = typer.Option(
-        "mtl", help="stl, mtl, okd, kdam, kd-mtl or cross-stitch (the README's Methods table says what each does)."
-    ),
-    preset: str = typer.Option(
-        "vit-micro", help="vit-micro (CPU demo), vit-micro-wide (CPU teacher), vit-tiny (the paper's), vit-small "
-        "(a teacher), vit-nano (tests), deeplabv3-r50 / deeplabv3-r18 (Table 3's CNN)."
-    ),
-    tasks: str | None = typer.Option(None, help="Comma-separated tasks; default: all the dataset has."),
-    data_dir: Path | None = typer.Option(None, help="Dataset folder (MTAN layout). synthetic: generated if absent."),
-    out: Path | None = typer.Option(None, help="Run folder; default runs/DATASET-METHOD."),
-    epochs: int = typer.Option(200, help="Epochs (the paper: 200)."),
-    batch_size: int = typer.Option(8, help="Images per step (per process under torchrun)."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate of OneCycleLR (the paper: 1e-3)."),
-    weight_decay: float = typer.Option(1e-2, help="AdamW weight decay."),
-    task_weighting: str | None = typer.Option(
-        None, help="equal, dwa, uw, gradnorm, rlw, otw; default: the method's (mtl: equal, okd: otw)."
-    ),
-    dwa_temperature: float | None = typer.Option(None, help="DWA temperature (default 2)."),
-    gradnorm_alpha: float | None = typer.Option(None, help="GradNorm asymmetry alpha (default 1.5)."),
-    afd: str | None = typer.Option(None, help="okd: learned (default), equal, softmax, select, last, none."),
-    otw_temperature: float | None = typer.Option(None, help="okd: OTW softmax temperature T (default 0.1)."),
-    warmup_epochs: int | None = typer.Option(None, help="okd: single-task warm-up epochs (default 5)."),
-    teacher: Path | None = typer.Option(None, help="kdam: the trained multi-task teacher checkpoint."),
-    teachers: list[Path] | None = typer.Option(None, help="kd-mtl: single-task teacher checkpoints or a run folder."),
-    kd: str | None = typer.Option(None, help="kdam: cs (Cauchy-Schwarz, default), kl or dist."),
-    alpha: float | None = typer.Option(None, help="kdam: weight of the multi-task loss."),
-    beta: float | None = typer.Option(None, help="kdam: weight of the distillation loss."),
-    kd_temperature: float | None = typer.Option(None, help="kdam: softening temperature T (default 3; dist: 1)."),
-    kd_layers: str | None = typer.Option(None, help="kd-mtl: last (default) or mid+last."),
-    kd_weights: str | None = typer.Option(
-        None, help="kd-mtl: per-task distillation weights (default seg=1,depth=1,normal=2)."
-    ),
-    adaptor_optimizer: str | None = typer.Option(
-        None, help="kd-mtl: own (default: the paper's Adam, constant lr 0.1, weight decay 5e-4) or shared "
-        "(a group of the network's AdamW + OneCycle)."
-    ),
-    adaptor_lr: float | None = typer.Option(
-        None, help="kd-mtl: adaptor lr (own: default 0.1; shared: peak, default 1000 x --lr)."
-    ),
-    regression_kd: str | None = typer.Option(
-        None, help="kdam: how depth and normals become distributions: spatial (default) or channel."
-    ),
-    img_size: str | None = typer.Option(None, help="Network input HxW, overriding the preset's (e.g. 288x384)."),
-    backbone_weights: Path | None = typer.Option(None, help="Local timm ViT or ResNet checkpoint (.safetensors)."),
+    dataset: Dataset = typer.Argument("synthetic", help="The MTAN-layout datasets of the papers, or the built-in "
+                                      "synthetic scenes (made on first use).", show_default=True),
+    method: str = typer.Option("mtl", help="; ".join(f"[bold]{m}[/]: {METHOD_HELP.get(m, '')}" for m in METHOD_OPTIONS)
+                               + ".", metavar="NAME"),
+    preset: str = typer.Option("vit-micro", help="; ".join(f"[bold]{name}[/]: {p.about}" for name, p in PRESETS.items())
+                               + ".", metavar="NAME"),
+    tasks: str | None = typer.Option(None, help="Comma-separated tasks; default: all the dataset has.",
+                                     metavar="TASK,..."),
+    data_dir: Path | None = typer.Option(None, help="Dataset folder (MTAN layout). synthetic: generated if absent.",
+                                         metavar="DIR"),
+    out: Path | None = typer.Option(None, help="Run folder; default runs/DATASET-METHOD.", metavar="DIR"),
+    epochs: int = typer.Option(200, help="Epochs (the paper: 200).", metavar="N"),
+    batch_size: int = typer.Option(8, help="Images per step (per process under torchrun).", metavar="N"),
+    lr: float = typer.Option(1e-3, help="Peak learning rate of OneCycleLR (the paper: 1e-3).", metavar="LR"),
+    weight_decay: float = typer.Option(1e-2, help="AdamW weight decay.", metavar="WD"),
+    img_size: str | None = typer.Option(None, help="Network input HxW, overriding the preset's (e.g. 288x384).",
+                                        metavar="HxW"),
+    backbone_weights: Path | None = typer.Option(None, help="Local timm ViT or ResNet checkpoint (.safetensors).",
+                                                 metavar="FILE"),
     pretrained: bool = typer.Option(
-        False, help="Start every network from the preset's pretrained backbone: the bundled SimMIM one for "
-        "vit-micro(-wide), timm's ImageNet weights for the others (downloaded once)."
-    ),
+        False, "--pretrained", metavar="", help="Start every network from the preset's pretrained backbone: the "
+        "bundled SimMIM one for vit-micro(-wide), timm's ImageNet weights for the others (downloaded once)."),
     select_fraction: float = typer.Option(
-        0.1, help="Share of the training images held out to choose the epoch to keep (0: keep the last)."
-    ),
-    select_seed: int = typer.Option(0, help="Which training images are held out (the same for every --seed)."),
-    seed: int = typer.Option(0, help="Seed; a CPU run with the same seed repeats exactly."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    amp: bool = typer.Option(False, help="Mixed precision (fp16 on CUDA, bf16 on CPU)."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
-    max_steps: int | None = typer.Option(None, help="Cap on steps per epoch (quick runs)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last saved epoch."),
+        0.1, help="Share of the training images held out to choose the epoch to keep (0: keep the last).",
+        metavar="F"),
+    select_seed: int = typer.Option(0, help="Which training images are held out (the same for every --seed).",
+                                    metavar="N"),
+    seed: int = typer.Option(0, help="Seed; a CPU run with the same seed repeats exactly.", metavar="N"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda.", metavar="DEVICE"),
+    amp: bool = typer.Option(False, "--amp", metavar="", help="Mixed precision (fp16 on CUDA, bf16 on CPU)."),
+    workers: int = typer.Option(0, help="DataLoader worker processes.", metavar="N"),
+    max_steps: int | None = typer.Option(None, help="Cap on steps per epoch (quick runs).", metavar="N"),
+    resume: bool = typer.Option(False, "--resume", metavar="",
+                                help="Continue an interrupted run in --out from its last saved epoch."),
     overwrite: bool = typer.Option(
-        False, help="Replace the run already in --out (its training files are deleted first); without it, "
-        "training into a folder that holds a run is refused."
-    ),
+        False, "--overwrite", metavar="", help="Replace the run already in --out (its training files are deleted "
+        "first); without it, training into a folder that holds a run is refused."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="",
+                               help="No progress bars or epoch lines: only the result and errors."),
+    **method_values: Any,
 ) -> None:
-    """Train on DATASET and write checkpoints, metrics.json, history.jsonl and curves.png to --out.
+    """Train on DATASET and write checkpoints, metrics.json, history.jsonl and curves.png to --out; print the
+    run folder on stdout (progress and epoch lines go to stderr).
 
     Examples:
 
@@ -96,11 +96,12 @@ def command(
 
         size = _parse_img_size(img_size)
         if pretrained and backbone_weights:
-            raise ConfigError("--pretrained and --backbone-weights both name a starting point; pass one")
+            raise UserError("--pretrained and --backbone-weights both name a starting point; pass one")
         if pretrained:
             from mtlkd.models.pretrained import pretrained_backbone
 
             backbone_weights = pretrained_backbone(preset)
+        dataset = Dataset(dataset).value
         options = TrainOptions(
             dataset=dataset,
             out=str(out or Path("runs") / f"{dataset}-{method}"),
@@ -120,28 +121,11 @@ def command(
             max_steps_per_epoch=max_steps,
             resume=resume,
             overwrite=overwrite,
+            quiet=quiet,
             backbone_weights=str(backbone_weights) if backbone_weights else None,
             select_fraction=select_fraction,
             select_seed=select_seed,
-            method_options=_method_options(
-                task_weighting=task_weighting,
-                dwa_temperature=dwa_temperature,
-                gradnorm_alpha=gradnorm_alpha,
-                afd=afd,
-                otw_temperature=otw_temperature,
-                warmup_epochs=warmup_epochs,
-                teacher=str(teacher) if teacher else None,
-                teachers=[str(t) for t in teachers] if teachers else None,
-                kd=kd,
-                alpha=alpha,
-                beta=beta,
-                kd_temperature=kd_temperature,
-                kd_layers=kd_layers,
-                kd_weights=_parse_weights(kd_weights),
-                adaptor_lr=adaptor_lr,
-                adaptor_optimizer=adaptor_optimizer,
-                regression_kd=regression_kd,
-            ),
+            method_options=method_options(method_values),
         )
         if resume:  # the run's own options from its run.json; those typed here must agree with them
             options = _resumed(ctx, options)
@@ -152,14 +136,66 @@ def command(
     typer.echo(f"run folder: {run}")
 
 
-# Command-line parameters stored under another TrainOptions field; device and workers may change on resume.
+def _defaults(methods: dict[str, Any]) -> str:
+    """'okd (default 5)', or per default: 'mtl, cross-stitch, kd-mtl, kdam (default equal); okd (default otw)'."""
+    groups: dict[str, list[str]] = {}
+    for name, default in methods.items():
+        shown = "none" if default in (None, (), {}) else ("on" if default is True else "off" if default is False
+                                                          else str(default))
+        groups.setdefault(shown, []).append(name)
+    return "; ".join(f"{', '.join(names)} (default {shown})" for shown, names in groups.items())
+
+
+def _method_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per method option, typed and documented from its dataclass field."""
+    types = {"str": str, "int": int, "float": float}
+    params = []
+    for name, entry in method_flags().items():
+        field, kind = entry["field"], str(entry["field"].type).replace(" ", "").removesuffix("|None")
+        meta = field.metadata
+        help_text = meta["help"]
+        if meta.get("choices"):
+            help_text += f" One of: {', '.join(meta['choices'])}."
+        help_text += f" [dim]{_defaults(entry['methods'])}[/]"
+        decls = [flag(name)]
+        if kind == "bool":
+            decls = [f"{flag(name)}/--no-{name.replace('_', '-')}"]
+            annotation: Any = bool | None
+        elif kind == "tuple[str,...]":
+            annotation = list[str] | None
+        elif kind == "dict[str,float]":
+            annotation = str | None
+        else:
+            annotation = types[kind] | None
+        default = typer.Option(None, *decls, help=help_text, metavar=meta.get("metavar") or "", show_default=False,
+                               rich_help_panel=METHOD_PANEL)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    return params
+
+
+def method_options(values: dict[str, Any]) -> dict[str, Any]:
+    """What the user set of the method flags, as the methods' options take it (the rest: the method's
+    defaults); task=w lists become mappings, repeated paths lists."""
+    options: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == []:
+            continue
+        if name == "kd_weights":
+            value = _parse_weights(value)
+        elif isinstance(value, list | tuple):
+            value = [str(v) for v in value]
+        options[name] = value
+    return options
+
+
+# Command-line parameters stored under another TrainOptions field; device, workers and quiet may change on resume.
 PARAM_FIELDS = {"max_steps": "max_steps_per_epoch", "pretrained": "backbone_weights"}
-MAY_DIFFER = {"device", "workers"}
+MAY_DIFFER = {"device", "workers", "quiet"}
 
 
 def _resumed(ctx: typer.Context, options):
     """`--resume --out RUN` alone continues RUN with the options in RUN/run.json; options typed as well must
-    agree with them (device and workers may change)."""
+    agree with them (device, workers and quiet may change)."""
     from mtlkd.train.runfolder import resumed_options
     from mtlkd.train.trainer import TrainOptions
 
@@ -193,21 +229,24 @@ def _parse_img_size(text: str | None) -> list[int] | None:
     return [height, width]
 
 
-def _method_options(**values) -> dict:
-    """Only what the user set: each method applies its paper's defaults to the rest."""
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def _parse_weights(text: str | None) -> dict[str, float] | None:
-    if not text:
-        return None
+def _parse_weights(text: str) -> dict[str, float]:
     try:
         return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
     except ValueError:
-        raise ConfigError(f"--kd-weights {text!r}: expected task=value pairs, e.g. seg=1,depth=2") from None
+        raise UserError(f"--kd-weights {text!r}: expected task=value pairs, e.g. seg=1,depth=2") from None
 
 
-app.command()(command)
+def _with_method_flags(func):
+    """`func` with its `**method_values` replaced by one typed keyword parameter per method option."""
+    signature = inspect.signature(func)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = _method_parameters()
+    func.__signature__ = signature.replace(parameters=fixed + extra)
+    func.__annotations__ = {**func.__annotations__, **{p.name: p.annotation for p in extra}}
+    return func
+
+
+app.command()(_with_method_flags(command))
 
 if __name__ == "__main__":
     app()

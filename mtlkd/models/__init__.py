@@ -1,21 +1,45 @@
-"""Models: one registry of architectures, configs as data, `create_model(name or config)`, `list_models()`."""
+"""Models: one registry of architectures, configs as data, `create_model(name or config)`, `list_models()`.
+
+The typed configs and presets (mtlkd.models.config, .presets) import no torch, so a command can list and
+check them without loading it; the networks and registries are imported on first use (`ARCHS`,
+`MultiTaskNet`, `create_model`, ...).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mtlkd.errors import ConfigError
-from mtlkd.models.backbones import BACKBONES, register_backbone
 from mtlkd.models.config import ModelConfig, as_model_config
-from mtlkd.models.cross_stitch import CrossStitchNet  # noqa: F401  (registers the "cross_stitch" arch)
-from mtlkd.models.heads import HEADS, register_head
-from mtlkd.models.nets import ARCHS, DenseNet, MultiTaskNet, SingleTaskNet, register_arch
 from mtlkd.models.presets import PRESETS, input_size, model_config, preset_config
-from mtlkd.models.resnet import ResNetBackbone  # noqa: F401  (registers the "resnet" backbone and "aspp" head)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# Imported on first access: name -> module (importing all three registers every arch, backbone and head).
+_LAZY = {
+    "ARCHS": "mtlkd.models.nets", "DenseNet": "mtlkd.models.nets", "MultiTaskNet": "mtlkd.models.nets",
+    "SingleTaskNet": "mtlkd.models.nets", "register_arch": "mtlkd.models.nets",
+    "BACKBONES": "mtlkd.models.backbones", "register_backbone": "mtlkd.models.backbones",
+    "HEADS": "mtlkd.models.heads", "register_head": "mtlkd.models.heads",
+    "CrossStitchNet": "mtlkd.models.cross_stitch", "ResNetBackbone": "mtlkd.models.resnet",
+}
+
+
+def _networks() -> None:
+    """Import every module that registers an architecture, backbone or head."""
+    for module in ("mtlkd.models.nets", "mtlkd.models.cross_stitch", "mtlkd.models.resnet"):
+        importlib.import_module(module)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        _networks()
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ARCHS", "BACKBONES", "HEADS", "PRESETS", "DenseNet", "ModelConfig", "MultiTaskNet", "SingleTaskNet",
@@ -52,6 +76,9 @@ def create_model(config: ModelConfig | dict[str, Any] | str, backbone_weights: s
 
             backbone_weights = str(pretrained_backbone(preset))
     config = as_model_config(config)
+    _networks()
+    from mtlkd.models.nets import ARCHS
+
     if config.arch not in ARCHS:
         raise ConfigError(f"unknown architecture {config.arch!r}; known: {', '.join(ARCHS)}")
     model = ARCHS[config.arch](config)

@@ -37,7 +37,7 @@ from torch import nn
 
 from mtlkd import __version__
 from mtlkd.checkpoint import save_checkpoint, write_json
-from mtlkd.errors import ConfigError
+from mtlkd.errors import ConfigError, UserError
 from mtlkd.models import ModelConfig, model_config
 from mtlkd.models.nets import build_backbone
 from mtlkd.train.state import STATE_FILE, STATE_JSON, optimizer_state, restore_optimizers
@@ -62,17 +62,26 @@ class PretrainOptions:
     mask_block: int = 2  # masked blocks of mask_block x mask_block patches
     seed: int = 0
     resume: bool = False
+    img_size: tuple[int, int] | None = None  # the preset's unless given (a multiple of the patch size)
+    device: str = "auto"  # auto: cuda when visible, else cpu
+    quiet: bool = False  # no progress bars or epoch lines
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
-            raise ConfigError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+            raise ConfigError(f"--mask-ratio {self.mask_ratio}: must be in (0, 1)")
         for name in ("images", "epochs", "batch_size", "mask_block"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"--lr {self.lr}: must be > 0")
         if self.images < self.batch_size:
-            raise ConfigError(f"{self.images} images is less than one batch of {self.batch_size}")
+            raise ConfigError(f"--images {self.images} is less than one batch of {self.batch_size}")
+        if self.img_size is not None:
+            self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
+            if min(self.img_size) < 8:
+                raise ConfigError(f"--img-size {self.img_size[0]}x{self.img_size[1]}: expected HxW of at least 8x8")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device {self.device}: use auto, cpu or cuda")
 
 
 class SimMIM(nn.Module):
@@ -103,6 +112,14 @@ class SimMIM(nn.Module):
         target = patchify(x, self.patch)
         error = (pred.float() - target).abs().mean(dim=-1)
         return (error * mask).sum() / mask.sum().clamp(min=1)
+
+
+def patch_of(config: ModelConfig) -> int:
+    """Pixels per patch side of a ViT config (masked-image pretraining is for ViTs)."""
+    patch = getattr(config.backbone, "patch_size", None)
+    if patch is None:
+        raise ConfigError(f"masked-image pretraining needs a ViT backbone, not {config.backbone.name!r}")
+    return int(patch)
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -152,7 +169,8 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
-def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path | None = None) -> np.ndarray:
+def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path | None = None,
+                       quiet: bool = False) -> np.ndarray:
     """count x H x W x 3 uint8 renders of the wide scene distribution, cached as one .npy file."""
     from mtlkd.data import cache_dir
     from mtlkd.data.synthetic import WIDE, render_scene, scene_rng
@@ -163,7 +181,7 @@ def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path
         return np.load(path, allow_pickle=False)
     images = np.empty((count, size[0], size[1], 3), dtype=np.uint8)
     with progress_bar("img") as bar:
-        job = bar.add_task("rendering pretraining scenes", total=count, info="")
+        job = bar.add_task("rendering pretraining scenes", total=count, info="", visible=not quiet)
         for i in range(count):
             image = render_scene(scene_rng(seed, "train", i), size[0], size[1], WIDE)["image"]
             images[i] = np.round(image * 255).astype(np.uint8)
@@ -178,12 +196,17 @@ def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path
 def pretrain(options: PretrainOptions) -> Path:
     """Run (or resume) SimMIM pretraining; returns the path of the backbone checkpoint."""
     out = Path(options.out)
-    config = model_config(options.preset)
+    config = model_config(options.preset, img_size=options.img_size)
     backbone_json = config.to_dict()["backbone"]
     size = config.img_size
     torch.manual_seed(options.seed)
-    model = SimMIM(config)
-    images = torch.from_numpy(pretraining_images(options.images, size, options.data_seed))
+    if size[0] % patch_of(config) or size[1] % patch_of(config):
+        raise ConfigError(f"--img-size {size[0]}x{size[1]}: not a multiple of the {patch_of(config)}-pixel patches")
+    from mtlkd.train.trainer import resolve_device
+
+    device = resolve_device(options.device)
+    model = SimMIM(config).to(device)
+    images = torch.from_numpy(pretraining_images(options.images, size, options.data_seed, quiet=options.quiet))
     steps = options.images // options.batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay,
                                   betas=(0.9, 0.95))
@@ -192,10 +215,10 @@ def pretrain(options: PretrainOptions) -> Path:
     start, history = 0, []
     if options.resume and (out / STATE_JSON).is_file():
         start, history = _load_state(out, model, optimizer, scheduler)
-        console.print(f"resuming {out} after epoch {start}")
+        if not options.quiet:
+            console.print(f"resuming {out} after epoch {start}")
     elif (out / BACKBONE_FILE).exists() or (out / STATE_JSON).exists():
-        raise ConfigError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another "
-                          "--out")
+        raise UserError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "pretrain.json", asdict(options) | {"backbone": backbone_json})
     grid = tuple(model.backbone.grid)
@@ -205,12 +228,13 @@ def pretrain(options: PretrainOptions) -> Path:
         model.train()
         total, started = 0.0, time.perf_counter()
         with progress_bar("img", transient=True) as bar:
-            job = bar.add_task(f"pretrain {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="")
+            job = bar.add_task(f"pretrain {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="",
+                               visible=not options.quiet)
             for step in range(steps):
                 index = order[step * options.batch_size : (step + 1) * options.batch_size]
                 batch = images[index].permute(0, 3, 1, 2).float() / 255.0
-                batch = augment(batch, generator)
-                mask = block_mask(len(batch), grid, options.mask_ratio, options.mask_block, generator)
+                batch = augment(batch, generator).to(device)
+                mask = block_mask(len(batch), grid, options.mask_ratio, options.mask_block, generator).to(device)
                 loss = model(batch, mask)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -220,7 +244,8 @@ def pretrain(options: PretrainOptions) -> Path:
                 bar.update(job, advance=len(batch), info=f"loss {loss.item():.4f}")
         record = {"epoch": epoch + 1, "loss": total / steps, "seconds": round(time.perf_counter() - started, 1)}
         history.append(record)
-        console.print(f"epoch {epoch + 1}  masked-patch L1 {record['loss']:.4f}  {record['seconds']:.0f}s")
+        if not options.quiet:
+            console.print(f"epoch {epoch + 1}  masked-patch L1 {record['loss']:.4f}  {record['seconds']:.0f}s")
         _save_state(out, model, optimizer, scheduler, epoch + 1, history)
     meta = {  # a backbone, not a model: no tasks or heads, so not model_metadata
         "kind": "backbone", "objective": "simmim", "preset": options.preset, "backbone": backbone_json,
@@ -244,12 +269,11 @@ def _save_state(out: Path, model: nn.Module, optimizer, scheduler, epochs_done: 
 def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int, list]:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(out / STATE_FILE))
+    tensors = load_file(str(out / STATE_FILE), device=str(next(model.parameters()).device))
     try:
         meta = json.loads((out / STATE_JSON).read_text())
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new "
-                              "--out") from None
+        raise UserError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new --out") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizers([optimizer], tensors, meta["optim_scalars"], meta["param_groups"])
     scheduler.load_state_dict(meta["scheduler"])

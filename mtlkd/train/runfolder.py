@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtlkd.errors import UserError
+from mtlkd.errors import ConfigError
+from mtlkd.ui import UserError
 
 LOCK_FILE = ".lock"
 # What a training writes: the files `overwrite` deletes, and those that mean "a run lives here".
@@ -138,6 +139,14 @@ def check_options(options: Any) -> None:
         raise bad("img-size", "x".join(map(str, options.img_size)), "expected HxW of at least 8x8, e.g. 96x128")
     if options.device not in ("auto", "cpu", "cuda") and not str(options.device).startswith("cuda:"):
         raise bad("device", options.device, "use auto, cpu or cuda")
+    method = getattr(options, "method", None)
+    if method is not None:  # the method and its options, before any data is read (torch-free)
+        from mtlkd.train.method_options import METHOD_OPTIONS
+        from mtlkd.train.options import parse_options
+
+        if method not in METHOD_OPTIONS:
+            raise ConfigError(f"--method {method}: unknown method; known methods: {', '.join(METHOD_OPTIONS)}")
+        parse_options(METHOD_OPTIONS[method], options.method_options, f"--method {method}")
 
 
 def resumed_options(cls: type, out: Path, given: Any, explicit: set[str], may_differ: set[str]) -> Any:
