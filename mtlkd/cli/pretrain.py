@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
+from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
-from mtlkd.ui import UserError, user_errors
+from mtlkd.ui import user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 VIT_PRESETS = [name for name, preset in PRESETS.items() if preset.backbone.name == "vit"]

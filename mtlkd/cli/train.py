@@ -16,10 +16,11 @@ from typing import Any, NoReturn
 import typer
 
 from mtlkd.data.mtan import DATASET_NAMES
+from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
 from mtlkd.train.method_options import METHOD_OPTIONS, method_flags
 from mtlkd.train.options import flag
-from mtlkd.ui import UserError, user_errors
+from mtlkd.ui import user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 Dataset = enum.Enum("Dataset", {name: name for name in DATASET_NAMES}, type=str)  # a choice in --help

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtlkd.errors import ConfigError
+from mtlkd.errors import CheckpointError, ConfigError
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 BUNDLED = {
@@ -31,7 +31,7 @@ def pretrained_backbone(preset: str, cache: Path | None = None) -> Path:
     if preset in BUNDLED:
         path = WEIGHTS_DIR / BUNDLED[preset]
         if not path.is_file():
-            raise ConfigError(f"--pretrained: {path} is missing from this install; make it with "
+            raise CheckpointError(f"--pretrained: {path} is missing from this install; make it with "
                              f"`mtl-pretrain --preset {preset}` and pass --backbone-weights")
         return path
     if preset not in TIMM_NAMES:
@@ -48,7 +48,7 @@ def pretrained_backbone(preset: str, cache: Path | None = None) -> Path:
 
         state = timm.create_model(name, pretrained=True).state_dict()
     except Exception as exc:  # offline, hub errors, proxies: all mean "get the file another way"
-        raise ConfigError(
+        raise CheckpointError(
             f"--pretrained: could not download timm's {name} ({type(exc).__name__}); where you are online run "
             f"`python -c \"import timm, safetensors.torch as s; s.save_file(timm.create_model('{name}', "
             f"pretrained=True).state_dict(), '{name}.safetensors')\"` and pass --backbone-weights "

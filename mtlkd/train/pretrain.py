@@ -37,7 +37,7 @@ from torch import nn
 
 from mtlkd import __version__
 from mtlkd.checkpoint import save_checkpoint, write_json
-from mtlkd.errors import ConfigError, UserError
+from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import ModelConfig, model_config
 from mtlkd.models.nets import build_backbone
 from mtlkd.train.state import STATE_FILE, STATE_JSON, optimizer_state, restore_optimizers
@@ -180,8 +180,8 @@ def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path
     if path.is_file():
         return np.load(path, allow_pickle=False)
     images = np.empty((count, size[0], size[1], 3), dtype=np.uint8)
-    with progress_bar("img") as bar:
-        job = bar.add_task("rendering pretraining scenes", total=count, info="", visible=not quiet)
+    with progress_bar("img", quiet=quiet) as bar:
+        job = bar.add_task("rendering pretraining scenes", total=count, info="")
         for i in range(count):
             image = render_scene(scene_rng(seed, "train", i), size[0], size[1], WIDE)["image"]
             images[i] = np.round(image * 255).astype(np.uint8)
@@ -218,7 +218,8 @@ def pretrain(options: PretrainOptions) -> Path:
         if not options.quiet:
             console.print(f"resuming {out} after epoch {start}")
     elif (out / BACKBONE_FILE).exists() or (out / STATE_JSON).exists():
-        raise UserError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another --out")
+        raise ConfigError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another "
+                          "--out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "pretrain.json", asdict(options) | {"backbone": backbone_json})
     grid = tuple(model.backbone.grid)
@@ -227,9 +228,8 @@ def pretrain(options: PretrainOptions) -> Path:
         order = torch.randperm(len(images), generator=generator)
         model.train()
         total, started = 0.0, time.perf_counter()
-        with progress_bar("img", transient=True) as bar:
-            job = bar.add_task(f"pretrain {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="",
-                               visible=not options.quiet)
+        with progress_bar("img", transient=True, quiet=options.quiet) as bar:
+            job = bar.add_task(f"pretrain {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="")
             for step in range(steps):
                 index = order[step * options.batch_size : (step + 1) * options.batch_size]
                 batch = images[index].permute(0, 3, 1, 2).float() / 255.0
@@ -273,7 +273,8 @@ def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int,
     try:
         meta = json.loads((out / STATE_JSON).read_text())
     except json.JSONDecodeError as exc:
-        raise UserError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new --out") from None
+        raise CheckpointError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new "
+                              "--out") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizers([optimizer], tensors, meta["optim_scalars"], meta["param_groups"])
     scheduler.load_state_dict(meta["scheduler"])

@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtlkd.errors import ConfigError
-from mtlkd.ui import UserError
+from mtlkd.errors import ConfigError, UserError
 
 LOCK_FILE = ".lock"
 # What a training writes: the files `overwrite` deletes, and those that mean "a run lives here".

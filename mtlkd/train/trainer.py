@@ -225,9 +225,8 @@ def _train_epoch(method, loader, optimizers, scheduler, scaler, options, device,
     method.train(True)
     sums: dict[str, Any] = {}
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    with progress_bar("img", transient=True) as bar:
-        job = bar.add_task(f"epoch {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="",
-                           visible=dinfo.main and not options.quiet)
+    with progress_bar("img", transient=True, quiet=options.quiet or not dinfo.main) as bar:
+        job = bar.add_task(f"epoch {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="")
         for step, batch in enumerate(loader):
             if step >= steps:
                 break

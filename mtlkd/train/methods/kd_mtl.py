@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkd.checkpoint import read_metadata
-from mtlkd.errors import ConfigError
+from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import input_size
 from mtlkd.train.distill import normalized_feature_loss
 from mtlkd.train.method_options import (
@@ -91,15 +91,15 @@ def find_teachers(paths: list[str] | str | None, tasks: list[str]) -> dict[str, 
         if path.is_dir():
             files = sorted(path.glob("stl_*.safetensors"))
             if not files:
-                raise ConfigError(f"--teachers {path}: no stl_<task>.safetensors in this folder; {hint}")
+                raise CheckpointError(f"--teachers {path}: no stl_<task>.safetensors in this folder; {hint}")
         elif path.is_file():
             files = [path]
         else:
-            raise ConfigError(f"--teachers {path}: no such file or folder; {hint}")
+            raise CheckpointError(f"--teachers {path}: no such file or folder; {hint}")
         for file in files:
             meta_tasks = list(read_metadata(file).get("tasks") or [])
             if len(meta_tasks) != 1:
-                raise ConfigError(
+                raise CheckpointError(
                     f"--teachers {file}: a network for {len(meta_tasks)} tasks ({', '.join(meta_tasks)}); "
                     "KD-MTL's teachers are single-task networks (stl_<task>.safetensors)"
                 )

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mtlkd.errors import ConfigError
+from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.train.distill import task_kd_loss
 from mtlkd.train.method_options import KD_LOSSES_DEFAULT_TEMPERATURE, KDAMOptions
 from mtlkd.train.methods import register_method
@@ -54,12 +54,12 @@ class KDAMMethod(StudentMethod):
         teacher_tasks = list(meta.get("tasks") or unwrap(self.teacher).tasks)
         missing = [t for t in self.tasks if t not in teacher_tasks]
         if missing:
-            raise ConfigError(
+            raise CheckpointError(
                 f"teacher {self.teacher_path} predicts {', '.join(teacher_tasks)} but not {', '.join(missing)}; "
                 "KDAM needs a multi-task teacher covering every task of the student"
             )
         if "seg" in self.tasks and meta.get("num_classes") != self.ctx.num_classes:
-            raise ConfigError(
+            raise CheckpointError(
                 f"teacher {self.teacher_path} segments {meta.get('num_classes')} classes, the data has "
                 f"{self.ctx.num_classes}"
             )
@@ -105,5 +105,5 @@ def _teacher_file(value: Any) -> Path:
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
-        raise ConfigError(f"--teacher {value}: no such checkpoint (expected a model.safetensors or its run folder)")
+        raise CheckpointError(f"--teacher {value}: no such checkpoint (expected a model.safetensors or its run folder)")
     return path
