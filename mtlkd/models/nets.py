@@ -95,6 +95,17 @@ class DenseNet(nn.Module):
     def _size(self, x: torch.Tensor) -> tuple[int, int] | None:
         return (x.shape[-2], x.shape[-1]) if self.full_resolution else None
 
+    @property
+    def feature_dims(self) -> list[int]:
+        """Channels of each block's features (what `features` returns, in order)."""
+        return list(self.backbone.feature_dims)
+
+    @property
+    def feature_grid(self) -> tuple[int, int] | None:
+        """(h, w) of the token grid of a ViT's B x N x E features; None for B x C x h x w maps."""
+        grid = getattr(self.backbone, "grid", None)
+        return tuple(grid) if grid is not None else None
+
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The per-block backbone features of B x 3 x H x W images in [0, 1] (no head runs)."""
         blocks, _ = self.backbone(self.normalize(images))

@@ -117,3 +117,17 @@ def test_pretrained_offline_says_which_file_to_pass(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="no pretrained backbone"):
         pretrained_backbone("vit-nano", cache=tmp_path)
+
+
+def test_another_input_size_and_quiet(tmp_path, cache, capsys):
+    """--img-size pretrains at that size (its position embedding fits the grid), --quiet prints nothing;
+    sizes that are not whole patches or are too small are one line each."""
+    from mtlkd.errors import ConfigError
+
+    path = pretrain(_options(tmp_path / "wide", epochs=1, img_size=(16, 48), quiet=True, device="cpu"))
+    assert load_file(str(path))["pos_embed"].shape == (1, 1 + 2 * 6, 32)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="not a multiple of the 8-pixel patches"):
+        pretrain(_options(tmp_path / "odd", img_size=(20, 48)))
+    with pytest.raises(ConfigError, match="--img-size 4x48"):
+        _options(tmp_path / "small", img_size=(4, 48))

@@ -161,13 +161,12 @@ class KDMTLMethod(StudentMethod):
         for task, path in self.teacher_paths.items():
             self.teachers[task], _ = load_frozen(path, ctx.device)
 
-        student = unwrap(self.student).backbone
-        s_dims = list(student.feature_dims)
+        s_dims = unwrap(self.student).feature_dims
         self.student_layers = layer_indices(len(s_dims), self.kd_layers)
         self.teacher_layers: dict[str, list[int]] = {}
         adaptors = nn.ModuleDict()
         for task, teacher in self.teachers.items():
-            t_dims = list(teacher.backbone.feature_dims)
+            t_dims = teacher.feature_dims
             self.teacher_layers[task] = layer_indices(len(t_dims), self.kd_layers)
             adaptors[task] = nn.ModuleList(
                 FeatureAdaptor(s_dims[i], t_dims[j])
@@ -205,12 +204,12 @@ class KDMTLMethod(StudentMethod):
         images = batch["image"]
         preds, losses, l_task, weights = self.student_losses(images, batch, return_features=True)
         s_feats = preds["features"]
-        s_grid = getattr(unwrap(self.student).backbone, "grid", None)
+        s_grid = unwrap(self.student).feature_grid
         kd_losses = {}
         for task, teacher in self.teachers.items():
             with torch.no_grad():
                 t_feats = encoder_features(teacher, images)
-            t_grid = getattr(teacher.backbone, "grid", None)
+            t_grid = teacher.feature_grid
             terms = []
             for adaptor, i, j in zip(self.extra["adaptors"][task], self.student_layers, self.teacher_layers[task],
                                      strict=True):

@@ -140,7 +140,7 @@ class OKDMethod(StudentMethod):
             for task in self.tasks:
                 self.nets[f"stl_{task}"].backbone.load_state_dict(shared)
         self.weighting_name = self.options.task_weighting
-        num_layers = len(unwrap(self.student).backbone.feature_dims)
+        num_layers = len(unwrap(self.student).feature_dims)
         self.extra["afd"] = AdaptiveFeatureDistillation(self.options.afd, self.tasks, num_layers)
 
         warmup = self.options.warmup_epochs
