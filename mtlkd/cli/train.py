@@ -179,7 +179,7 @@ def method_options(values: dict[str, Any]) -> dict[str, Any]:
     defaults); task=w lists become mappings, repeated paths lists."""
     options: dict[str, Any] = {}
     for name, value in values.items():
-        if value is None or value == []:
+        if value is None or (isinstance(value, list | tuple) and not value):
             continue
         if name == "kd_weights":
             value = _parse_weights(value)

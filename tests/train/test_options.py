@@ -150,3 +150,29 @@ def test_train_command_imports_no_torch():
     code = "import sys, mtlkd.cli.train, mtlkd.cli.pretrain; print(sorted(m for m in sys.modules if m == 'torch'))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_the_experiment_script_speaks_mtl_trains_flags(tmp_path, monkeypatch):
+    """Every row of scripts/experiment.py parses with mtl-train, and its method options are the method's."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    from mtlkd.cli.train import method_options
+
+    path = Path(__file__).parents[2] / "scripts" / "experiment.py"
+    spec = importlib.util.spec_from_file_location("experiment", path)
+    experiment = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "experiment", experiment)  # its dataclasses look themselves up there
+    spec.loader.exec_module(experiment)
+    args = argparse.Namespace(teacher_preset="vit-micro-wide", preset="vit-micro", epochs=8, batch_size=16,
+                              select_fraction=1 / 9, no_pretrained=False)
+    command = typer.main.get_command(train_app)
+    fields = {f.name for cls in METHOD_OPTIONS.values() for f in dataclasses.fields(cls)}
+    for row in experiment.ROWS:
+        job = experiment.Job(row, 0, tmp_path / row / "seed0")
+        argv = experiment._command(job, args, tmp_path / "data", warmup=1)
+        assert argv[1:3] == ["-m", "mtlkd.cli.train"]
+        ctx = command.make_context("mtl-train", argv[3:])
+        given = method_options({k: v for k, v in ctx.params.items() if k in fields})
+        parse_options(METHOD_OPTIONS[ctx.params["method"]], given, f"row {row}")
