@@ -8,6 +8,7 @@ import typer
 
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
+from mtlkd.train.run_options import PretrainOptions
 from mtlkd.ui import user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -15,21 +16,24 @@ VIT_PRESETS = [name for name, preset in PRESETS.items() if preset.backbone.name 
 
 
 def command(
-    preset: str = typer.Option("vit-micro", metavar="NAME",
+    preset: str = typer.Option(PretrainOptions.preset, metavar="NAME",
                                help=f"The preset whose ViT backbone is pretrained: {', '.join(VIT_PRESETS)}."),
-    out: Path = typer.Option(Path("runs/pretrain"), help="Run folder; backbone.safetensors is written there.",
+    out: Path = typer.Option(Path(PretrainOptions.out), help="Run folder; backbone.safetensors is written there.",
                              metavar="DIR"),
-    images: int = typer.Option(4800, help="Pretraining scenes (rendered once, cached).", metavar="N"),
-    data_seed: int = typer.Option(1000, help="Scene seed; the benchmark's scenes are seed 0.", metavar="N"),
-    epochs: int = typer.Option(20, help="Passes over the scenes.", metavar="N"),
-    batch_size: int = typer.Option(64, help="Images per step.", metavar="N"),
+    images: int = typer.Option(PretrainOptions.images, help="Pretraining scenes (rendered once, cached).", metavar="N"),
+    data_seed: int = typer.Option(PretrainOptions.data_seed,
+        help="Scene seed; the benchmark's scenes are seed 0.", metavar="N"),
+    epochs: int = typer.Option(PretrainOptions.epochs, help="Passes over the scenes.", metavar="N"),
+    batch_size: int = typer.Option(PretrainOptions.batch_size, help="Images per step.", metavar="N"),
     img_size: str | None = typer.Option(None, help="Input HxW, overriding the preset's (a multiple of its patch "
                                         "size; the backbone then fits `mtl-train --img-size` of the same size).",
                                         metavar="HxW"),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (OneCycle, 10% warm-up).", metavar="LR"),
-    mask_ratio: float = typer.Option(0.6, help="Share of patches hidden (SimMIM: 0.6).", metavar="F"),
-    seed: int = typer.Option(0, help="Seed of initialisation, order, augmentation and masks.", metavar="N"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda.", metavar="DEVICE"),
+    lr: float = typer.Option(PretrainOptions.lr, help="Peak learning rate (OneCycle, 10% warm-up).", metavar="LR"),
+    mask_ratio: float = typer.Option(PretrainOptions.mask_ratio,
+        help="Share of patches hidden (SimMIM: 0.6).", metavar="F"),
+    seed: int = typer.Option(PretrainOptions.seed,
+        help="Seed of initialisation, order, augmentation and masks.", metavar="N"),
+    device: str = typer.Option(PretrainOptions.device, help="auto, cpu or cuda.", metavar="DEVICE"),
     resume: bool = typer.Option(False, "--resume", metavar="",
                                 help="Continue the run in --out from its last finished epoch."),
     quiet: bool = typer.Option(False, "--quiet", metavar="",
@@ -43,7 +47,7 @@ def command(
       mtl-pretrain --preset vit-micro --out runs/pretrain-micro --epochs 16
     """
     with user_errors():
-        from mtlkd.train.pretrain import PretrainOptions, pretrain
+        from mtlkd.train.pretrain import pretrain
 
         if preset not in VIT_PRESETS:
             raise UserError(f"--preset {preset}: pretraining needs a ViT preset; known: {', '.join(VIT_PRESETS)}")

@@ -20,6 +20,7 @@ from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
 from mtlkd.train.method_options import METHOD_OPTIONS, method_flags
 from mtlkd.train.options import flag
+from mtlkd.train.run_options import TrainOptions
 from mtlkd.ui import user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -38,21 +39,25 @@ METHOD_HELP = {
 
 def command(
     ctx: typer.Context,
-    dataset: Dataset = typer.Argument("synthetic", help="The MTAN-layout datasets of the papers, or the built-in "
-                                      "synthetic scenes (made on first use).", show_default=True),
-    method: str = typer.Option("mtl", help="; ".join(f"[bold]{m}[/]: {METHOD_HELP.get(m, '')}" for m in METHOD_OPTIONS)
-                               + ".", metavar="NAME"),
-    preset: str = typer.Option("vit-micro", help="; ".join(f"[bold]{name}[/]: {p.about}" for name, p in PRESETS.items())
-                               + ".", metavar="NAME"),
+    dataset: Dataset = typer.Argument(
+        TrainOptions.dataset, show_default=True,
+        help="The MTAN-layout datasets of the papers, or the built-in synthetic scenes (made on first use)."),
+    method: str = typer.Option(
+        TrainOptions.method, metavar="NAME",
+        help="; ".join(f"[bold]{m}[/]: {METHOD_HELP.get(m, '')}" for m in METHOD_OPTIONS) + "."),
+    preset: str = typer.Option(
+        TrainOptions.preset, metavar="NAME",
+        help="; ".join(f"[bold]{name}[/]: {p.about}" for name, p in PRESETS.items()) + "."),
     tasks: str | None = typer.Option(None, help="Comma-separated tasks; default: all the dataset has.",
                                      metavar="TASK,..."),
     data_dir: Path | None = typer.Option(None, help="Dataset folder (MTAN layout). synthetic: generated if absent.",
                                          metavar="DIR"),
     out: Path | None = typer.Option(None, help="Run folder; default runs/DATASET-METHOD.", metavar="DIR"),
-    epochs: int = typer.Option(200, help="Epochs (the paper: 200).", metavar="N"),
-    batch_size: int = typer.Option(8, help="Images per step (per process under torchrun).", metavar="N"),
-    lr: float = typer.Option(1e-3, help="Peak learning rate of OneCycleLR (the paper: 1e-3).", metavar="LR"),
-    weight_decay: float = typer.Option(1e-2, help="AdamW weight decay.", metavar="WD"),
+    epochs: int = typer.Option(TrainOptions.epochs, help="Epochs (the paper: 200).", metavar="N"),
+    batch_size: int = typer.Option(TrainOptions.batch_size,
+        help="Images per step (per process under torchrun).", metavar="N"),
+    lr: float = typer.Option(TrainOptions.lr, help="Peak learning rate of OneCycleLR (the paper: 1e-3).", metavar="LR"),
+    weight_decay: float = typer.Option(TrainOptions.weight_decay, help="AdamW weight decay.", metavar="WD"),
     img_size: str | None = typer.Option(None, help="Network input HxW, overriding the preset's (e.g. 288x384).",
                                         metavar="HxW"),
     backbone_weights: Path | None = typer.Option(None, help="Local timm ViT or ResNet checkpoint (.safetensors).",
@@ -61,14 +66,17 @@ def command(
         False, "--pretrained", metavar="", help="Start every network from the preset's pretrained backbone: the "
         "bundled SimMIM one for vit-micro(-wide), timm's ImageNet weights for the others (downloaded once)."),
     select_fraction: float = typer.Option(
-        0.1, help="Share of the training images held out to choose the epoch to keep (0: keep the last).",
+        TrainOptions.select_fraction,
+        help="Share of the training images held out to choose the epoch to keep (0: keep the last).",
         metavar="F"),
-    select_seed: int = typer.Option(0, help="Which training images are held out (the same for every --seed).",
+    select_seed: int = typer.Option(TrainOptions.select_seed,
+        help="Which training images are held out (the same for every --seed).",
                                     metavar="N"),
-    seed: int = typer.Option(0, help="Seed; a CPU run with the same seed repeats exactly.", metavar="N"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda.", metavar="DEVICE"),
+    seed: int = typer.Option(TrainOptions.seed,
+        help="Seed; a CPU run with the same seed repeats exactly.", metavar="N"),
+    device: str = typer.Option(TrainOptions.device, help="auto, cpu or cuda.", metavar="DEVICE"),
     amp: bool = typer.Option(False, "--amp", metavar="", help="Mixed precision (fp16 on CUDA, bf16 on CPU)."),
-    workers: int = typer.Option(0, help="DataLoader worker processes.", metavar="N"),
+    workers: int = typer.Option(TrainOptions.workers, help="DataLoader worker processes.", metavar="N"),
     max_steps: int | None = typer.Option(None, help="Cap on steps per epoch (quick runs).", metavar="N"),
     resume: bool = typer.Option(False, "--resume", metavar="",
                                 help="Continue an interrupted run in --out from its last saved epoch."),
@@ -93,7 +101,7 @@ def command(
       torchrun --nproc_per_node 2 -m mtlkd.cli.train synthetic --epochs 5
     """
     with user_errors():
-        from mtlkd.train.trainer import TrainOptions, train
+        from mtlkd.train.trainer import train
 
         size = _parse_img_size(img_size)
         if pretrained and backbone_weights:
@@ -198,7 +206,6 @@ def _resumed(ctx: typer.Context, options):
     """`--resume --out RUN` alone continues RUN with the options in RUN/run.json; options typed as well must
     agree with them (device, workers and quiet may change)."""
     from mtlkd.train.runfolder import resumed_options
-    from mtlkd.train.trainer import TrainOptions
 
     # by name: typer may bring its own click, whose ParameterSource is not click.core's
     typed = {PARAM_FIELDS.get(name, name) for name in ctx.params

@@ -26,7 +26,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,48 +40,11 @@ from mtlkd.checkpoint import save_checkpoint, write_json
 from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import ModelConfig, model_config
 from mtlkd.models.nets import build_backbone
+from mtlkd.train.run_options import PretrainOptions
 from mtlkd.train.state import STATE_FILE, STATE_JSON, optimizer_state, restore_optimizers
 from mtlkd.ui import console, progress_bar
 
 BACKBONE_FILE = "backbone.safetensors"
-
-
-@dataclass
-class PretrainOptions:
-    """A pretraining run; stored in `pretrain.json` beside the backbone."""
-
-    out: str = "runs/pretrain"
-    preset: str = "vit-micro"
-    images: int = 4800  # 6x the demo's training set of 800
-    data_seed: int = 1000  # the benchmark's scenes are seed 0
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    mask_ratio: float = 0.6
-    mask_block: int = 2  # masked blocks of mask_block x mask_block patches
-    seed: int = 0
-    resume: bool = False
-    img_size: tuple[int, int] | None = None  # the preset's unless given (a multiple of the patch size)
-    device: str = "auto"  # auto: cuda when visible, else cpu
-    quiet: bool = False  # no progress bars or epoch lines
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ConfigError(f"--mask-ratio {self.mask_ratio}: must be in (0, 1)")
-        for name in ("images", "epochs", "batch_size", "mask_block"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr {self.lr}: must be > 0")
-        if self.images < self.batch_size:
-            raise ConfigError(f"--images {self.images} is less than one batch of {self.batch_size}")
-        if self.img_size is not None:
-            self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
-            if min(self.img_size) < 8:
-                raise ConfigError(f"--img-size {self.img_size[0]}x{self.img_size[1]}: expected HxW of at least 8x8")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"--device {self.device}: use auto, cpu or cuda")
 
 
 class SimMIM(nn.Module):

@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,42 +27,10 @@ from mtlkd.train import state as train_state
 from mtlkd.train.methods import create_method
 from mtlkd.train.methods.base import MethodContext, Trained, forward, task_losses, unwrap
 from mtlkd.train.options import options_to_json
+from mtlkd.train.run_options import TrainOptions
 from mtlkd.train.runfolder import check_options, check_run_folder, run_lock
 from mtlkd.train.selection import EpochSelector, holdout_split
 from mtlkd.ui import console, progress_bar
-
-
-@dataclass
-class TrainOptions:
-    """Everything a run is made of; stored in `run.json` so a run can be resumed and understood."""
-
-    dataset: str = "synthetic"
-    out: str = "runs/train"
-    data_dir: str | None = None
-    method: str = "mtl"
-    preset: str = "vit-micro"
-    tasks: list[str] | None = None
-    img_size: list[int] | None = None
-    epochs: int = 200
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False
-    workers: int = 0
-    augment: bool = True
-    resume: bool = False
-    overwrite: bool = False  # replace the run in `out` (its training files are deleted first)
-    max_steps_per_epoch: int | None = None
-    max_val_batches: int | None = None
-    backbone_weights: str | None = None
-    select_fraction: float = 0.1  # share of the training images held out to choose the epoch (0: the last)
-    select_seed: int = 0  # which images; the same for every run and seed, so rows are chosen alike
-    quiet: bool = False  # no progress bars or epoch lines: only results and errors
-    # The method's options (its Options dataclass, mtlkd.train.methods); given as a mapping of what was set,
-    # stored in run.json complete, with the defaults the run used.
-    method_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
