@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=200)
     parser.add_argument("--no-pretrained", action="store_true", help="start from random weights (ablation)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar: only the report and errors")
     args = parser.parse_args()
 
     from mtlkd.data.synthetic import write_synthetic
@@ -135,7 +136,7 @@ def _run_jobs(jobs: list[Job], args, data: Path, warmup: int) -> dict[str, float
     pending = [j for j in jobs if not j.done]
     running: dict[subprocess.Popen, tuple[Job, float]] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with progress_bar("run") as bar:
+    with progress_bar("run", quiet=args.quiet) as bar:
         task = bar.add_task("experiment", total=len(jobs), completed=len(jobs) - len(pending), info="")
         while pending or running:
             ready = [j for j in pending if all((j.folder.parent.parent / n / f"seed{j.seed}" / "metrics.json").is_file()
