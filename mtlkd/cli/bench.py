@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from mtlkd.cli.common import emit_json, parse_hw, parse_list, run
+from mtlkd.cli.common import HouseCommand, emit_json, parse_hw, parse_list, run
 from mtlkd.errors import ConfigError
 from mtlkd.ui import progress_bar, user_errors
 
@@ -263,7 +263,7 @@ def _render_profiles(rows: list[dict[str, Any]], out: Any) -> None:
     out.print(table)
 
 
-app.command()(command)
+app.command(cls=HouseCommand)(command)
 
 
 def main() -> None:

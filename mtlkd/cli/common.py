@@ -4,6 +4,11 @@ The house vocabulary: the model as the first positional; `--out DIR`; `--batch-s
 `--device cpu|cuda`; `--json [PATH]` (JSON on stdout without a path, into the file with one); `--quiet`
 (no progress, results only). Results go to stdout, progress and logs to stderr. Help shows metavars, never
 type placeholders; ranges are checked by the library's option dataclasses (one ConfigError line).
+
+`--json [PATH]`: typer has no option with an optional value, so every command is registered with
+`HouseCommand`, which reads `--json out.json` (a next word ending in .json) and `--json=ANY/NAME` as a
+path and a bare `--json` as stdout, before typer parses. The `.json` rule keeps `mtl-infer --json
+photo.jpg` from taking the photo for the path.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import typer.core
+from typer.core import TyperCommand
 
 from mtlkd.errors import ConfigError
 
@@ -27,18 +33,28 @@ OPTIONAL_VALUE_OPTIONS = ("--json",)
 
 
 def optional_values(argv: Sequence[str], options: Sequence[str] = OPTIONAL_VALUE_OPTIONS) -> list[str]:
-    """`--json` without a value (last, or followed by another option) becomes `--json=-`, so that one
-    option both prints JSON and writes it to a file. `--json PATH` and `--json=PATH` are left alone."""
+    """`--json` becomes `--json=-` (stdout) unless the next word is a path ending in .json, so that one
+    option both prints JSON and writes it to a file. `--json=PATH` is left alone, and so is all after `--`."""
     out = list(argv)
     for i, arg in enumerate(out):
-        if arg in options and (i + 1 == len(out) or out[i + 1].startswith("-")):
+        if arg == "--":
+            break
+        following = out[i + 1] if i + 1 < len(out) else ""
+        if arg in options and not (following.lower().endswith(".json") and not following.startswith("-")):
             out[i] = f"{arg}={JSON_STDOUT}"
     return out
 
 
+class HouseCommand(TyperCommand):
+    """A typer command that reads `--json [PATH]` (see `optional_values`); every mtlkd command is one."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, optional_values(args))
+
+
 def run(app: Any, argv: Sequence[str] | None = None) -> None:
-    """A console script's entry: the argv with optional values resolved, then the typer app."""
-    app(args=optional_values(sys.argv[1:] if argv is None else argv), prog_name=Path(sys.argv[0]).name)
+    """A console script's entry (the commands parse `--json [PATH]` themselves: `HouseCommand`)."""
+    app(args=list(sys.argv[1:] if argv is None else argv), prog_name=Path(sys.argv[0]).name)
 
 
 def parse_hw(text: str | None, option: str = "--img-size") -> tuple[int, int] | None:

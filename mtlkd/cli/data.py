@@ -5,7 +5,6 @@ The typer `app` is also mounted by the main command: `main_app.add_typer(data_ap
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -23,22 +22,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'96x128' -> (96, 128): height x width."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX,*]\s*(\d+)\s*", text)
-    if not match or int(match[1]) < 8 or int(match[2]) < 8:
-        raise typer.BadParameter(f"expected HEIGHTxWIDTH like 96x128 (at least 8x8), got {text!r}")
-    return int(match[1]), int(match[2])
-
-
 @app.command()
 def synthetic(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write (MTAN NYUv2 layout)."),
-    train: int = typer.Option(800, "--train", min=0, help="Training images."),
-    val: int = typer.Option(200, "--val", min=0, help="Validation images."),
-    size: str = typer.Option("96x128", "--size", help="Image size HEIGHTxWIDTH."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    train: int = typer.Option(800, "--train", metavar="N", help="Training images."),
+    val: int = typer.Option(200, "--val", metavar="N", help="Validation images."),
+    img_size: str = typer.Option("96x128", "--img-size", metavar="HxW", help="Image size HEIGHTxWIDTH."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Same seed, same bytes."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Render procedural indoor rooms with segmentation, depth and normals.
 
@@ -50,22 +41,23 @@ def synthetic(
 
       mtl-data synthetic --out data/synthetic
 
-      mtl-data synthetic --out data/big --train 5000 --val 1000 --size 192x256 --seed 1
+      mtl-data synthetic --out data/big --train 5000 --val 1000 --img-size 192x256 --seed 1
     """
+    from mtlkd.cli.common import parse_hw
     from mtlkd.data.synthetic import write_synthetic
-
-    height, width = parse_size(size)
-    if train + val == 0:
-        raise typer.BadParameter("nothing to generate: --train and --val are both 0")
+    from mtlkd.errors import ConfigError
     from mtlkd.files import cannot_write
+    from mtlkd.ui import user_errors
 
-    problem = "is a file, not a folder" if out.is_file() else cannot_write(out / "meta.json")
-    if problem:
-        err_console.print(f"error: --out {out}: {problem}; pass another folder", markup=False, highlight=False,
-                          soft_wrap=True)
-        raise typer.Exit(2)
+    with user_errors():
+        height, width = parse_hw(img_size)
+        if train < 0 or val < 0 or train + val == 0:
+            raise ConfigError(f"--train {train} --val {val}: nothing to generate; ask for at least one image")
+        problem = "is a file, not a folder" if out.is_file() else cannot_write(out / "meta.json")
+        if problem:
+            raise ConfigError(f"--out {out}: {problem}; pass another folder")
     started = time.perf_counter()
-    write_synthetic(out, train, val, size=(height, width), seed=seed, progress=progress)
+    write_synthetic(out, train, val, size=(height, width), seed=seed, progress=not quiet)
     seconds = time.perf_counter() - started
     rate = (train + val) / max(seconds, 1e-9) * 60
     console.print(

@@ -3,19 +3,13 @@ seeds of a row become mean ± std and a 95% interval."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from mtlkd.eval.report import (
-    LAST_METRICS_FILE,
-    METRICS_FILE,
-    ReportError,
-    build_report,
-    markdown_table,
-    render_table,
-)
+from mtlkd.cli.common import HouseCommand, emit_json, run
+from mtlkd.eval.report import LAST_METRICS_FILE, METRICS_FILE, build_report, markdown_table, render_table
+from mtlkd.ui import user_errors
 
 app = typer.Typer(add_completion=False)
 
@@ -25,9 +19,10 @@ def command(
         ..., metavar="RUNS...", help="metrics.json files, run folders, or row folders holding seedN/ run folders."
     ),
     baseline: Path = typer.Option(
-        ..., "--baseline", "-b", metavar="RUN", help="The run (or row folder of seeds) every Delta is relative to."
+        ..., "--baseline", metavar="RUN", help="The run (or row folder of seeds) every Delta is relative to."
     ),
-    as_json: bool = typer.Option(False, "--json", help='Print {"rows": [...]} as JSON.'),
+    json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
+                                        help='{"rows": [...]} as JSON: on stdout, or into PATH.'),
     markdown: bool = typer.Option(False, "--markdown", help="Print the table as GitHub markdown."),
     last: bool = typer.Option(False, "--last", help="Score the last epoch's weights (last_metrics.json) instead "
                               "of the chosen checkpoint's."),
@@ -44,10 +39,10 @@ def command(
     Examples:
       mtl-report runs/okd runs/kdam --baseline runs/mtl_uniform
       mtl-report runs/experiment/{stl,okd,kdam} --baseline runs/experiment/mtl --markdown > table.md
-      mtl-report runs/*/metrics.json --baseline runs/stl --json > table.json
+      mtl-report runs/*/metrics.json --baseline runs/stl --json table.json
     """
     name = LAST_METRICS_FILE if last else METRICS_FILE
-    try:
+    with user_errors():
         from mtlkd.eval.seeds import load_rows
 
         groups = load_rows([baseline, *runs], name)
@@ -56,18 +51,15 @@ def command(
             from mtlkd.eval.seeds import aggregate, seeds_markdown
 
             rows = aggregate({row: [m for _, m in entries] for row, entries in groups.items()}, base_row)
-            if as_json:
-                typer.echo(json.dumps({"rows": rows}, indent=2))
+            if json_out is not None:
+                emit_json({"rows": rows}, json_out)
             else:
                 typer.echo(seeds_markdown(rows), nl=False)
             return
         base = groups[base_row][0]
         rows = build_report([entries[0] for row, entries in groups.items() if row != base_row], base)
-    except ReportError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    if as_json:
-        typer.echo(json.dumps({"rows": rows}, indent=2))
+    if json_out is not None:
+        emit_json({"rows": rows}, json_out)
         return
     if markdown:
         typer.echo(markdown_table(rows), nl=False)
@@ -77,7 +69,12 @@ def command(
     render_table(rows, Console(), baseline=base[0])
 
 
-app.command()(command)
+app.command(cls=HouseCommand)(command)
+
+
+def main() -> None:
+    run(app)
+
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -198,12 +198,14 @@ def test_bare_json_prints_json_on_stdout(tmp_path, monkeypatch):
     assert optional_values(["--json"]) == ["--json=-"]
     assert optional_values(["--json", "--quiet"]) == ["--json=-", "--quiet"]
     assert optional_values(["--json", "out.json"]) == ["--json", "out.json"]
+    assert optional_values(["--json", "photo.jpg"]) == ["--json=-", "photo.jpg"]  # a positional, not the path
+    assert optional_values(["--json=results"]) == ["--json=results"]
     monkeypatch.setenv("MTLKD_CACHE", str(tmp_path / "cache"))
-    result = CliRunner().invoke(app, optional_values([
+    result = CliRunner().invoke(app, [
         "--preset", "vit-nano", "--backends", "torch", "--precisions", "fp32", "--repeats", "2", "--budget", "0",
         "--batch-size", "1", "--threads", "1", "--no-isolate", "--accuracy-images", "1", "--no-e2e", "--quiet",
         "--train-steps", "0", "--cache", str(tmp_path / "work"), "--json",
-    ]))  # fmt: skip
+    ])  # fmt: skip
     assert result.exit_code == 0, result.output + repr(result.exception)
     data = json.loads(result.stdout)
     assert data["rows"] and "MTL / sum of STL" in result.stderr

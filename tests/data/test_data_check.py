@@ -85,7 +85,7 @@ def test_synthetic_into_a_file_is_one_line(tmp_path):
     a_file.write_text("keep")
     for out in (a_file, a_file / "sub"):
         result = runner.invoke(app, ["data", "synthetic", "--out", str(out), "--train", "1", "--val", "1",
-                                     "--size", "16x16", "--no-progress"])
+                                     "--img-size", "16x16", "--quiet"])
         assert result.exit_code == 2, result.output
         lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"error: --out {out}")

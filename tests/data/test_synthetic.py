@@ -133,8 +133,8 @@ def test_cli_writes_and_checks(tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "cli"
-    result = runner.invoke(app, ["synthetic", "--out", str(out), "--train", "2", "--val", "1", "--size", "16x24",
-                                 "--no-progress"])  # fmt: skip
+    result = runner.invoke(app, ["synthetic", "--out", str(out), "--train", "2", "--val", "1", "--img-size",
+                                 "16x24", "--quiet"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "images/minute" in result.output and (out / "val" / "normal" / "0.npy").is_file()
     result = runner.invoke(app, ["check", "synthetic", "--data-dir", str(out)])

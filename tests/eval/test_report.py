@@ -124,7 +124,7 @@ def test_cli_json_cityscapes_baseline_listed_once(tmp_path: Path) -> None:
     base = write_run(tmp_path, "mtl", cityscapes_metrics(CITYSCAPES["Baseline (MTL)"]))
     okd = write_run(tmp_path, "okd", cityscapes_metrics(CITYSCAPES["OKD-MTL"]))
     result = runner.invoke(
-        app, [str(base), str(okd / "metrics.json"), "-b", str(base / "metrics.json"), "--json"]
+        app, [str(base), str(okd / "metrics.json"), "--baseline", str(base / "metrics.json"), "--json"]
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
