@@ -16,7 +16,7 @@ app = typer.Typer(add_completion=False)
 
 def command(
     runs: list[Path] = typer.Argument(
-        ..., metavar="RUNS...", help="metrics.json files, run folders, or row folders holding seedN/ run folders."
+        ..., metavar="RUN", help="metrics.json files, run folders, or row folders holding seedN/ run folders."
     ),
     baseline: Path = typer.Option(
         ..., "--baseline", metavar="RUN", help="The run (or row folder of seeds) every Delta is relative to."
