@@ -16,7 +16,7 @@ from mtlkd.ui import console
 
 def run_demo(out: Path, epochs: int, train_images: int, val_images: int, batch_size: int) -> dict:
     from mtlkd.data.synthetic import write_synthetic
-    from mtlkd.runtime import Predictor
+    from mtlkd.runtime.infer import InferOptions, infer
     from mtlkd.train.trainer import TrainOptions, train
 
     timings: dict[str, float] = {}
@@ -53,10 +53,7 @@ def run_demo(out: Path, epochs: int, train_images: int, val_images: int, batch_s
     for i in range(4):
         array = np.load(data / "val" / "image" / f"{i}.npy", allow_pickle=False)
         Image.fromarray((array * 255).round().astype(np.uint8)).save(images / f"val_{i}.png")
-    from mtlkd.cli.infer import infer_paths
-
-    predictor = Predictor.load(str(run / "model.safetensors"))
-    infer_paths(predictor, [images], out / "predictions", tasks=None, save_raw=True)
+    infer(run / "model.safetensors", [images], out / "predictions", InferOptions(save_raw=True))
     timings["infer_s"] = time.perf_counter() - started
 
     summary = {"metrics": metrics, "timings": {k: round(v, 1) for k, v in timings.items()},

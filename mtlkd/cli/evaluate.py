@@ -1,64 +1,70 @@
-"""`mtl-eval`: dataset-level metrics of a checkpoint or an exported model."""
+"""`mtl-eval`: dataset-level metrics of a checkpoint or an exported model.
+
+Parses options and prints; the work is `mtlkd.eval.evaluate.evaluate_model`, which reads the dataset with
+numpy, so scoring an exported file needs no torch. Results on stdout, progress and the header on stderr.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from mtlkd.errors import DatasetError, UserError
+from mtlkd.cli.json_option import JSON_HELP, JsonCommand, check_json_path, emit_json, json_path_option
 from mtlkd.ui import console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
 def command(
-    model: Path = typer.Argument(..., help="model.safetensors, model.onnx, model.xml or model.engine."),
-    dataset: str = typer.Argument("synthetic", help="nyuv2, cityscapes, cityscapes19 or synthetic."),
-    data_dir: Path | None = typer.Option(None, help="Dataset folder (MTAN layout)."),
-    split: str = typer.Option("val", help="train or val."),
-    backend: str = typer.Option("auto", help="Runtime backend for exported files."),
-    batch_size: int = typer.Option(8),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics.json dict only."),
+    model: Path = typer.Argument(..., metavar="MODEL", hidden=True),  # described in the docstring: typer
+    dataset: str = typer.Argument("synthetic", metavar="DATASET", hidden=True),  # shows arguments' types
+    data_dir: Path | None = typer.Option(None, "--data-dir", metavar="FOLDER",
+                                         help="Dataset folder (MTAN layout) (default for synthetic: the cache)."),
+    split: str = typer.Option("val", "--split", metavar="SPLIT", help="train or val."),
+    tasks: str | None = typer.Option(None, "--tasks", metavar="TASKS",
+                                     help="Comma-separated subset (default: every task MODEL and DATASET share)."),
+    batch_size: int = typer.Option(8, "--batch-size", metavar="N", help="Images per forward pass."),
+    device: str | None = typer.Option(None, "--device", metavar="DEVICE",
+                                      help="cpu or cuda (default: cuda for .engine, else cpu)."),
+    backend: str = typer.Option("auto", "--backend", "-b", metavar="NAME",
+                                help="auto, torch, onnxruntime, openvino or tensorrt."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help=JSON_HELP),
+    json_path: Path | None = json_path_option(),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="",
+                               help="No progress bar or header; only results and errors."),
 ) -> None:
     """Evaluate MODEL on a whole split: mIoU, pixel accuracy, depth errors, normal angles.
+
+    MODEL: model.safetensors, model.onnx, an OpenVINO model.xml or a TensorRT .engine.
+    DATASET: nyuv2, cityscapes, cityscapes19 or synthetic (default; rendered into the cache on first use).
+    Results on stdout, progress and the header on stderr.
 
     Examples:
 
       mtl-eval runs/demo/mtl/model.safetensors synthetic
 
-      mtl-eval exports/model.onnx nyuv2 --data-dir data/nyuv2 --json
+      mtl-eval exports/model.onnx nyuv2 --data-dir data/nyuv2 --json scores.json
     """
-    from mtlkd.eval.evaluate import evaluate
-    from mtlkd.runtime import Predictor
+    from mtlkd.eval.evaluate import EvalOptions, evaluate_model
 
     with user_errors():
-        if batch_size < 1:
-            raise UserError(f"--batch-size {batch_size}: must be 1 or more")
-        predictor = Predictor.load(str(model), backend=backend)
-        from torch.utils.data import DataLoader
-
-        from mtlkd.data import open_dataset
-
-        tasks = [t for t in predictor.tasks]
-        data = open_dataset(dataset, str(data_dir) if data_dir else None, split, tasks, augment=False)
-        tasks = [t for t in tasks if t in data.tasks]
-        if not tasks:
-            raise DatasetError(f"{model} predicts {predictor.tasks}, but {dataset} has targets for {data.tasks}")
-        precision = predictor.metadata.get("precision") or ("fp32" if model.suffix == ".safetensors" else "unknown")
-        console.print(f"evaluating {model} ({precision}, {predictor.backend_name})", highlight=False)
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-        metrics = evaluate(lambda images, ts: predictor.run_raw(images.numpy(), ts, data_size=True), loader,
-                           tasks, predictor.metadata.get("num_classes"))
-    if as_json:
-        typer.echo(json.dumps(metrics, indent=2))
-        return
-    for task, values in metrics.items():
-        console.print(f"[bold]{task}[/]  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), highlight=False)
+        check_json_path(json_path)  # before the run, so that its result is not lost at the end
+        options = EvalOptions(data_dir=data_dir, split=split, backend=backend, device=device, batch_size=batch_size,
+                              tasks=tasks, progress=not quiet)
+        scores = evaluate_model(model, dataset, options)
+        if not quiet:
+            console.print(f"evaluated {scores.model} ({scores.precision}, {scores.backend}) on {scores.dataset} "
+                          f"{scores.split}: {scores.samples} images in {scores.seconds:.1f} s", highlight=False)
+        if as_json or json_path is not None:  # the layout of a run's metrics.json, which mtl-report reads
+            emit_json(scores.metrics, json_path)
+            if json_path is None:
+                return
+    for task, values in scores.metrics.items():
+        typer.echo(f"{task:<7} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 
-app.command()(command)
+app.command(cls=JsonCommand)(command)
 
 if __name__ == "__main__":
     app()

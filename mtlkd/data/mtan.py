@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,17 @@ class MTANDataset:
                 array = array[..., None] if array.ndim == 2 else array
                 sample[task] = np.ascontiguousarray(np.moveaxis(array.astype(np.float32), -1, 0))
         return sample
+
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Samples in order (or `indices`), `batch_size` at a time, stacked into numpy arrays: image
+        N x 3 x H x W float32, seg N x H x W int64, depth N x 1 x H x W, normal N x 3 x H x W. What a
+        DataLoader without shuffling gives, without torch (scoring an exported model needs no torch)."""
+        if batch_size < 1:
+            raise DatasetError(f"batch size {batch_size}: must be 1 or more")
+        order = list(range(self.length) if indices is None else indices)
+        for start in range(0, len(order), batch_size):
+            samples = [self.read(i) for i in order[start : start + batch_size]]
+            yield {key: np.stack([s[key] for s in samples]) for key in samples[0]}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         import torch

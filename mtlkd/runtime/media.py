@@ -118,7 +118,8 @@ def classify(path: str | Path) -> str:
 
 
 class VideoReader:
-    """RGB frames of a video file or a camera, with its frame rate and (for files) frame count."""
+    """RGB frames of a video file or a camera (an int index), with its frame rate (25 when the file does
+    not say) and, for files, its frame count. Iterate it; close it, or use it in a `with` block."""
 
     def __init__(self, source: str | int):
         import cv2
@@ -152,25 +153,50 @@ class VideoReader:
         self.close()
 
 
-def open_video(source: Source) -> VideoReader:
-    return VideoReader(source.camera if source.kind == "camera" else source.path)
+def open_video(source: str | Path | int | Source) -> VideoReader:
+    """A video file or camera, ready to iterate as RGB frames:
+
+        with open_video("clip.mp4") as video:      # or open_video(0) / open_video("0") for a camera
+            for frame in video:                    # H x W x 3 uint8 RGB
+                ...
+        video.fps, video.frame_count               # frame count None for cameras and unknown lengths
+
+    Raises MediaError naming the file when it does not exist or OpenCV cannot decode it."""
+    if isinstance(source, Source):
+        return VideoReader(source.camera if source.kind == "camera" else source.path)
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit() and not Path(source).exists()):
+        return VideoReader(int(source))
+    path = Path(source)
+    if not path.is_file():
+        raise MediaError(f"{path}: no such video file" + (" (a folder)" if path.is_dir() else ""))
+    return VideoReader(str(path))
 
 
 class VideoWriter:
-    """Writes RGB frames to an .mp4 (mp4v); the frame size is fixed by the first frame, later frames are
-    resized to it."""
+    """Writes RGB frames to an .mp4 (mp4v) at `fps`; the frame size is fixed by the first frame, later
+    frames are resized to it. The video is written beside `path` and renamed into place on close, so an
+    earlier file of that name stays whole until the new one is complete:
+
+        with VideoWriter("out.mp4", fps=25) as video:
+            video.write(rgb_frame)                 # H x W x 3 uint8 RGB
+    """
 
     def __init__(self, path: str | Path, fps: float):
         self.path, self.fps, self.writer, self.size, self.frames = Path(path), fps, None, None, 0
+        self.tmp: Path | None = None
 
     def write(self, frame: np.ndarray) -> None:
         import cv2
 
         if self.writer is None:
             self.size = (frame.shape[1] // 2 * 2, frame.shape[0] // 2 * 2)  # even sizes for most codecs
+            from mtlkd.files import temporary_beside
+
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
+            self.tmp = temporary_beside(self.path, ".mp4")
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
             if not self.writer.isOpened():
+                self.tmp.unlink(missing_ok=True)
                 raise MediaError(f"{self.path}: OpenCV cannot write an mp4 video here")
         if (frame.shape[1], frame.shape[0]) != self.size:
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
@@ -178,12 +204,24 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
+        """Finish the file and move it into place (a video with no frame leaves nothing behind)."""
         if self.writer is not None:
             self.writer.release()
             self.writer = None
+        if self.tmp is not None and self.tmp.exists():
+            import os
+
+            os.replace(self.tmp, self.path)
+        self.tmp = None
 
     def __enter__(self) -> VideoWriter:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is not None and self.tmp is not None:  # an error midway: keep the earlier file, drop this one
+            if self.writer is not None:
+                self.writer.release()
+                self.writer = None
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
         self.close()

@@ -112,6 +112,28 @@ def seg_image(seg: np.ndarray, class_names: Sequence[str], with_legend: bool = T
     return np.concatenate([_pad_to(coloured, height), strip], axis=1)
 
 
+def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """`colours` laid over `image` (same H x W) with opacity `alpha`: the classes over what they label."""
+    base = to_uint8(image)
+    if base.shape[:2] != colours.shape[:2]:
+        base = cv2.resize(base, (colours.shape[1], colours.shape[0]), interpolation=cv2.INTER_AREA)
+    return cv2.addWeighted(colours, float(alpha), base, 1.0 - float(alpha), 0.0)
+
+
+def overlay_image(image: np.ndarray, seg: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
+                  with_legend: bool = True) -> np.ndarray:
+    """The class colours blended over the input image (opacity `alpha`), with the legend of the classes
+    present on its right; shows which part of the picture each class was given to."""
+    seg = limit_size(seg, MAX_SIDE, MAX_SIDE, nearest=True)
+    blended = blend(image, seg_colours(seg, len(class_names)), alpha)
+    if not with_legend:
+        return blended
+    size = font_size_for(max(seg.shape[0], 240))
+    counts = np.bincount(np.clip(seg, 0, len(class_names)).ravel(), minlength=len(class_names) + 1)
+    height = max(seg.shape[0], 6 + (size + 8) * int(np.count_nonzero(counts[: len(class_names)])) + 6)
+    return np.concatenate([_pad_to(blended, height), legend(seg, class_names, height, size)], axis=1)
+
+
 # ---------------------------------------------------------------------------------------------- depth
 
 
@@ -124,8 +146,33 @@ def depth_range(depth: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-3))
 
 
-def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks: int = 5) -> np.ndarray:
-    """A vertical colour bar for depths lo..hi metres (far at the top), labelled in metres."""
+_percentile_range = depth_range  # for functions whose `depth_range` argument hides this one
+
+
+def run_depth_range(depth: np.ndarray) -> tuple[float, float]:
+    """The range a whole run (or video) keeps when only its first depth map is known: that map's 2nd-98th
+    percentile widened by a quarter on each side and rounded out to round numbers (1.5-5 m rather than
+    2.21-3.56 m), so that later images, nearer or farther, are not all one end colour and the colour
+    bar's ticks are readable."""
+    lo, hi = depth_range(depth)
+    spread = hi - lo
+    lo, hi = max(0.0, lo - 0.25 * spread), hi + 0.25 * spread
+    step = 10.0 ** np.floor(np.log10(max(hi, 1e-6))) / 2  # 0.5 m steps for metres, 5 m for tens of metres
+    lo, hi = float(np.floor(lo / step) * step), float(np.ceil(hi / step) * step)
+    return lo, max(hi, lo + step)
+
+
+def _beyond(depth: np.ndarray, lo: float, hi: float) -> tuple[bool, bool]:
+    """Whether some valid depths lie nearer than lo / farther than hi (shown in the end colours)."""
+    valid = depth[depth > 0]
+    return (bool(valid.size and valid.min() < lo)), (bool(valid.size and valid.max() > hi))
+
+
+def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks: int = 5,
+               beyond: tuple[bool, bool] = (False, False)) -> np.ndarray:
+    """A vertical colour bar for depths lo..hi metres (far at the top), labelled in metres. `beyond`
+    (nearer, farther): the picture has depths outside lo..hi, drawn in the end colours; the end labels
+    then read "<lo m" and ">hi m"."""
     size = size or font_size_for(height)
     pad, bar_width = max(4, size // 2), max(10, size)
     top, bottom = pad + size // 2, height - pad - size // 2
@@ -134,7 +181,7 @@ def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks
     gradient = colourise_depth(np.maximum(ramp, 1e-6), vmin=lo, vmax=hi)
     step = (hi - lo) / (ticks - 1)
     decimals = int(np.clip(1 - np.floor(np.log10(max(step, 1e-6))), 0, 4))  # ticks differ in the last digit
-    label_width = _text_width(f"{max(abs(hi), 100.0):.{decimals}f} m", size)
+    label_width = _text_width(f">{max(abs(hi), 100.0):.{decimals}f} m", size)
     strip = Image.new("RGB", (pad + bar_width + pad + label_width + pad, height), BACKGROUND)
     strip.paste(Image.fromarray(gradient), (pad, top))
     draw = ImageDraw.Draw(strip)
@@ -143,7 +190,9 @@ def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks
         y = top + int(round(frac * (span - 1)))
         value = hi + (lo - hi) * frac
         draw.line([(pad + bar_width, y), (pad + bar_width + 3, y)], fill=TEXT)
-        draw.text((pad + bar_width + pad, y - size // 2 - 1), f"{value:.{decimals}f} m", fill=TEXT, font=font(size))
+        mark = ">" if k == 0 and beyond[1] else ("<" if k == ticks - 1 and beyond[0] else "")
+        draw.text((pad + bar_width + pad, y - size // 2 - 1), f"{mark}{value:.{decimals}f} m", fill=TEXT,
+                  font=font(size))
     return np.asarray(strip)
 
 
@@ -155,13 +204,60 @@ def depth_image(depth: np.ndarray, with_bar: bool = True, value_range: tuple[flo
     if not with_bar:
         return coloured
     height = max(depth.shape[0], 160)  # room for five legible labels next to a small map
-    bar = colour_bar(lo, hi, height, font_size_for(max(depth.shape[0], 240)))
+    bar = colour_bar(lo, hi, height, font_size_for(max(depth.shape[0], 240)), beyond=_beyond(depth, lo, hi))
     return np.concatenate([_pad_to(coloured, height), bar], axis=1)
 
 
-def normal_image(normal: np.ndarray) -> np.ndarray:
-    """x, y, z of the unit normals as red, green, blue."""
-    return colourise_normal(limit_size(normal, MAX_SIDE, MAX_SIDE))
+def normal_image(normal: np.ndarray, with_key: bool = True) -> np.ndarray:
+    """x, y, z of the unit normals as red, green, blue, with the key of which colour is which direction on
+    its right."""
+    coloured = colourise_normal(limit_size(normal, MAX_SIDE, MAX_SIDE))
+    if not with_key:
+        return coloured
+    height = max(coloured.shape[0], 160)
+    key = normal_key(height, font_size_for(max(coloured.shape[0], 240)))
+    return np.concatenate([_pad_to(coloured, height), key], axis=1)
+
+
+def hemisphere_normals(diameter: int) -> np.ndarray:
+    """diameter x diameter x 3 unit normals of a ball seen from the camera (camera frame: x right, y down,
+    z forward, so a surface facing the camera is (0, 0, -1)); zero outside the disc."""
+    centres = (np.arange(diameter, dtype=np.float32) + 0.5) / diameter * 2.0 - 1.0
+    x, y = np.meshgrid(centres, centres)
+    r2 = x * x + y * y
+    inside = r2 <= 1.0
+    z = -np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))
+    return np.where(inside[..., None], np.stack([x, y, z], axis=-1), 0.0).astype(np.float32)
+
+
+def normal_key(height: int, size: int | None = None) -> np.ndarray:
+    """A height-tall strip: a ball coloured the way the normal map is, labelled with the direction its
+    surface faces (up, down, left, right; its centre faces the camera), so a reader can tell that a
+    floor is one colour and a wall facing them another."""
+    size = size or font_size_for(height)
+    pad = max(4, size // 2)
+    word = max(_text_width(w, size) for w in ("left", "right"))
+    lines = ["centre:", "facing", "you"]
+    diameter = int(max(24, min(height - 2 * pad - 2 * (size + 4) - len(lines) * (size + 2) - pad, 6 * size)))
+    width = max(pad + word + 4 + diameter + 4 + word + pad, max(_text_width(t, size) for t in lines) + 2 * pad)
+    strip = Image.new("RGB", (width, height), BACKGROUND)
+    disc_x = (width - diameter) // 2
+    disc_y = pad + size + 4
+    ball = colourise_normal(hemisphere_normals(diameter))
+    ball[np.abs(hemisphere_normals(diameter)).sum(axis=-1) == 0] = BACKGROUND
+    strip.paste(Image.fromarray(ball), (disc_x, disc_y))
+    draw = ImageDraw.Draw(strip)
+    f = font(size)
+    mid_y = disc_y + diameter // 2 - size // 2 - 1
+    draw.text(((width - _text_width("up", size)) // 2, pad), "up", fill=TEXT, font=f)
+    draw.text(((width - _text_width("down", size)) // 2, disc_y + diameter + 2), "down", fill=TEXT, font=f)
+    draw.text((disc_x - 4 - _text_width("left", size), mid_y), "left", fill=TEXT, font=f)
+    draw.text((disc_x + diameter + 4, mid_y), "right", fill=TEXT, font=f)
+    y = disc_y + diameter + size + 8
+    for line in lines:
+        draw.text(((width - _text_width(line, size)) // 2, y), line, fill=TEXT, font=f)
+        y += size + 2
+    return np.asarray(strip)
 
 
 # ---------------------------------------------------------------------------------------------- panel
@@ -197,26 +293,33 @@ def _fit(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
 
 
 def panel(image: np.ndarray, result: dict[str, np.ndarray], class_names: Sequence[str],
-          min_height: int = 240, max_height: int = 540, fixed_layout: bool = False) -> np.ndarray:
-    """input | segmentation + legend | depth + colour bar | normals, each titled, at one display height
-    (the image's, clamped to [min_height, max_height] so the text stays legible). `fixed_layout` keeps
-    the width constant across frames (legend sized for every class name)."""
+          min_height: int = 240, max_height: int = 540, fixed_layout: bool = False,
+          depth_range: tuple[float, float] | None = None, alpha: float = 0.5) -> np.ndarray:
+    """input | segmentation over the input + legend | depth + colour bar | normals + key, each titled, at one
+    display height (the image's, clamped to [min_height, max_height] so the text stays legible).
+    `fixed_layout` keeps the width constant across frames (legend sized for every class name);
+    `depth_range` fixes the depth colours (None: this image's 2nd-98th percentile); `alpha` is the
+    opacity of the class colours over the input."""
     height = int(np.clip(image.shape[0], min_height, max_height))
     size = font_size_for(height)
     gap = np.full((height + size + 10, 4, 3), BACKGROUND, dtype=np.uint8)
-    tiles = [titled(_pad_to(_fit(to_uint8(image), height), height), TITLES["input"], size)]
+    shown = _fit(to_uint8(image), height)
+    tiles = [titled(_pad_to(shown, height), TITLES["input"], size)]
     if "seg" in result:
         seg = _fit(result["seg"].astype(np.int32), height, nearest=True)
-        body = np.concatenate([_pad_to(seg_colours(seg, len(class_names)), height),
+        body = np.concatenate([_pad_to(blend(shown, seg_colours(seg, len(class_names)), alpha), height),
                                legend(seg, class_names, height, size, all_classes_width=fixed_layout)], axis=1)
         tiles.append(titled(body, TITLES["seg"], size))
     if "depth" in result:
-        lo, hi = depth_range(result["depth"])
+        lo, hi = depth_range if depth_range is not None else _percentile_range(result["depth"])
         depth = _pad_to(colourise_depth(_fit(result["depth"], height), vmin=lo, vmax=hi), height)
-        body = np.concatenate([depth, colour_bar(lo, hi, height, size)], axis=1)
+        body = np.concatenate([depth, colour_bar(lo, hi, height, size, beyond=_beyond(result["depth"], lo, hi))],
+                              axis=1)
         tiles.append(titled(body, TITLES["depth"], size))
     if "normal" in result:
-        tiles.append(titled(_pad_to(colourise_normal(_fit(result["normal"], height)), height), TITLES["normal"], size))
+        normals = _pad_to(colourise_normal(_fit(result["normal"], height)), height)
+        body = np.concatenate([normals, normal_key(height, size)], axis=1)
+        tiles.append(titled(body, TITLES["normal"], size))
     for task in result:
         if task not in ("seg", "depth", "normal"):  # a task added to the registry later
             from mtlkd.tasks import get_task

@@ -38,7 +38,7 @@ def test_data_train_eval_infer_report(tmp_path):
         Image.fromarray((array * 255).astype(np.uint8)).resize((50, 40)).save(images / f"im{i}.png")
     (images / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "pred"
-    result = invoke("infer", images, "--model", run / "model.safetensors", "--out", out, "--save-raw",
+    result = invoke("infer", run / "model.safetensors", images, "--out", out, "--save-raw",
                     "--backend", "torch")
     assert result.exit_code == 1  # one unreadable file: the others are still done, the exit code says so
     assert "broken.png" in result.output

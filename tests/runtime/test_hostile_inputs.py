@@ -42,7 +42,7 @@ def test_repeated_task_is_refused_by_parser_predictor_backend_and_cli(tmp_path, 
     with pytest.raises(BackendError, match="twice"):
         predictor.backend.run(batch, ["seg", "seg"])
     Image.fromarray(image).save(tmp_path / "a.png")
-    result = runner.invoke(app, [str(tmp_path / "a.png"), "--model", str(nano_ir), "--backend", "openvino",
+    result = runner.invoke(app, [str(nano_ir), str(tmp_path / "a.png"), "--backend", "openvino",
                                  "--tasks", "seg,seg", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "twice" in _one_error_line(result)
@@ -68,7 +68,7 @@ def test_any_decoder_exception_is_one_line_and_the_batch_goes_on(tmp_path, nano_
 
     monkeypatch.setattr(PILImage, "open", hostile_open)
     out = tmp_path / "out"
-    result = runner.invoke(app, [str(folder), "--model", str(nano_onnx), "--backend", "onnxruntime",
+    result = runner.invoke(app, [str(nano_onnx), str(folder), "--backend", "onnxruntime",
                                  "--out", str(out), "--batch-size", "2"])
     assert result.exit_code == 1, result.output
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
@@ -191,7 +191,7 @@ def test_out_in_the_input_folder_never_overwrites_an_input(tmp_path, nano_onnx, 
     Image.fromarray(image_factory(24, 30, seed=1)).save(folder / "x.png")
     Image.fromarray(image_factory(24, 30, seed=2)).save(folder / "x_seg.png")  # an input named like an output
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    result = runner.invoke(app, [str(folder), "--model", str(nano_onnx), "--backend", "onnxruntime",
+    result = runner.invoke(app, [str(nano_onnx), str(folder), "--backend", "onnxruntime",
                                  "--out", str(folder)])
     assert result.exit_code == 0, result.output
     for name, data in before.items():
@@ -222,13 +222,13 @@ def test_out_that_is_a_file_or_read_only_is_one_line(tmp_path, nano_onnx, image_
     Image.fromarray(image_factory(24, 30)).save(tmp_path / "a.png")
     a_file = tmp_path / "out.txt"
     a_file.write_text("keep me")
-    result = runner.invoke(app, [str(tmp_path / "a.png"), "--model", str(nano_onnx), "--out", str(a_file)])
+    result = runner.invoke(app, [str(nano_onnx), str(tmp_path / "a.png"), "--out", str(a_file)])
     assert result.exit_code == 2 and "is a file" in _one_error_line(result)
     assert a_file.read_text() == "keep me"
-    import mtlkd.cli.infer as infer
+    import mtlkd.runtime.infer as infer
 
     monkeypatch.setattr(infer, "_writable", lambda *_: False)  # tests run as root, which ignores modes
-    result = runner.invoke(app, [str(tmp_path / "a.png"), "--model", str(nano_onnx), "--out", str(tmp_path / "ro")])
+    result = runner.invoke(app, [str(nano_onnx), str(tmp_path / "a.png"), "--out", str(tmp_path / "ro")])
     assert result.exit_code == 2 and "not writable" in _one_error_line(result)
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtlkd.cli.infer import app
+from mtlkd.tasks import colourise_normal
 
 runner = CliRunner()
 
@@ -31,7 +32,7 @@ def _images(folder: Path, image_factory) -> None:
 def test_folder_with_a_corrupt_file(tmp_path, nano_onnx, image_factory):
     _images(tmp_path / "in", image_factory)
     out = tmp_path / "out"
-    result = runner.invoke(app, [str(tmp_path / "in"), "--model", str(nano_onnx), "--backend", "onnxruntime",
+    result = runner.invoke(app, [str(nano_onnx), str(tmp_path / "in"), "--backend", "onnxruntime",
                                  "--out", str(out), "--save-raw"])
     assert result.exit_code == 1, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -43,7 +44,12 @@ def test_folder_with_a_corrupt_file(tmp_path, nano_onnx, image_factory):
         assert np.load(out / f"{stem}_seg.npy").shape == shape
         assert np.load(out / f"{stem}_depth.npy").dtype == np.float32
         assert np.load(out / f"{stem}_normal.npy").shape == (*shape, 3)
-        assert cv2.imread(str(out / f"{stem}_normal.png")).shape[:2] == shape
+        picture = cv2.imread(str(out / f"{stem}_normal.png"))[..., ::-1]  # the map at its own size, key beside
+        normal = np.load(out / f"{stem}_normal.npy")
+        np.testing.assert_array_equal(picture[: shape[0], : shape[1]], colourise_normal(normal))
+        assert picture.shape[1] > shape[1] + 40
+        for kind in ("overlay",):
+            assert (out / f"{stem}_{kind}.png").is_file()
     assert "per image: decode" in result.stdout and "network" in result.stdout
     assert str(out) in result.stdout
     assert not list(out.glob("broken*"))
@@ -55,7 +61,7 @@ def test_task_subset_and_batches(tmp_path, nano_checkpoint, image_factory):
     for i in range(3):
         Image.fromarray(image_factory(20 + i, 30, seed=i)).save(folder / f"im{i}.png")
     out = tmp_path / "out"
-    result = runner.invoke(app, [str(folder / "*.png"), "--model", str(nano_checkpoint), "--tasks", "depth",
+    result = runner.invoke(app, [str(nano_checkpoint), str(folder / "*.png"), "--tasks", "depth",
                                  "--batch-size", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -71,7 +77,7 @@ def test_video_round_trip(tmp_path, nano_onnx):
         writer.write(frame)
     writer.release()
     out = tmp_path / "out"
-    result = runner.invoke(app, [str(clip), "--model", str(nano_onnx), "--out", str(out)])
+    result = runner.invoke(app, [str(nano_onnx), str(clip), "--out", str(out)])
     assert result.exit_code == 0, result.output
     video = out / "clip_panel.mp4"
     assert video.is_file() and str(video) in result.stdout
@@ -83,15 +89,16 @@ def test_video_round_trip(tmp_path, nano_onnx):
     assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) > 4 * 52  # the side-by-side panel
 
 
-def test_missing_inputs_and_default_model(tmp_path, nano_onnx, monkeypatch):
-    result = runner.invoke(app, [str(tmp_path / "nope.png"), "--model", str(nano_onnx), "--out", str(tmp_path)])
+def test_missing_inputs_and_model(tmp_path, nano_onnx, image_factory):
+    result = runner.invoke(app, [str(nano_onnx), str(tmp_path / "nope.png"), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "nope.png" in result.stderr
-    monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["whatever.png"])
-    assert result.exit_code == 2
-    assert "--model" in result.stderr and "runs/demo/mtl/model.safetensors" in result.stderr
-    result = runner.invoke(app, ["x.png", "--model", str(tmp_path / "missing.onnx")])
-    assert result.exit_code == 2 and result.stderr.startswith("error:") and "Traceback" not in result.output
+    result = runner.invoke(app, [str(tmp_path / "missing.onnx"), "x.png"])
+    assert result.exit_code == 2 and result.stderr.startswith("error:") and "missing.onnx" in result.stderr
+    assert "Traceback" not in result.output
+    Image.fromarray(image_factory(20, 20)).save(tmp_path / "photo.png")
+    swapped = runner.invoke(app, [str(tmp_path / "photo.png"), str(nano_onnx), "--out", str(tmp_path / "o")])
+    assert swapped.exit_code == 2 and "photo.png" in swapped.stderr and ".onnx" in swapped.stderr  # says what MODEL is
+    assert not (tmp_path / "o").exists()  # nothing written before the model was read
 
 
 BLOCK_TORCH = """
@@ -124,7 +131,7 @@ def test_runtime_runs_without_torch(tmp_path, nano_onnx, image_factory):
             r = p.predict(np.zeros((21, 34, 3), np.uint8))
             report[backend] = [p.backend_name, list(r["seg"].shape), list(r["normal"].shape)]
         from mtlkd.cli.infer import app
-        sys.argv = ["mtl-infer", {str(tmp_path / "in")!r}, "--model", {str(nano_onnx)!r},
+        sys.argv = ["mtl-infer", {str(nano_onnx)!r}, {str(tmp_path / "in")!r},
                     "--out", {str(tmp_path / "out")!r}]
         try:
             app()
