@@ -160,3 +160,29 @@ def test_modules_import_without_torch(module):
     script = BLOCK_TORCH + f"import {module}\nimport sys\nassert 'torch' not in sys.modules\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_infer_json_goes_to_stdout_alone_or_into_a_file(tmp_path, nano_onnx, image_factory):
+    Image.fromarray(image_factory(20, 24)).save(tmp_path / "a.png")
+    result = runner.invoke(app, [str(nano_onnx), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--json",
+                                 "--quiet", "--depth-range", "0.5,4"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # nothing else on stdout
+    assert data["images"] == 1 and data["depth_range"] == [0.5, 4.0] and data["failures"] == []
+    assert all((tmp_path / "o" / name.split("/")[-1]).is_file() for name in data["written"])
+    target = tmp_path / "run.json"
+    result = runner.invoke(app, [str(nano_onnx), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--json",
+                                 str(target), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(target.read_text())["images"] == 1 and "1 image(s)" in result.stdout
+    folder = tmp_path / "taken.json"
+    folder.mkdir()
+    result = runner.invoke(app, [str(nano_onnx), str(tmp_path / "a.png"), "--out", str(tmp_path / "p"),
+                                 f"--json={folder}"])
+    assert result.exit_code == 2 and "--json" in result.stderr and not (tmp_path / "p").exists()
+
+
+def test_infer_bad_depth_range_is_one_line(tmp_path, nano_onnx):
+    result = runner.invoke(app, [str(nano_onnx), "x.png", "--depth-range", "5,1", "--out", str(tmp_path / "o")])
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--depth-range" in lines[0]

@@ -71,3 +71,33 @@ def test_video_round_trip(tmp_path):
     with pytest.raises(MediaError, match="cannot open"):
         VideoReader(str(tmp_path / "missing.mp4"))
     assert cv2.VideoCapture(str(tmp_path / "v.mp4")).isOpened()
+
+
+def test_open_video_takes_a_path_as_documented(tmp_path):
+    from mtlkd.runtime.media import open_video
+
+    with VideoWriter(tmp_path / "clip.mp4", fps=10) as writer:
+        for i in range(4):
+            writer.write(np.full((16, 20, 3), 50 * i, np.uint8))
+    for source in (str(tmp_path / "clip.mp4"), tmp_path / "clip.mp4"):
+        with open_video(source) as video:
+            frames = list(video)
+        assert len(frames) == 4 and frames[0].shape == (16, 20, 3) and frames[0].dtype == np.uint8
+        assert video.frame_count == 4
+    with pytest.raises(MediaError, match="no such video file"):
+        open_video(tmp_path / "absent.mp4")
+    with pytest.raises(MediaError, match="camera 97"):
+        open_video(97)
+
+
+def test_video_writer_keeps_the_earlier_file_when_it_fails_midway(tmp_path):
+    target = tmp_path / "v.mp4"
+    target.write_bytes(b"the earlier, complete video")
+    with pytest.raises(RuntimeError), VideoWriter(target, fps=10) as writer:
+        writer.write(np.zeros((16, 20, 3), np.uint8))
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"the earlier, complete video"
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+    with VideoWriter(target, fps=10) as writer:
+        writer.write(np.zeros((16, 20, 3), np.uint8))
+    assert target.read_bytes() != b"the earlier, complete video" and len(list(tmp_path.iterdir())) == 1
