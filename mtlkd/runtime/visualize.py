@@ -168,31 +168,46 @@ def _beyond(depth: np.ndarray, lo: float, hi: float) -> tuple[bool, bool]:
     return (bool(valid.size and valid.min() < lo)), (bool(valid.size and valid.max() > hi))
 
 
+def tick_values(lo: float, hi: float, ticks: int = 5) -> tuple[list[float], int]:
+    """Values to label on a lo..hi bar, far first: both ends, and between them the multiples of a round step
+    (1, 2, 2.5 or 5 times a power of ten, about ticks - 1 intervals), so 1.5-4 m reads 1.5, 2, 2.5 ... 4
+    rather than 1.50, 2.12, 2.75. Returns them with the decimals of the step (ends are rounded to them)."""
+    rough = (hi - lo) / max(ticks - 1, 1)
+    power = 10.0 ** np.floor(np.log10(max(rough, 1e-6)))
+    step = min((m * power for m in (1, 2, 2.5, 5, 10)), key=lambda s: abs(s - rough))
+    inner = np.arange(np.ceil(lo / step + 1e-6) * step, hi - 0.3 * step, step)
+    values = [hi, *[float(v) for v in inner[::-1] if v - lo > 0.3 * step], lo]
+    decimals = next(d for d in range(5) if abs(round(step, d) - step) < 1e-9 * max(step, 1) or d == 4)
+    return values, decimals
+
+
 def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks: int = 5,
                beyond: tuple[bool, bool] = (False, False)) -> np.ndarray:
-    """A vertical colour bar for depths lo..hi metres (far at the top), labelled in metres. `beyond`
-    (nearer, farther): the picture has depths outside lo..hi, drawn in the end colours; the end labels
-    then read "<lo m" and ">hi m"."""
+    """A vertical colour bar for depths lo..hi metres (far at the top), labelled in metres at both ends and
+    at round values between them. `beyond` (nearer, farther): the picture has depths outside lo..hi, drawn
+    in the end colours; the end labels then read "<lo m" and ">hi m"."""
     size = size or font_size_for(height)
     pad, bar_width = max(4, size // 2), max(10, size)
     top, bottom = pad + size // 2, height - pad - size // 2
     span = max(bottom - top, 2)
     ramp = np.linspace(hi, lo, span, dtype=np.float32)[:, None].repeat(bar_width, axis=1)
     gradient = colourise_depth(np.maximum(ramp, 1e-6), vmin=lo, vmax=hi)
-    step = (hi - lo) / (ticks - 1)
-    decimals = int(np.clip(1 - np.floor(np.log10(max(step, 1e-6))), 0, 4))  # ticks differ in the last digit
+    values, decimals = tick_values(lo, hi, ticks)
     label_width = _text_width(f">{max(abs(hi), 100.0):.{decimals}f} m", size)
     strip = Image.new("RGB", (pad + bar_width + pad + label_width + pad, height), BACKGROUND)
     strip.paste(Image.fromarray(gradient), (pad, top))
     draw = ImageDraw.Draw(strip)
-    for k in range(ticks):
-        frac = k / (ticks - 1)
-        y = top + int(round(frac * (span - 1)))
-        value = hi + (lo - hi) * frac
+    last_y = None
+    for k, value in enumerate(values):
+        end = k in (0, len(values) - 1)
+        y = top + int(round((hi - value) / max(hi - lo, 1e-9) * (span - 1)))
+        if not end and (y - (last_y or -999) < size + 2 or (span - 1 + top) - y < size + 2):
+            continue  # too close to the label above or to the bottom one: skip it
+        mark = ">" if k == 0 and beyond[1] else ("<" if k == len(values) - 1 and beyond[0] else "")
         draw.line([(pad + bar_width, y), (pad + bar_width + 3, y)], fill=TEXT)
-        mark = ">" if k == 0 and beyond[1] else ("<" if k == ticks - 1 and beyond[0] else "")
         draw.text((pad + bar_width + pad, y - size // 2 - 1), f"{mark}{value:.{decimals}f} m", fill=TEXT,
                   font=font(size))
+        last_y = y
     return np.asarray(strip)
 
 
@@ -237,8 +252,9 @@ def normal_key(height: int, size: int | None = None) -> np.ndarray:
     size = size or font_size_for(height)
     pad = max(4, size // 2)
     word = max(_text_width(w, size) for w in ("left", "right"))
-    lines = ["centre:", "facing", "you"]
-    diameter = int(max(24, min(height - 2 * pad - 2 * (size + 4) - len(lines) * (size + 2) - pad, 6 * size)))
+    lines = ["centre:", "faces you"]
+    gap = size // 2 + 4  # between "down" and the caption, so they do not read as one label
+    diameter = int(max(24, min(height - 2 * pad - 2 * (size + 4) - gap - len(lines) * (size + 2), 6 * size)))
     width = max(pad + word + 4 + diameter + 4 + word + pad, max(_text_width(t, size) for t in lines) + 2 * pad)
     strip = Image.new("RGB", (width, height), BACKGROUND)
     disc_x = (width - diameter) // 2
@@ -253,7 +269,7 @@ def normal_key(height: int, size: int | None = None) -> np.ndarray:
     draw.text(((width - _text_width("down", size)) // 2, disc_y + diameter + 2), "down", fill=TEXT, font=f)
     draw.text((disc_x - 4 - _text_width("left", size), mid_y), "left", fill=TEXT, font=f)
     draw.text((disc_x + diameter + 4, mid_y), "right", fill=TEXT, font=f)
-    y = disc_y + diameter + size + 8
+    y = disc_y + diameter + size + 6 + gap
     for line in lines:
         draw.text(((width - _text_width(line, size)) // 2, y), line, fill=TEXT, font=f)
         y += size + 2
