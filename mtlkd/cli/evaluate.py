@@ -64,7 +64,8 @@ def command(
         typer.echo(f"{task:<7} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 
-app.command(cls=JsonCommand)(command)
+COMMAND_CLASS = JsonCommand  # reads `--json PATH`; what `mtl` should register this command with
+app.command(cls=COMMAND_CLASS)(command)
 
 if __name__ == "__main__":
     app()

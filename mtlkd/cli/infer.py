@@ -87,7 +87,8 @@ def _print(result, stages) -> None:
 
 
 app = typer.Typer(add_completion=False)
-app.command(cls=JsonCommand)(command)
+COMMAND_CLASS = JsonCommand  # reads `--json PATH`; what `mtl` should register this command with
+app.command(cls=COMMAND_CLASS)(command)
 
 if __name__ == "__main__":
     app()

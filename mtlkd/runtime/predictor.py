@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mtlkd.errors import BackendError
+from mtlkd.errors import BackendError, MediaError
 from mtlkd.runtime import processing
 from mtlkd.runtime.backends import BACKEND_NAMES, Backend, backends_for, load_backend
 from mtlkd.tasks import parse_tasks
@@ -156,7 +156,7 @@ class Predictor:
         tasks = self.resolve_tasks(tasks)
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"expected an N x 3 x H x W batch, got shape {batch.shape}")
+            raise MediaError(f"run_raw takes an N x 3 x H x W batch of RGB images, got shape {batch.shape}")
         t0 = time.perf_counter()
         network_batch = processing.resize_batch(batch, self.input_size)
         t1 = time.perf_counter()

@@ -164,3 +164,13 @@ def test_predict_takes_a_path_a_pil_image_or_an_array_alike(ort_predictor, image
         assert result["seg"].shape == (40, 56)
         assert np.array_equal(result["seg"], from_array["seg"])
         assert np.allclose(result["depth"], from_array["depth"], atol=1e-5)
+
+
+def test_wrong_batch_layout_is_a_user_error(nano_onnx):
+    from mtlkd.errors import MediaError, UserError
+
+    predictor = Predictor.load(nano_onnx, backend="onnxruntime")
+    with pytest.raises(MediaError, match="N x 3 x H x W"):
+        predictor.run_raw(np.zeros((2, 32, 32), np.float32))
+    with pytest.raises(UserError, match="N x 3 x 32 x 32"):
+        predictor.backend.run(np.zeros((1, 3, 16, 16), np.float32), ["seg"])

@@ -78,7 +78,7 @@ class Backend:
 
     def check_batch(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != self.input_size:
-            raise ValueError(f"expected a float32 N x 3 x {self.input_size[0]} x {self.input_size[1]} batch, "
+            raise BackendError(f"expected a float32 N x 3 x {self.input_size[0]} x {self.input_size[1]} batch, "
                              f"got {batch.dtype} {tuple(batch.shape)}")
         return np.ascontiguousarray(batch, dtype=np.float32)
 
