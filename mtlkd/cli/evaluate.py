@@ -17,15 +17,18 @@ app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
 def command(
-    model: Path = typer.Argument(..., metavar="MODEL", hidden=True),  # described in the docstring: typer
-    dataset: str = typer.Argument("synthetic", metavar="DATASET", hidden=True),  # shows arguments' types
-    data_dir: Path | None = typer.Option(None, "--data-dir", metavar="FOLDER",
+    model: Path = typer.Argument(..., metavar="MODEL", show_default=False,
+                                 help="model.safetensors, model.onnx, an OpenVINO model.xml or a TensorRT .engine."),
+    dataset: str = typer.Argument("synthetic", metavar="DATASET",
+                                  help="nyuv2, cityscapes, cityscapes19 or synthetic (rendered into the cache on "
+                                       "first use)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", metavar="DIR",
                                          help="Dataset folder (MTAN layout) (default for synthetic: the cache)."),
     split: str = typer.Option("val", "--split", metavar="SPLIT", help="train or val."),
     tasks: str | None = typer.Option(None, "--tasks", metavar="TASKS",
                                      help="Comma-separated subset (default: every task MODEL and DATASET share)."),
     batch_size: int = typer.Option(8, "--batch-size", metavar="N", help="Images per forward pass."),
-    device: str | None = typer.Option(None, "--device", metavar="DEVICE",
+    device: str | None = typer.Option(None, "--device", metavar="cpu|cuda",
                                       help="cpu or cuda (default: cuda for .engine, else cpu)."),
     backend: str = typer.Option("auto", "--backend", "-b", metavar="NAME",
                                 help="auto, torch, onnxruntime, openvino or tensorrt."),
@@ -36,8 +39,6 @@ def command(
 ) -> None:
     """Evaluate MODEL on a whole split: mIoU, pixel accuracy, depth errors, normal angles.
 
-    MODEL: model.safetensors, model.onnx, an OpenVINO model.xml or a TensorRT .engine.
-    DATASET: nyuv2, cityscapes, cityscapes19 or synthetic (default; rendered into the cache on first use).
     Results on stdout, progress and the header on stderr.
 
     Examples:

@@ -15,13 +15,16 @@ from mtlkd.ui import user_errors
 
 
 def command(
-    model: Path = typer.Argument(..., metavar="MODEL", hidden=True),  # described in the docstring: typer
-    sources: list[str] = typer.Argument(..., metavar="SOURCE", hidden=True),  # shows arguments' Python types
-    out: Path = typer.Option(Path("runs/infer"), "--out", "-o", metavar="FOLDER", help="Folder for the pictures."),
+    model: Path = typer.Argument(..., metavar="MODEL", show_default=False,
+                                 help="model.safetensors, model.onnx, an OpenVINO model.xml or a TensorRT .engine."),
+    sources: list[str] = typer.Argument(
+        ..., metavar="SOURCE", show_default=False,
+        help="Image files, folders, globs ('photos/*.jpg'), videos (.mp4 .avi .mov .mkv) or camera indices (0)."),
+    out: Path = typer.Option(Path("runs/infer"), "--out", "-o", metavar="DIR", help="Folder for the pictures."),
     tasks: str | None = typer.Option(None, "--tasks", metavar="TASKS",
                                      help="Comma-separated subset, e.g. seg,depth (default: every task of MODEL)."),
     batch_size: int = typer.Option(1, "--batch-size", metavar="N", help="Images per forward pass."),
-    device: str | None = typer.Option(None, "--device", metavar="DEVICE",
+    device: str | None = typer.Option(None, "--device", metavar="cpu|cuda",
                                       help="cpu or cuda (default: cuda for .engine, else cpu)."),
     backend: str = typer.Option("auto", "--backend", "-b", metavar="NAME",
                                 help="auto, torch, onnxruntime, openvino or tensorrt."),
@@ -36,9 +39,6 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars; only results and errors."),
 ) -> None:
     """Predict segmentation, depth and normals for images or video and save pictures of them.
-
-    MODEL: model.safetensors, model.onnx, an OpenVINO model.xml or a TensorRT .engine.
-    SOURCE: image files, folders, globs ('photos/*.jpg'), videos (.mp4 .avi .mov .mkv) or camera indices (0).
 
     Per image: <stem>_seg.png (classes with a legend), <stem>_overlay.png (the classes over the image),
     <stem>_depth.png (colour bar in metres), <stem>_normal.png (with a key of directions), <stem>_panel.png

@@ -1,20 +1,23 @@
-"""`--json [PATH]`: results as JSON on stdout, or into PATH.
+"""`--json [PATH]` for commands whose `--json` must also work bare inside `mtl`.
 
-typer has no option whose value is optional, so `--json` is a flag and a command built with `JsonCommand`
-reads `--json out.json` (a name ending in .json) and `--json=ANY/PATH` as the flag plus a hidden
-`--json-path`. A command registered without `JsonCommand` (the `mtl` umbrella registers plain commands)
-still takes the bare `--json`.
+`mtlkd.cli.common` gives `--json` an optional value by rewriting argv in a console script's entry
+(`common.run`); the `mtl` umbrella registers commands without that step, and scripts and tests already call
+`mtl eval MODEL DATA --json --backend onnxruntime`. So here `--json` is a flag (bare works everywhere), and
+a command built with `JsonCommand` reads `--json out.json` (a name ending in .json) and `--json=ANY/PATH`
+as the flag plus a hidden `--json-path`; the JSON is written by `common.emit_json` either way.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from typer.core import TyperCommand
+
+from mtlkd.cli.common import JSON_STDOUT
+from mtlkd.cli.common import emit_json as _emit
 
 JSON_HELP = "Print the results as JSON on stdout; --json PATH.json (or --json=PATH) writes them to PATH."
 
@@ -27,7 +30,8 @@ class JsonCommand(TyperCommand):
 
 
 def split_json_path(args: list[str]) -> list[str]:
-    """['--json', 'r.json'] and ['--json=r.json'] -> ['--json', '--json-path', 'r.json']; the rest as is."""
+    """['--json', 'r.json'] and ['--json=r.json'] -> ['--json', '--json-path', 'r.json']; `--json=-` (what
+    common.run makes of a bare --json) -> ['--json']; the rest as is."""
     out: list[str] = []
     i = 0
     while i < len(args):
@@ -35,7 +39,8 @@ def split_json_path(args: list[str]) -> list[str]:
         if arg == "--":
             return out + args[i:]
         if arg.startswith("--json="):
-            out += ["--json", "--json-path", arg.split("=", 1)[1]]
+            value = arg.split("=", 1)[1]
+            out += ["--json"] if value == JSON_STDOUT else ["--json", "--json-path", value]
         elif arg == "--json" and i + 1 < len(args) and args[i + 1].lower().endswith(".json") \
                 and not args[i + 1].startswith("-"):
             out += ["--json", "--json-path", args[i + 1]]
@@ -51,7 +56,8 @@ def json_path_option() -> Any:
 
 
 def check_json_path(path: Path | None) -> None:
-    """One ConfigError line when `--json PATH` cannot be written (a folder, a read-only parent)."""
+    """One ConfigError line when `--json PATH` cannot be written (a folder, a read-only parent), checked
+    before a long run so that its result is not lost at the end."""
     from mtlkd.errors import ConfigError
     from mtlkd.files import cannot_write
 
@@ -61,14 +67,10 @@ def check_json_path(path: Path | None) -> None:
 
 
 def emit_json(data: Any, path: Path | None) -> None:
-    """JSON to stdout (path None) or written into `path` beside-then-renamed; a line on stderr says where."""
-    text = json.dumps(data, indent=2) + "\n"
+    """JSON to stdout (path None) or into `path` (beside, then renamed; a line on stderr says where)."""
     if path is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        _emit(data, JSON_STDOUT)
         return
-    from mtlkd.files import atomic_write_bytes
-
     check_json_path(path)
-    atomic_write_bytes(path, text.encode())
+    _emit(data, path)
     print(f"wrote {path}", file=sys.stderr)

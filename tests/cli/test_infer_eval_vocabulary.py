@@ -20,6 +20,7 @@ def test_split_json_path():
     assert split_json_path(["--json", "photo.png"]) == ["--json", "photo.png"]  # a source, not the JSON's path
     assert split_json_path(["--json", "--quiet"]) == ["--json", "--quiet"]
     assert split_json_path(["--", "--json", "a.json"]) == ["--", "--json", "a.json"]
+    assert split_json_path(["m", "--json=-"]) == ["m", "--json"]  # what mtlkd.cli.common.run makes of a bare --json
 
 
 @pytest.mark.parametrize("module", ["mtlkd.cli.infer", "mtlkd.cli.evaluate"])
