@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.json_option import JSON_HELP, JsonCommand, check_json_path, emit_json, json_path_option
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, emit_json, run
+from mtlkd.cli.infer import check_json_target
 from mtlkd.ui import console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -32,8 +33,9 @@ def command(
                                       help="cpu or cuda (default: cuda for .engine, else cpu)."),
     backend: str = typer.Option("auto", "--backend", "-b", metavar="NAME",
                                 help="auto, torch, onnxruntime, openvino or tensorrt."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help=JSON_HELP),
-    json_path: Path | None = json_path_option(),
+    json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
+                                        help="The metrics as JSON (the layout of a run's metrics.json, which "
+                                             "mtl-report reads): on stdout, or into PATH."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="",
                                help="No progress bar or header; only results and errors."),
 ) -> None:
@@ -50,23 +52,27 @@ def command(
     from mtlkd.eval.evaluate import EvalOptions, evaluate_model
 
     with user_errors():
-        check_json_path(json_path)  # before the run, so that its result is not lost at the end
+        check_json_target(json_out)  # before the run, so that its result is not lost at the end
         options = EvalOptions(data_dir=data_dir, split=split, backend=backend, device=device, batch_size=batch_size,
                               tasks=tasks, progress=not quiet)
         scores = evaluate_model(model, dataset, options)
         if not quiet:
             console.print(f"evaluated {scores.model} ({scores.precision}, {scores.backend}) on {scores.dataset} "
                           f"{scores.split}: {scores.samples} images in {scores.seconds:.1f} s", highlight=False)
-        if as_json or json_path is not None:  # the layout of a run's metrics.json, which mtl-report reads
-            emit_json(scores.metrics, json_path)
-            if json_path is None:
-                return
+        if emit_json(scores.metrics, json_out):
+            typer.echo(f"wrote {json_out}", err=True)
+        if json_out == JSON_STDOUT:  # JSON on stdout stands alone
+            return
     for task, values in scores.metrics.items():
         typer.echo(f"{task:<7} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 
-COMMAND_CLASS = JsonCommand  # reads `--json PATH`; what `mtl` should register this command with
-app.command(cls=COMMAND_CLASS)(command)
+app.command(cls=HouseCommand)(command)
+
+
+def main() -> None:
+    run(app)
+
 
 if __name__ == "__main__":
-    app()
+    main()

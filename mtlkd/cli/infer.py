@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.json_option import JSON_HELP, JsonCommand, check_json_path, emit_json, json_path_option
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, emit_json, run
 from mtlkd.ui import user_errors
 
 
@@ -34,8 +34,8 @@ def command(
              "depth_range if it records one, else round numbers around the first image's depths, kept for the run)."),
     save_raw: bool = typer.Option(False, "--save-raw", metavar="", help="Also save <stem>_<task>.npy arrays."),
     max_frames: int = typer.Option(0, "--max-frames", metavar="N", help="Stop videos/cameras after N frames (0: all)."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help=JSON_HELP),
-    json_path: Path | None = json_path_option(),
+    json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
+                                        help="What was done and written, as JSON: on stdout, or into PATH."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars; only results and errors."),
 ) -> None:
     """Predict segmentation, depth and normals for images or video and save pictures of them.
@@ -56,14 +56,14 @@ def command(
     from mtlkd.runtime.infer import STAGES, InferOptions, infer, parse_depth_range
 
     with user_errors():
-        check_json_path(json_path)  # before the run, so that its result is not lost at the end
+        check_json_target(json_out)  # before the run, so that its result is not lost at the end
         options = InferOptions(tasks=tasks, backend=backend, device=device, save_raw=save_raw,
                                batch_size=batch_size, max_frames=max_frames, progress=not quiet,
                                depth_range=parse_depth_range(depth_range) if depth_range else None)
         result = infer(model, sources, out, options)
-        if as_json or json_path is not None:
-            emit_json(result.to_json(), json_path)
-    if not as_json or json_path is not None:
+        if emit_json(result.to_json(), json_out):
+            typer.echo(f"wrote {json_out}", err=True)
+    if json_out != JSON_STDOUT:  # JSON on stdout stands alone
         _print(result, STAGES)
     if result.failures:
         typer.echo(f"{len(result.failures)} input(s) failed (listed above)", err=True)
@@ -87,8 +87,23 @@ def _print(result, stages) -> None:
 
 
 app = typer.Typer(add_completion=False)
-COMMAND_CLASS = JsonCommand  # reads `--json PATH`; what `mtl` should register this command with
-app.command(cls=COMMAND_CLASS)(command)
+app.command(cls=HouseCommand)(command)
+
+
+def main() -> None:
+    run(app)
+
+
+def check_json_target(target: str | None) -> None:
+    """One ConfigError line when `--json PATH` cannot be written (a folder, a read-only parent), checked
+    before the run so that its result is not lost at the end."""
+    from mtlkd.errors import ConfigError
+    from mtlkd.files import cannot_write
+
+    why = cannot_write(target) if target not in (None, JSON_STDOUT) else None
+    if why:
+        raise ConfigError(f"--json {target}: {why}")
+
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -18,8 +18,8 @@ def invoke(*args):
 
 def test_data_train_eval_infer_report(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
-    assert invoke("data", "synthetic", "--out", data, "--train", 8, "--val", 4, "--size", "32x32", "--seed", 1,
-                  "--no-progress").exit_code == 0
+    assert invoke("data", "synthetic", "--out", data, "--train", 8, "--val", 4, "--img-size", "32x32", "--seed", 1,
+                  "--quiet").exit_code == 0
     result = invoke("train", "synthetic", "--data-dir", data, "--out", run, "--preset", "vit-nano", "--epochs", 1,
                     "--batch-size", 4, "--max-steps", 2, "--device", "cpu")
     assert result.exit_code == 0, result.output

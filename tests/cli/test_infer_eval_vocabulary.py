@@ -1,5 +1,5 @@
-"""The house vocabulary of mtl-infer and mtl-eval: `--json [PATH]`, results on stdout, help without typer's
-type placeholders."""
+"""The house vocabulary of mtl-infer and mtl-eval: help without typer's type placeholders (`--json [PATH]` and
+stdout are tested with the commands, tests/runtime/test_infer_cli.py and tests/eval/test_evaluate_model.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from mtlkd.cli.json_option import split_json_path
-
 runner = CliRunner()
-
-
-def test_split_json_path():
-    assert split_json_path(["m", "--json"]) == ["m", "--json"]
-    assert split_json_path(["--json", "out.JSON", "x"]) == ["--json", "--json-path", "out.JSON", "x"]
-    assert split_json_path(["--json=any/where.txt"]) == ["--json", "--json-path", "any/where.txt"]
-    assert split_json_path(["--json", "photo.png"]) == ["--json", "photo.png"]  # a source, not the JSON's path
-    assert split_json_path(["--json", "--quiet"]) == ["--json", "--quiet"]
-    assert split_json_path(["--", "--json", "a.json"]) == ["--", "--json", "a.json"]
-    assert split_json_path(["m", "--json=-"]) == ["m", "--json"]  # what mtlkd.cli.common.run makes of a bare --json
 
 
 @pytest.mark.parametrize("module", ["mtlkd.cli.infer", "mtlkd.cli.evaluate"])

@@ -136,11 +136,12 @@ def test_cli_results_on_stdout_and_json_file(files, tmp_path):
     from typer.testing import CliRunner
 
     from mtlkd.cli.evaluate import app
+    from mtlkd.cli.main import app as mtl
 
     runner = CliRunner()
     target = tmp_path / "scores.json"
-    result = runner.invoke(app, [str(files["onnx"]), "synthetic", "--data-dir", str(files["data"]), "--backend",
-                                 "onnxruntime", "--json", str(target)])
+    result = runner.invoke(mtl, ["eval", str(files["onnx"]), "synthetic", "--data-dir", str(files["data"]),
+                                 "--json", str(target), "--backend", "onnxruntime"])  # through the umbrella
     assert result.exit_code == 0, result.output
     written = json.loads(target.read_text())
     assert set(written) == set(TASKS)
@@ -149,3 +150,6 @@ def test_cli_results_on_stdout_and_json_file(files, tmp_path):
     result = runner.invoke(app, [str(files["onnx"]), "synthetic", "--data-dir", str(files["data"]), "--backend",
                                  "onnxruntime", "--json", "--quiet"])
     assert result.exit_code == 0 and json.loads(result.stdout) == written and result.stderr == ""
+    result = runner.invoke(app, [str(files["onnx"]), "synthetic", "--data-dir", str(files["data"]),
+                                 f"--json={tmp_path}", "--quiet"])  # a folder for the file: refused before the run
+    assert result.exit_code == 2 and result.stderr.startswith("error: --json") and result.stdout == ""
