@@ -35,7 +35,8 @@ def command(
                                 help="auto, torch, onnxruntime, openvino or tensorrt."),
     json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
                                         help="The metrics as JSON (the layout of a run's metrics.json, which "
-                                             "mtl-report reads): on stdout, or into PATH."),
+                                             "mtl-report reads): on stdout, or into PATH (ending in .json, or "
+                                             "--json=PATH)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="",
                                help="No progress bar or header; only results and errors."),
 ) -> None:

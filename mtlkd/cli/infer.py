@@ -35,7 +35,8 @@ def command(
     save_raw: bool = typer.Option(False, "--save-raw", metavar="", help="Also save <stem>_<task>.npy arrays."),
     max_frames: int = typer.Option(0, "--max-frames", metavar="N", help="Stop videos/cameras after N frames (0: all)."),
     json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
-                                        help="What was done and written, as JSON: on stdout, or into PATH."),
+                                        help="What was done and written, as JSON: on stdout, or into PATH (ending in "
+                                             ".json, or --json=PATH)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars; only results and errors."),
 ) -> None:
     """Predict segmentation, depth and normals for images or video and save pictures of them.
