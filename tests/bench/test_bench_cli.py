@@ -169,7 +169,7 @@ def test_unwritable_json_or_out_is_refused_before_the_run(tmp_path, monkeypatch)
     locked.mkdir()
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked) else real(p, mode, **kw))
-    for args, words in ((["--json", str(tmp_path)], "is a folder"),
+    for args, words in ((["--json=" + str(tmp_path)], "is a folder"),
                         (["--json", str(locked / "bench.json")], "not writable"),
                         (["--out", str(locked / "sub")], "not writable"),
                         (["--json", str(tmp_path / "a-file" / "bench.json")], "not a folder")):

@@ -94,8 +94,8 @@ def test_eval_says_which_precision_it_read(checkpoint, tmp_path):
     from mtlkd.cli.main import app as mtl
 
     data, out = tmp_path / "data", tmp_path / "export"
-    assert runner.invoke(mtl, ["data", "synthetic", "--out", str(data), "--train", "2", "--val", "2", "--size",
-                               "32x32", "--no-progress"]).exit_code == 0
+    assert runner.invoke(mtl, ["data", "synthetic", "--out", str(data), "--train", "2", "--val", "2", "--img-size",
+                               "32x32", "--quiet"]).exit_code == 0
     assert runner.invoke(app, [str(checkpoint), "--precision", "fp16", "--out", str(out)]).exit_code == 0
     for name, precision in (("model.onnx", "fp32"), ("model.fp16.onnx", "fp16")):
         result = runner.invoke(mtl, ["eval", str(out / name), "synthetic", "--data-dir", str(data), "--json",
