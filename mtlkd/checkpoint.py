@@ -2,7 +2,8 @@
 
 This is the only place where weight files a user hands us are opened, and it never unpickles: tensors
 come from safetensors, everything else from JSON stored in the safetensors header under the key
-`mtlkd`. A checkpoint is therefore one file that cannot lose its config.
+`mtlkd` (written and read by `mtlkd.metadata`, like every other format). A checkpoint is therefore one
+file that cannot lose its config.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from mtlkd.errors import CheckpointError
+from mtlkd.metadata import METADATA_KEY, checkpoint_header, read_checkpoint_metadata
 
-METADATA_KEY = "mtlkd"
-FORMAT_VERSION = 1
+__all__ = ["METADATA_KEY", "CheckpointError", "load_checkpoint", "model_metadata", "read_metadata", "save_checkpoint",
+           "sha256_of", "tensor_shapes", "write_json"]
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -32,30 +34,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], metadata: dict[str,
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    header = {METADATA_KEY: json.dumps({"format": FORMAT_VERSION, **metadata}, sort_keys=True)}
+    header = checkpoint_header(metadata)
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     return path
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint, without loading its tensors (and without torch)."""
-    from safetensors import safe_open
-
-    path = _existing(path)
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-    except Exception as exc:  # safetensors raises several types for a corrupt header
-        raise CheckpointError(f"{path}: not a safetensors file ({exc}); pass a model.safetensors") from None
-    if raw is None:
-        raise CheckpointError(f"{path}: safetensors file without mtlkd metadata; was it written by mtlkd?")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: mtlkd metadata is not valid JSON ({exc})") from None
-    from mtlkd.metadata import check_metadata
-
-    return check_metadata(data, str(path), require=(), error=CheckpointError)
+    return read_checkpoint_metadata(_existing(path), error=CheckpointError)
 
 
 def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -102,7 +88,6 @@ def _existing(path: str | Path) -> Path:
 def model_metadata(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The metadata every artifact carries (checkpoint, ONNX, IR, engine sidecar): enough to rebuild the
     network and to pre- and postprocess without any side file."""
-    from mtlkd import __version__
     from mtlkd.tasks import get_task
 
     size = config["backbone"]["img_size"]
@@ -118,6 +103,5 @@ def model_metadata(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
             "input": "RGB, float32 in [0, 1], N x 3 x H x W; mean/std are applied inside the network",
         },
         "outputs": {t: get_task(t).output for t in config["tasks"]},
-        "mtlkd_version": __version__,
         **extra,
     }

@@ -1,4 +1,14 @@
-"""Checks on the mtlkd metadata found inside a model file, before anything is built or allocated from it.
+"""The mtlkd metadata of every model file: where it is stored, how it is written and read, and its checks.
+
+One place for the metadata of every format, so that a reader and a writer cannot drift apart:
+- checkpoint: JSON in the safetensors header under `METADATA_KEY` (`checkpoint_header`, `read_checkpoint_metadata`);
+- ONNX: JSON in `metadata_props[METADATA_KEY]` (`set_onnx_metadata`, `read_onnx_metadata`);
+- OpenVINO IR: JSON in the IR's rt_info at `OPENVINO_RT_INFO` (`set_openvino_metadata`, `read_openvino_metadata`);
+- TensorRT engine: a JSON sidecar `<engine>.json` (`engine_sidecar`, `engine_sidecar_text`, `read_engine_metadata`).
+`read_metadata(path)` picks by suffix. Every file written carries `schema_version` (`SCHEMA_VERSION`); files
+written before it existed read as version 1, and a file from a newer schema is refused in one line.
+Nothing here imports torch (the runtime reads exported files with it); onnx and openvino are imported
+only by their own readers.
 
 A model file is user input: its safetensors header, ONNX `metadata_props`, OpenVINO `rt_info` or engine
 sidecar may be forged or damaged. Sizes and counts read from it decide how much memory the runtime and the
@@ -9,16 +19,66 @@ Imports only the torch-free task registry.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-from mtlkd.errors import MetadataError
+from mtlkd.errors import MetadataError, UserError
 
 MAX_SIDE = 8192  # pixels per side of the network input
 MAX_CLASSES = 4096
 MAX_CONFIG_INT = 1 << 16  # any width, depth, channel or query count of a config
 MAX_NAME = 256
+
+METADATA_KEY = "mtlkd"  # safetensors header key, ONNX metadata_props key, top of the OpenVINO rt_info path
+OPENVINO_RT_INFO = [METADATA_KEY, "metadata"]
+# Where readers look in an OpenVINO model's rt_info: the IR path above, ONNX metadata_props as OpenVINO's ONNX
+# frontend files them (under "framework"), and a plain key.
+OPENVINO_RT_INFO_PATHS = (OPENVINO_RT_INFO, ["framework", METADATA_KEY], [METADATA_KEY])
+# 1: files written before the field existed. 2: `schema_version` itself; optional `output_stride` (heads' maps
+# at their own resolution, input size / stride).
+SCHEMA_VERSION = 2
+PRECISIONS = ("fp32", "fp16", "int8")  # what the exporter writes, each with its own file names
+# Library versions a file records, and the distributions that provide each (the first one installed counts).
+DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "mtlkd": ("mtlkd",), "torch": ("torch",), "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",), "nncf": ("nncf",),
+    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "timm": ("timm",), "numpy": ("numpy",),
+}
+
+
+def versions(names: Iterable[str] = ("mtlkd",)) -> dict[str, str]:
+    """{library: installed version} for the libraries named (keys of `DISTRIBUTIONS`, or any distribution
+    name), read from the installed package metadata, so nothing is imported; missing ones are left out.
+    mtlkd's own version is the package's `__version__` (also in a source checkout that is not installed)."""
+    from importlib import metadata as importlib_metadata
+
+    found: dict[str, str] = {}
+    for name in names:
+        if name == "mtlkd":
+            from mtlkd import __version__
+
+            found[name] = __version__
+            continue
+        for dist in DISTRIBUTIONS.get(name, (name,)):
+            try:
+                found[name] = importlib_metadata.version(dist)
+                break
+            except importlib_metadata.PackageNotFoundError:
+                continue
+    return found
+
+
+def schema_version(meta: dict[str, Any]) -> int:
+    """The schema a file's metadata follows; files written before the field existed are version 1."""
+    return int(meta.get("schema_version", 1))
+
+
+def stamp(meta: dict[str, Any]) -> dict[str, Any]:
+    """`meta` with the current `schema_version` and mtlkd version: what every writer stores."""
+    return {**meta, "schema_version": SCHEMA_VERSION, "mtlkd_version": versions(["mtlkd"])["mtlkd"]}
 
 
 def _int(value: Any, low: int, high: int) -> bool:
@@ -26,7 +86,7 @@ def _int(value: Any, low: int, high: int) -> bool:
 
 
 def check_metadata(meta: Any, where: str, require: Sequence[str] = ("tasks", "input_size"),
-                   error: type[ValueError] = MetadataError) -> dict[str, Any]:
+                   error: type[UserError] = MetadataError) -> dict[str, Any]:
     """`meta` when every field present has the type and range mtlkd writes and the fields agree with each
     other; otherwise `error` naming `where` and the field. Fields in `require` must be present."""
     from mtlkd.tasks import TASKS
@@ -36,6 +96,15 @@ def check_metadata(meta: Any, where: str, require: Sequence[str] = ("tasks", "in
 
     if not isinstance(meta, dict):
         raise error(f"{where}: mtlkd metadata is a {type(meta).__name__}, not a JSON object")
+    version = meta.get("schema_version", 1)
+    if not _int(version, 1, 1 << 20):
+        raise bad("schema_version", "is not a positive integer")
+    if version > SCHEMA_VERSION:
+        raise error(f"{where}: metadata schema version {version} is newer than this mtlkd reads ({SCHEMA_VERSION});"
+                    f" upgrade mtlkd (pip install -U mtlkd)")
+    stride = meta.get("output_stride")
+    if stride is not None and not _int(stride, 1, MAX_SIDE):
+        raise bad("output_stride", f"is not a stride in 1..{MAX_SIDE}")
     for key in require:
         if key not in meta:
             raise bad(key, "is missing")
@@ -125,7 +194,7 @@ def expected_channels(meta: dict[str, Any], task: str) -> int | None:
 
 
 def check_graph(meta: dict[str, Any], where: str, input_shape: Sequence[Any] | None,
-                output_shapes: dict[str, Sequence[Any] | None], error: type[ValueError] = MetadataError) -> None:
+                output_shapes: dict[str, Sequence[Any] | None], error: type[UserError] = MetadataError) -> None:
     """The graph agrees with its metadata: every task is an output, the static input H x W is input_size and
     static output channels are what the task needs. Dimensions that are not ints (dynamic) are not compared."""
     missing = [t for t in meta["tasks"] if t not in output_shapes]
@@ -143,3 +212,128 @@ def check_graph(meta: dict[str, Any], where: str, input_shape: Sequence[Any] | N
                 and shape[1] != want:
             raise error(f"{where}: output {task!r} has {shape[1]} channels but the metadata says {want}; "
                         f"re-export it")
+
+
+# ------------------------------------------------------------------------------------ read and write
+
+
+def parse_metadata(text: str | None, where: str, require: Sequence[str] = ("tasks", "input_size"),
+                   error: type[UserError] = MetadataError) -> dict[str, Any]:
+    """The checked metadata from the JSON text stored in a file; `error` naming `where` when it is absent,
+    not JSON or not what mtlkd writes."""
+    if not text:
+        raise error(f"{where}: no mtlkd metadata; was it written by mtlkd (mtl-train, mtl-export)?")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: mtlkd metadata is not valid JSON ({exc})") from None
+    return check_metadata(data, where, require=require, error=error)
+
+
+def to_json(meta: dict[str, Any], indent: int | None = None) -> str:
+    """The text every writer stores: `meta` stamped with the schema and mtlkd versions, keys sorted."""
+    return json.dumps(stamp(meta), sort_keys=True, indent=indent)
+
+
+def checkpoint_header(meta: dict[str, Any]) -> dict[str, str]:
+    """The safetensors header entry (`metadata=` of safetensors' save_file) that carries `meta`."""
+    return {METADATA_KEY: to_json(meta)}
+
+
+def read_checkpoint_metadata(path: str | Path, error: type[UserError] = MetadataError) -> dict[str, Any]:
+    """The metadata in a safetensors checkpoint's header, without loading its tensors (numpy only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except Exception as exc:  # safetensors raises several types for a corrupt header
+        raise error(f"{path}: not a safetensors file ({exc}); pass a model.safetensors") from None
+    if raw is None:
+        raise error(f"{path}: safetensors file without mtlkd metadata; was it written by mtlkd?")
+    return parse_metadata(raw, str(path), require=(), error=error)
+
+
+def set_onnx_metadata(proto: Any, meta: dict[str, Any]) -> None:
+    """Store `meta` in an ONNX ModelProto's `metadata_props[METADATA_KEY]`, replacing an earlier value."""
+    for i in reversed(range(len(proto.metadata_props))):
+        if proto.metadata_props[i].key == METADATA_KEY:
+            del proto.metadata_props[i]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, to_json(meta)
+
+
+def read_onnx_metadata(model: str | Path | Any, error: type[UserError] = MetadataError) -> dict[str, Any]:
+    """The metadata of an ONNX file (weights not loaded) or of a loaded ModelProto."""
+    import onnx
+
+    where = str(model) if isinstance(model, str | Path) else "ONNX model"
+    proto = onnx.load(where, load_external_data=False) if isinstance(model, str | Path) else model
+    raw = next((entry.value for entry in proto.metadata_props if entry.key == METADATA_KEY), None)
+    return parse_metadata(raw, where, error=error)
+
+
+def set_openvino_metadata(model: Any, meta: dict[str, Any]) -> None:
+    """Store `meta` in an OpenVINO model's rt_info (saved in the IR's .xml)."""
+    model.set_rt_info(to_json(meta), OPENVINO_RT_INFO)
+
+
+def read_openvino_metadata(model: str | Path | Any, error: type[UserError] = MetadataError) -> dict[str, Any]:
+    """The metadata of an OpenVINO IR (.xml path) or of a read `openvino.Model`: the first rt_info location
+    of `OPENVINO_RT_INFO_PATHS` that holds it."""
+    where = str(model) if isinstance(model, str | Path) else "OpenVINO model"
+    if isinstance(model, str | Path):
+        import openvino as ov
+
+        model = ov.Core().read_model(str(model))
+    for keys in OPENVINO_RT_INFO_PATHS:
+        try:
+            if model.has_rt_info(keys):
+                return parse_metadata(model.get_rt_info(keys).astype(str), where, error=error)
+        except RuntimeError:  # a map node rather than a string
+            continue
+    return parse_metadata(None, where, error=error)
+
+
+def engine_sidecar(engine: str | Path) -> Path:
+    """model.engine -> model.engine.json: where a TensorRT engine's metadata lives (an engine file has no
+    room for it)."""
+    return Path(f"{engine}.json")
+
+
+def engine_sidecar_text(meta: dict[str, Any]) -> str:
+    """The sidecar's content: the metadata itself, indented for people who open it."""
+    return to_json(meta, indent=2) + "\n"
+
+
+def read_engine_metadata(engine: str | Path, error: type[UserError] = MetadataError) -> dict[str, Any]:
+    """The metadata of a TensorRT engine, from its sidecar: the metadata itself, or nested under
+    `METADATA_KEY` (as an object or as JSON text)."""
+    sidecar = engine_sidecar(engine)
+    if not sidecar.is_file():
+        raise error(f"{engine}: its metadata sidecar {sidecar.name} is missing; export the engine with mtl-export")
+    text = sidecar.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{sidecar}: not valid JSON ({exc})") from None
+    inner = data.get(METADATA_KEY) if isinstance(data, dict) else None
+    if isinstance(inner, str):
+        return parse_metadata(inner, str(sidecar), error=error)
+    return check_metadata(inner if isinstance(inner, dict) else data, str(sidecar), error=error)
+
+
+READERS = {".safetensors": read_checkpoint_metadata, ".onnx": read_onnx_metadata, ".xml": read_openvino_metadata,
+           ".engine": read_engine_metadata, ".plan": read_engine_metadata}
+
+
+def read_metadata(path: str | Path, error: type[UserError] = MetadataError) -> dict[str, Any]:
+    """The checked mtlkd metadata of any model file mtlkd writes, chosen by its suffix."""
+    path = Path(path)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise error(f"{path}: unknown model file type {path.suffix or '(none)'}; pass a .safetensors, .onnx, "
+                    f".xml (OpenVINO) or .engine file")
+    if not path.is_file():
+        raise error(f"{path}: no such model file")
+    return reader(path, error=error)

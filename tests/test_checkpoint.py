@@ -5,6 +5,7 @@ import torch
 
 from mtlkd.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from mtlkd.errors import CheckpointError
+from mtlkd.metadata import SCHEMA_VERSION
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -12,7 +13,7 @@ def test_round_trip_keeps_tensors_and_metadata(tmp_path):
     path = save_checkpoint(tmp_path / "x.safetensors", state, {"tasks": ["seg"], "class_names": ["a", "b"]})
     loaded, meta = load_checkpoint(path)
     assert torch.equal(loaded["a"], state["a"]) and torch.equal(loaded["b"], state["b"])
-    assert meta["tasks"] == ["seg"] and meta["class_names"] == ["a", "b"] and meta["format"] == 1
+    assert meta["tasks"] == ["seg"] and meta["class_names"] == ["a", "b"] and meta["schema_version"] == SCHEMA_VERSION
     assert read_metadata(path) == meta
     assert not list(tmp_path.glob("*.tmp"))
 

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from mtlkd.errors import BackendError, BackendUnavailable
+from mtlkd.metadata import METADATA_KEY
 from mtlkd.runtime.backends import Backend, json_metadata, physical_cores
-
-METADATA_KEY = "mtlkd"
 
 
 def available(device: str = "cpu") -> bool:

@@ -27,11 +27,9 @@ from typing import Any
 import numpy as np
 
 from mtlkd.errors import BackendError, BackendUnavailable
+from mtlkd.metadata import OPENVINO_RT_INFO_PATHS as RT_INFO_PATHS  # where the metadata may sit in rt_info
 from mtlkd.runtime.backends import Backend, json_metadata
 
-# Where the metadata JSON may sit in rt_info: IR written by mtlkd.export.openvino (["mtlkd", "metadata"]),
-# ONNX metadata_props as OpenVINO's ONNX frontend files them (under "framework"), and a plain "mtlkd" key.
-RT_INFO_PATHS = (["mtlkd", "metadata"], ["framework", "mtlkd"], ["mtlkd"])
 MAX_COMPILED = 6
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mtlkd.errors import BackendError, BackendUnavailable, CudaError
+from mtlkd.metadata import engine_sidecar as sidecar_path
 from mtlkd.runtime.backends import Backend, json_metadata
 
 
@@ -119,10 +120,6 @@ def available(device: str = "cuda") -> bool:
         return False
     count, problem = gpu_status(cudart)
     return count > 0 or (problem is not None and "too old" in problem)
-
-
-def sidecar_path(path: str | Path) -> Path:
-    return Path(f"{path}.json")
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
