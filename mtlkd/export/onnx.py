@@ -28,17 +28,20 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtlkd.errors import CheckpointError, ConfigError
+from mtlkd.errors import ConfigError, ExportError
+from mtlkd.metadata import METADATA_KEY, read_onnx_metadata, set_onnx_metadata, versions
+
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "MAX_OPSET", "METADATA_KEY", "MIN_OPSET", "export_metadata", "export_onnx",
+           "graph_stats", "optimize_for_ort", "output_resolution", "read_onnx_metadata", "save_onnx", "set_metadata"]
 
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # the dynamo exporter cannot write older opsets
 MAX_OPSET = 23  # torch.onnx's newest (torch.onnx._constants.ONNX_MAX_OPSET); ONNX Runtime 1.2x runs it
 INPUT_NAME = "image"
-METADATA_KEY = "mtlkd"
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis given to torch.export
 
 
@@ -53,8 +56,6 @@ def export_metadata(
 ) -> dict[str, Any]:
     """What every exported artifact carries: the checkpoint's metadata restricted to the exported tasks,
     plus where it came from and how it was exported. Enough for the runtime to pre- and postprocess."""
-    from mtlkd import __version__
-
     tasks = list(tasks or metadata["tasks"])
     meta = {k: v for k, v in metadata.items() if k != "format"}
     meta.update(
@@ -65,32 +66,14 @@ def export_metadata(
         opset=int(opset),
         precision=precision,
         source_sha256=source_sha256 if source_sha256 is not None else metadata.get("source_sha256"),
-        mtlkd_version=__version__,
     )
     meta.update(extra)
     return meta
 
 
 def set_metadata(proto, meta: dict[str, Any]) -> None:
-    """Store `meta` as JSON under `metadata_props["mtlkd"]` (replacing an earlier value)."""
-    for i in reversed(range(len(proto.metadata_props))):
-        if proto.metadata_props[i].key == METADATA_KEY:
-            del proto.metadata_props[i]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
-
-
-def read_onnx_metadata(model: str | Path | Any) -> dict[str, Any]:
-    """The mtlkd metadata of an ONNX file (or loaded ModelProto); ValueError when there is none."""
-    import onnx
-
-    proto = model
-    if isinstance(model, str | Path):
-        proto = onnx.load(str(model), load_external_data=False)
-    for entry in proto.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
-    raise CheckpointError(f"{model if isinstance(model, str | Path) else 'model'}: ONNX file without mtlkd metadata")
+    """Store `meta` in the graph (see `mtlkd.metadata.set_onnx_metadata`)."""
+    set_onnx_metadata(proto, meta)
 
 
 def save_onnx(proto, path: str | Path) -> Path:
@@ -130,6 +113,25 @@ def _wrapper(model, tasks: list[str]):
     return OnnxWrapper().eval()
 
 
+@contextlib.contextmanager
+def output_resolution(model, full_resolution: bool = True) -> Iterator[dict[str, Any]]:
+    """For the duration, the network's heads return maps at the input size (`full_resolution`) or at their
+    own grid; yields the metadata that records it (`output_stride` when not full resolution). Networks
+    without the switch always return full-resolution maps, so asking them for less is an ExportError."""
+    if not hasattr(model, "full_resolution"):
+        if not full_resolution:
+            raise ExportError(f"{type(model).__name__} has no low-resolution output (no `full_resolution` switch); "
+                            f"export it at full resolution")
+        yield {}
+        return
+    before = model.full_resolution
+    model.full_resolution = full_resolution
+    try:
+        yield {} if full_resolution else {"output_stride": int(model.output_stride)}
+    finally:
+        model.full_resolution = before
+
+
 def export_onnx(
     model,
     metadata: dict[str, Any],
@@ -139,13 +141,15 @@ def export_onnx(
     batch_dynamic: bool = True,
     *,
     source_sha256: str | None = None,
+    full_resolution: bool = True,
 ) -> Path:
     """Export `model` (an mtlkd network, as `load_model` returns it) to an ONNX file at `path`.
 
     One float32 input `image` (N x 3 x H x W, RGB in [0, 1]; dynamic N unless `batch_dynamic=False`, then
     N = 1) and one float32 output per task, named after the task, in the order of `tasks` (default: every
     task of the network; a subset exports only those heads). The metadata (see `export_metadata`) is
-    stored under `metadata_props["mtlkd"]`. Returns the path written.
+    stored under `metadata_props["mtlkd"]`. `full_resolution=False` exports the heads' maps at their own
+    grid (input size / `output_stride`, recorded in the metadata) for networks that can. Returns the path.
     """
     import onnx
     import torch
@@ -164,7 +168,8 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        with explicit_attention(model), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        with output_resolution(model, full_resolution) as resolution, explicit_attention(model), torch.no_grad(), \
+                contextlib.redirect_stdout(io.StringIO()):
             program = torch.onnx.export(
                 wrapper, (example,), None, input_names=[INPUT_NAME], output_names=tasks, opset_version=opset,
                 dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False, optimize=True,
@@ -174,17 +179,11 @@ def export_onnx(
     proto = program.model_proto
     for node in proto.graph.node:  # the exporter's per-node stack traces (local paths) double the file
         del node.metadata_props[:]
-    proto.producer_name, proto.producer_version = "mtlkd", _version()
-    set_metadata(proto, export_metadata(metadata, tasks, opset=opset, source_sha256=source_sha256,
+    proto.producer_name, proto.producer_version = "mtlkd", versions()["mtlkd"]
+    set_metadata(proto, export_metadata(metadata, tasks, opset=opset, source_sha256=source_sha256, **resolution,
                                         exporter=f"torch.onnx dynamo (torch {torch.__version__})"))  # fmt: skip
     onnx.checker.check_model(proto)
     return save_onnx(proto, path)
-
-
-def _version() -> str:
-    from mtlkd import __version__
-
-    return __version__
 
 
 def optimize_for_ort(src: str | Path, dst: str | Path, metadata: dict[str, Any] | None = None) -> Path:

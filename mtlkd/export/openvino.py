@@ -13,21 +13,22 @@
   trained vit-nano the Q/DQ IR also kept more accuracy (seg agreement 98.5% vs 94%, depth 1.1% vs 0.9%,
   normals 1.2 vs 1.3 degrees). So the Q/DQ graph is the default (`INT8_SOURCE`).
 
-The metadata JSON is stored with `model.set_rt_info(json, ["mtlkd", "metadata"])`; read it back with
-`read_openvino_metadata(xml)` (`Core().read_model(xml).get_rt_info(["mtlkd", "metadata"])`).
+The metadata JSON is stored in the IR's rt_info at ["mtlkd", "metadata"] and read back with
+`read_openvino_metadata(xml)` (both in `mtlkd.metadata`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mtlkd.errors import BackendUnavailable, CheckpointError, ConfigError
+from mtlkd.errors import BackendUnavailable, ConfigError
+from mtlkd.metadata import OPENVINO_RT_INFO, read_openvino_metadata, set_openvino_metadata
 
-RT_INFO_PATH = ["mtlkd", "metadata"]
+__all__ = ["INT8_SOURCE", "OPENVINO_RT_INFO", "export_openvino", "nncf_quantize",
+           "read_openvino_metadata", "require_openvino"]
 
 
 def require_openvino():
@@ -79,7 +80,7 @@ def export_openvino(
     # should pass this hint to keep the accuracy the export was validated with.
     meta.update(precision=precision, format="openvino-ir", openvino_version=ov.get_version(),
                 openvino_config={"INFERENCE_PRECISION_HINT": "f32"}, **extra)  # fmt: skip
-    model.set_rt_info(json.dumps(meta, sort_keys=True), RT_INFO_PATH)
+    set_openvino_metadata(model, meta)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(xml_path), compress_to_fp16=(precision == "fp16"))
     return xml_path
@@ -104,14 +105,3 @@ def nncf_quantize(model, calibration: np.ndarray, input_name: str = "image"):
         # and 31 degrees on a trained vit-nano, against 0.9% and 1.3 degrees without it.
         advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),
     )  # fmt: skip
-
-
-def read_openvino_metadata(xml_path: str | Path) -> dict[str, Any]:
-    """The mtlkd metadata stored in an IR's rt_info; ValueError when there is none."""
-    import openvino as ov
-
-    model = ov.Core().read_model(str(xml_path))
-    if not model.has_rt_info(RT_INFO_PATH):
-        raise CheckpointError(f"{xml_path}: OpenVINO IR without mtlkd metadata")
-    return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
-

@@ -35,9 +35,11 @@ from typing import Any
 import numpy as np
 
 from mtlkd.errors import ConfigError, ExportError
-from mtlkd.export.onnx import read_onnx_metadata, save_onnx, set_metadata
+from mtlkd.export.onnx import save_onnx, set_metadata
+from mtlkd.metadata import PRECISIONS, read_onnx_metadata
 
-PRECISIONS = ("fp32", "fp16", "int8")
+__all__ = ["FP32_OPS", "PRECISIONS", "QUANTIZED_OPS", "convert_fp16", "count_qdq", "fp16_converter",
+           "load_calibration_images", "quantize_int8"]
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceL2", "ReduceMean", "ReduceSum", "Clip", "Sub", "Div",
             "Softplus", "Resize", "Exp", "Log", "Pow", "Sqrt")  # fmt: skip
 QUANTIZED_OPS = ("MatMul", "Conv", "Gemm")

@@ -16,16 +16,14 @@ No TensorRT or no CUDA GPU -> `BackendUnavailable` with a one-line message; noth
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from mtlkd.errors import BackendUnavailable, ConfigError, EngineBuildError
-
-DEFAULT_BATCH = (1, 4, 8)
-DEFAULT_WORKSPACE_MB = 4096
+from mtlkd.errors import BackendUnavailable, EngineBuildError
+from mtlkd.export.options import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, OptionError
+from mtlkd.metadata import engine_sidecar, engine_sidecar_text, read_onnx_metadata
 
 
 def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
@@ -40,19 +38,19 @@ def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[i
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise ConfigError(f"--batch {text!r}: expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
+            raise OptionError("batch_profile", text, "expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
     else:
         values = [int(v) for v in text]
     if len(values) == 1:
         values = [1, values[0], values[0]]
     if len(values) != 3:
-        raise ConfigError(f"--batch {text!r}: expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
+        raise OptionError("batch_profile", text, "expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
     low, opt, high = values
     if not low <= opt <= high:
-        raise ConfigError(f"--batch {text!r}: need MIN <= OPT <= MAX")
+        raise OptionError("batch_profile", text, "need MIN <= OPT <= MAX")
     if low != 1:
-        raise ConfigError(f"--batch {text!r}: MIN must be 1 (one image, or the last part of a batch, is sent as a "
-                         f"smaller batch by the Predictor and by Triton); use 1,{opt},{high}")
+        raise OptionError("batch_profile", text, f"MIN must be 1 (one image, or the last part of a batch, is sent as "
+                                                 f"a smaller batch by the Predictor and by Triton); use 1,{opt},{high}")
     return low, opt, high
 
 
@@ -86,12 +84,6 @@ def _builder(trt, logger):
     return builder
 
 
-def engine_sidecar(engine_path: str | Path) -> Path:
-    """model.engine -> model.engine.json"""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -114,7 +106,6 @@ def build_engine(
     EngineBuildError when the build fails.
     """
     from mtlkd.checkpoint import sha256_of
-    from mtlkd.export.onnx import read_onnx_metadata
 
     trt = require_tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
@@ -157,8 +148,7 @@ def build_engine(
         "onnx_sha256": sha256_of(onnx_path),
         "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
     }
-    sidecar_text = json.dumps(meta, indent=2) + "\n"
-    write_pair(engine_path, engine_bytes, engine_sidecar(engine_path), sidecar_text.encode())
+    write_pair(engine_path, engine_bytes, engine_sidecar(engine_path), engine_sidecar_text(meta).encode())
     _save_timing_cache(config, cache_path)
     return engine_path
 

@@ -98,11 +98,13 @@ def validation_images(input_size: Sequence[int], n: int = 3, seed: int = 12345) 
 
 
 def run_torch(model, images: np.ndarray, tasks: list[str]) -> dict[str, np.ndarray]:
+    """The network's outputs on the device it sits on, as float32 arrays."""
     import torch
 
+    device = next(iter(model.parameters())).device
     with torch.no_grad():
-        out = model.eval()(torch.from_numpy(images), tasks=list(tasks))
-    return {t: out[t].float().numpy() for t in tasks}
+        out = model.eval()(torch.from_numpy(images).to(device), tasks=list(tasks))
+    return {t: out[t].float().cpu().numpy() for t in tasks}
 
 
 def run_onnxruntime(path: str | Path, images: np.ndarray, outputs: list[str] | None = None, session=None):

@@ -40,9 +40,11 @@ def _error_lines(text: str) -> list[str]:
 def test_help_lists_options_and_examples():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for word in ("--trt", "--openvino", "--precision", "--calib-data", "--tasks", "--triton", "--out", "--batch",
-                 "--workspace", "--opset", "Examples", "mtl-export runs/"):  # fmt: skip
+    for word in ("--trt", "--openvino", "--precision", "--calib-data", "--tasks", "--triton", "--out",
+                 "--batch-size", "--workspace", "--opset", "--device", "--json", "--quiet", "Examples",
+                 "mtl-export runs/"):  # fmt: skip
         assert word in result.output
+    assert "<bool>" not in result.output and "<path>" not in result.output and "x>=" not in result.output
 
 
 @pytest.mark.parametrize(
@@ -52,8 +54,8 @@ def test_help_lists_options_and_examples():
         (["{bad}"], "not a safetensors file"),
         (["{ckpt}", "--precision", "int4"], "--precision"),
         (["{ckpt}", "--tasks", "edges"], "unknown task"),
-        (["{ckpt}", "--batch", "8,4,1"], "MIN <= OPT <= MAX"),
-        (["{ckpt}", "--batch", "2,4,8"], "MIN must be 1"),  # the engine and Triton would refuse 1 image
+        (["{ckpt}", "--batch-size", "8,4,1"], "MIN <= OPT <= MAX"),
+        (["{ckpt}", "--batch-size", "2,4,8"], "MIN must be 1"),  # the engine and Triton would refuse 1 image
         (["{ckpt}", "--opset", "11"], "--opset"),
         (["{ckpt}", "--precision", "int8", "--calib-data", "{missing}"], "--calib-data"),
     ],
@@ -71,9 +73,9 @@ def test_user_errors_exit_2_with_one_line(checkpoint, tmp_path, args, message):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_trt_refused_in_one_line_and_onnx_still_written(checkpoint, tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(app, [str(checkpoint), "--trt", "--tasks", "seg", "--out", str(out)])
+    result = runner.invoke(app, [str(checkpoint), "--trt", "--tasks", "seg", "--out", str(out), "--quiet"])
     assert result.exit_code not in (0, 2), result.output
-    lines = _error_lines(result.stderr)
+    lines = _error_lines(result.stderr)  # --quiet: no progress lines, only the error
     assert len(lines) == 1 and "TensorRT" in lines[0] and "model.onnx" in lines[0]
     assert read_onnx_metadata(out / "model.onnx")["tasks"] == ["seg"]
     assert not (out / "model.engine").exists()
@@ -87,7 +89,7 @@ def test_fp16_onnx_openvino_and_triton_in_one_run(checkpoint, tmp_path):
 
     out, repo = tmp_path / "out", tmp_path / "triton"
     args = [str(checkpoint), "--onnx", "--openvino", "--precision", "fp16", "--tasks", "seg,depth",
-            "--triton", str(repo), "--out", str(out), "--batch", "1,2,4"]  # fmt: skip
+            "--triton", str(repo), "--out", str(out), "--batch-size", "1,2,4"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output + result.stderr
     assert "pixel agreement" in result.output and "max|err|" in result.output and "written to" in result.output

@@ -41,7 +41,7 @@ def test_bad_options_are_one_line(checkpoint, tmp_path, args, words):
 
 
 def test_read_only_out_is_refused_before_the_export(checkpoint, tmp_path, monkeypatch):
-    import mtlkd.cli.export as export_cli
+    import mtlkd.export.pipeline as export_cli
 
     real = os.access
     locked = tmp_path / "locked"

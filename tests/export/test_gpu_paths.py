@@ -261,7 +261,7 @@ def test_engine_is_validated_against_pytorch(checkpoint, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(backends, "load_backend", load_backend)
     result = CliRunner().invoke(app, [str(checkpoint), "--trt", "--tasks", "seg,depth", "--out", str(out),
-                                      "--batch", "1,2,4"])  # fmt: skip
+                                      "--batch-size", "1,2,4"])  # fmt: skip
     assert opened == [("tensorrt", "model.engine", "cuda")]
     assert result.exit_code == code, result.output + result.stderr
     assert "model.engine [fp32 vs pytorch] batch 3 seg" in result.output  # the export's own images, batch 1 and 3

@@ -1,0 +1,125 @@
+"""What `export_model` is asked to do (`ExportOptions`), the names of the files it writes, and the checks of
+those options before anything is built: a mistake is one line naming the option (`OptionError`), which the
+command line reports under its flag's name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtlkd.errors import ConfigError
+from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from mtlkd.metadata import PRECISIONS
+
+DEFAULT_BATCH = (1, 4, 8)
+DEFAULT_WORKSPACE_MB = 4096
+
+FORMATS = ("onnx", "ort", "openvino", "tensorrt")  # ort: the ONNX Runtime-only fused graph (fp32)
+INT8_SOURCES = ("qdq", "nncf")
+REPORT_NAME = "export.json"
+# Artifact key -> file name under `out`: "<format>" for fp32, "<format>.<precision>" otherwise.
+DEFAULT_NAMES: dict[str, str] = {
+    "onnx": "model.onnx", "onnx.fp16": "model.fp16.onnx", "onnx.int8": "model.int8.onnx", "ort": "model.ort.onnx",
+    "openvino": "openvino/model.xml", "openvino.fp16": "openvino/model.fp16.xml",
+    "openvino.int8": "openvino/model.int8.xml",
+    "tensorrt": "model.engine", "tensorrt.fp16": "model.fp16.engine", "tensorrt.int8": "model.int8.engine",
+}  # fmt: skip
+
+
+def artifact_key(fmt: str, precision: str = "fp32") -> str:
+    """("openvino", "int8") -> "openvino.int8"; fp32 files are keyed by their format alone."""
+    return fmt if precision == "fp32" else f"{fmt}.{precision}"
+
+
+class OptionError(ConfigError):
+    """An export option that cannot work; `field` is the ExportOptions field, so a command line can name its flag."""
+
+    def __init__(self, field: str, value: Any, why: str):
+        self.field, self.value, self.why = field, value, why
+        super().__init__(self.named(field))
+
+    def named(self, name: str) -> str:
+        """The message with the option called `name` (a flag such as --precision)."""
+        return f"{name} {self.value}: {self.why}"
+
+
+@dataclass
+class ExportOptions:
+    """What to export and how. `formats`: any of FORMATS (the fp32 ONNX graph is always written: every other
+    file starts from it). `precisions`: the precisions of every requested format (fp16/int8 graphs come
+    with them whenever ONNX or TensorRT is asked for, or OpenVINO int8 from the Q/DQ graph)."""
+
+    formats: Sequence[str] = ("onnx",)
+    precisions: Sequence[str] = ("fp32",)
+    tasks: Sequence[str] | None = None  # default: every task of the model
+    validate: bool = True  # run every file and compare it with its reference; False: build only (benchmarks)
+    opset: int = DEFAULT_OPSET
+    full_resolution: bool = True  # False: outputs at the heads' own grid, `output_stride` in the metadata
+    device: str = "cpu"  # where the network runs while exporting and validating (cpu, cuda)
+    calib_data: Path | None = None  # int8 calibration: a dataset folder or a folder of images
+    calib_size: int = 32
+    calibration: tuple[np.ndarray, str] | None = None  # preloaded (images N x 3 x H x W, description)
+    int8_source: str = "qdq"  # OpenVINO int8 IR from the Q/DQ graph, or "nncf" post-training quantisation
+    batch_profile: tuple[int, int, int] | str = DEFAULT_BATCH  # TensorRT min,opt,max; max is Triton's max batch
+    workspace_mb: int = DEFAULT_WORKSPACE_MB
+    timing_cache: Path | None = None  # default: out/timing.cache
+    triton: Path | None = None  # also write a Triton model repository here
+    names: Mapping[str, str] = field(default_factory=dict)  # artifact key -> path under out (DEFAULT_NAMES)
+    reuse: bool = False  # keep a file already at its name in out instead of rebuilding it
+    report: bool = True  # write out/export.json
+
+
+def check_options(options: ExportOptions, meta: dict[str, Any], out: Path) -> list[str]:
+    """Refuse options that cannot work, in one line each, before anything is built; returns the task list."""
+    from mtlkd.export.tensorrt import parse_batch_profile
+    from mtlkd.tasks import parse_tasks
+
+    unknown = [f for f in options.formats if f not in FORMATS]
+    if unknown:
+        raise OptionError("formats", unknown[0], f"choose from {', '.join(FORMATS)}")
+    bad = [p for p in options.precisions if p not in PRECISIONS]
+    if bad or not options.precisions:
+        raise OptionError("precisions", ",".join(bad) or "(none)", f"choose one or more of {', '.join(PRECISIONS)}")
+    if len(set(options.precisions)) != len(options.precisions):
+        raise OptionError("precisions", ",".join(options.precisions), "a precision is named twice")
+    if not MIN_OPSET <= options.opset <= MAX_OPSET:
+        raise OptionError("opset", options.opset, f"the exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
+    if options.int8_source not in INT8_SOURCES:
+        raise OptionError("int8_source", options.int8_source, f"choose {' or '.join(INT8_SOURCES)}")
+    parse_batch_profile(options.batch_profile)
+    for name in ("calib_size", "workspace_mb"):
+        if getattr(options, name) < 1:
+            raise OptionError(name, getattr(options, name), "must be 1 or more")
+    if options.device not in ("cpu", "cuda") and not str(options.device).startswith("cuda:"):
+        raise OptionError("device", options.device, "choose cpu or cuda")
+    if options.calib_data is not None:
+        if not Path(options.calib_data).is_dir():
+            raise OptionError("calib_data", options.calib_data, "no such folder")
+        if "int8" not in options.precisions:
+            raise OptionError("calib_data", options.calib_data, "calibration images are only used for int8")
+    if options.triton is not None and len(options.precisions) > 1:
+        raise OptionError("triton", options.triton, f"a Triton repository serves one precision, not "
+                                                    f"{', '.join(options.precisions)}; export them separately")
+    for key, name in options.names.items():
+        if key not in DEFAULT_NAMES:
+            raise OptionError("names", key, f"not an artifact (known: {', '.join(DEFAULT_NAMES)})")
+        if Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).suffix:
+            raise OptionError("names", name, "give a relative file name with a suffix, inside the output folder")
+    if out.exists() and not out.is_dir():
+        raise OptionError("out", out, "exists and is not a folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError("out", out, f"{existing} is not writable; choose another output folder")
+    if options.tasks is None:
+        return list(meta["tasks"])
+    try:
+        return parse_tasks(list(options.tasks), available=list(meta["tasks"]))
+    except ValueError as err:  # the task registry's own message says which name and why
+        raise OptionError("tasks", ",".join(options.tasks), str(err)) from None

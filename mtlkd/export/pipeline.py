@@ -1,0 +1,174 @@
+"""The export pipeline: one call from a checkpoint (or a network in memory) to checked model files.
+
+`export_model(source, out, options)` builds the fp32 ONNX graph, then what `ExportOptions` asks for
+(fp16/int8 graphs, an ORT-optimised graph, OpenVINO IRs, TensorRT engines, a Triton repository), checks
+every file against PyTorch or the fp32 graph (`mtlkd.export.validate`) unless `validate=False`, and returns
+an `ExportResult` listing the files and every check with its measured numbers. `mtl-export` is a thin layer
+over it, and the benchmark calls it with its own cache folder and file names.
+
+Safety, as the command has always had it: everything is built in a folder beside `out` and moved in only
+when every check passed, so a failed export (a tolerance missed, NaN weights, Ctrl-C) leaves `out` as it
+was; each precision has its own file names in every format (`DEFAULT_NAMES`); `export.json` records the
+result. With `reuse=True` a file already at its name in `out` is taken as it is (a cache) instead of rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mtlkd.errors import ValidationError
+from mtlkd.export.options import (
+    DEFAULT_NAMES,
+    FORMATS,
+    REPORT_NAME,
+    ExportOptions,
+    OptionError,
+    artifact_key,
+    check_options,
+)
+from mtlkd.export.validate import Check, summary
+from mtlkd.metadata import SCHEMA_VERSION
+
+__all__ = ["DEFAULT_NAMES", "FORMATS", "Artifact", "ExportOptions", "ExportResult", "OptionError", "artifact_key",
+           "export_model"]
+
+@dataclass
+class Artifact:
+    """One file written (or reused), with the checks it passed."""
+
+    key: str
+    format: str
+    precision: str
+    path: Path
+    note: str = ""
+    checks: list[Check] = field(default_factory=list)
+    reused: bool = False
+
+    bytes: int = 0  # measured when the file is recorded (a failed export's files are gone afterwards)
+
+    def __post_init__(self) -> None:
+        if not self.bytes and self.path.is_file():
+            extra = self.path.with_suffix(".bin") if self.path.suffix == ".xml" else None
+            self.bytes = self.path.stat().st_size + (extra.stat().st_size if extra and extra.is_file() else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "format": self.format, "file": str(self.path), "bytes": self.bytes,
+                "precision": self.precision, "note": self.note, "reused": self.reused,
+                "checks": summary(self.checks)}  # fmt: skip
+
+
+@dataclass
+class ExportResult:
+    """Every file written and every check made. `problems`: what could not be done although the rest was
+    written (a TensorRT engine without TensorRT, or built but not runnable here)."""
+
+    out: Path
+    artifacts: list[Artifact] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+    @property
+    def checks(self) -> list[Check]:
+        return [c for a in self.artifacts for c in a.checks]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(c.ok for c in self.checks)
+
+    def path(self, key: str) -> Path:
+        """The file of an artifact key ("onnx", "openvino.int8", ...)."""
+        for artifact in self.artifacts:
+            if artifact.key == key:
+                return artifact.path
+        raise KeyError(f"{key!r} was not exported (exported: {', '.join(a.key for a in self.artifacts)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What export.json and `mtl-export --json` hold."""
+        return {"schema_version": SCHEMA_VERSION, "out": str(self.out),
+                "artifacts": [a.to_dict() for a in self.artifacts], "problems": list(self.problems),
+                "checks": [c.__dict__ for c in self.checks]}  # fmt: skip
+
+
+Source = str | Path | tuple[Any, dict[str, Any]]
+
+
+def export_model(source: Source, out: str | Path, options: ExportOptions | None = None,
+                 progress: Callable[[str], None] | None = None, **overrides: Any) -> ExportResult:  # fmt: skip
+    """Export `source` (a checkpoint path, or `(network, metadata)` with the checkpoint metadata or the
+    network config) into the folder `out`. `overrides` replace fields of `options` (`formats=["openvino"]`).
+    `progress(line)` receives what is being done and each check. Raises a UserError for bad options or
+    input (`OptionError` names the option), `ValidationError` (with `.result`, what was built) when a file
+    fails its check, and BackendUnavailable when OpenVINO is asked for but missing; nothing in `out` changes
+    in these cases. A missing TensorRT is not an error: the rest is written and `result.problems` says so."""
+    options = replace(options or ExportOptions(), **overrides)
+    out = Path(out)
+    model, meta, sha, label = _load(source, options.device)
+    tasks = check_options(options, meta, out)
+    if "openvino" in options.formats:
+        from mtlkd.export.openvino import require_openvino
+
+        require_openvino()
+    from mtlkd.export import steps
+
+    say = progress or (lambda _line: None)
+    say(f"exporting {label} ({', '.join(tasks)}) -> {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    build = steps.Build(model, meta, sha, tasks, options, stage, out, say)
+    try:
+        try:
+            build.run()
+        except ValidationError as err:
+            err.result = ExportResult(out, build.artifacts)  # type: ignore[attr-defined]
+            raise
+        moved = _move_into_place(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    result = ExportResult(out, build.artifacts, [p.replace(str(stage), str(out)) for p in build.problems])
+    for artifact in result.artifacts:
+        artifact.path = moved.get(artifact.path, artifact.path)
+    if options.triton is not None:
+        result.artifacts += steps.triton(result, options, meta)
+    if options.report:
+        from mtlkd.checkpoint import write_json
+
+        result.report = write_json(out / REPORT_NAME, result.to_dict())
+    return result
+
+
+def _load(source: Source, device: str) -> tuple[Any, dict[str, Any], str | None, str]:
+    """(network, checkpoint metadata, checkpoint sha256 or None, label for messages)."""
+    if isinstance(source, str | Path):
+        from mtlkd.checkpoint import read_metadata, sha256_of
+        from mtlkd.models import load_model
+
+        read_metadata(source)  # one line for a file that is not a checkpoint, before torch is involved
+        model, meta = load_model(str(source), device=device)
+        return model, meta, sha256_of(source), str(source)
+    model, meta = source
+    if "backbone" in meta and "tasks" in meta and "config" not in meta:  # a network config, not metadata
+        from mtlkd.checkpoint import model_metadata
+
+        meta = model_metadata(meta)
+    return model.to(device), meta, meta.get("source_sha256"), type(model).__name__
+
+
+def _move_into_place(stage: Path, out: Path) -> dict[Path, Path]:
+    """Move every file built in `stage` to the same place under `out` (weights before the files that name
+    them: .bin before .xml, sidecars before engines); other files of `out` stay. Returns staged -> final."""
+    files = sorted((p for p in stage.rglob("*") if p.is_file()),
+                   key=lambda p: (p.suffix in (".xml", ".engine", ".plan", ".onnx"), str(p)))  # fmt: skip
+    moved = {}
+    for path in files:
+        target = out / path.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved[path] = target
+    return moved
+
