@@ -47,8 +47,10 @@ OPENVINO_PRECISION = ("# precision: OpenVINO's CPU plugin default, bf16 on CPUs 
 
 
 def output_dims(metadata: dict[str, Any]) -> dict[str, list[int]]:
-    """Per output, its dims without the batch axis (C x H x W)."""
-    height, width = (int(v) for v in metadata["input_size"])
+    """Per output, its dims without the batch axis (C x H x W): the input size, or the heads' own grid
+    (input size / `output_stride`) for a graph exported with low-resolution outputs."""
+    stride = int(metadata.get("output_stride") or 1)
+    height, width = (int(v) // stride for v in metadata["input_size"])
     return {t: [get_task(t).channels(metadata.get("num_classes")), height, width] for t in metadata["tasks"]}
 
 

@@ -41,12 +41,12 @@ def test_bad_options_are_one_line(checkpoint, tmp_path, args, words):
 
 
 def test_read_only_out_is_refused_before_the_export(checkpoint, tmp_path, monkeypatch):
-    import mtlkd.export.pipeline as export_cli
+    import mtlkd.export.options as export_options
 
     real = os.access
     locked = tmp_path / "locked"
     locked.mkdir()
-    monkeypatch.setattr(export_cli.os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    monkeypatch.setattr(export_options.os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
     result = runner.invoke(app, [str(checkpoint), "--out", str(locked / "export")])
     assert result.exit_code == 2 and "not writable" in result.stderr
     assert "exporting" not in result.stdout

@@ -1,0 +1,130 @@
+"""`export_model` driven as a library (no command line): what it writes, what it measures, the benchmark's
+way of calling it (own names, no validation, reuse), options refused by name, the resolution switch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mtlkd.checkpoint import model_metadata, save_checkpoint, sha256_of
+from mtlkd.errors import ConfigError, ExportError
+from mtlkd.export.pipeline import DEFAULT_NAMES, ExportOptions, OptionError, export_model
+from mtlkd.metadata import SCHEMA_VERSION, read_metadata
+from mtlkd.models import create_model, preset_config
+
+TASKS = ["seg", "depth", "normal"]
+
+
+@pytest.fixture(scope="module")
+def config():
+    return preset_config("vit-nano", TASKS, class_names=["wall", "floor", "chair"])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(config, tmp_path_factory):
+    torch.manual_seed(4)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    return save_checkpoint(path, create_model(config).state_dict(), model_metadata(config))
+
+
+def _building(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if ".building-" in p.name]
+
+
+def test_export_model_writes_checks_and_reports(checkpoint, tmp_path):
+    out = tmp_path / "export"
+    lines: list[str] = []
+    result = export_model(checkpoint, out, ExportOptions(formats=["onnx", "openvino"], precisions=["fp32", "fp16"],
+                                                         tasks=["seg", "depth"]), progress=lines.append)
+    assert [a.key for a in result.artifacts] == ["onnx", "onnx.fp16", "openvino", "openvino.fp16"]
+    for artifact in result.artifacts:
+        assert artifact.path == out / DEFAULT_NAMES[artifact.key] and artifact.path.is_file() and artifact.bytes > 0
+        assert {(c.batch, c.task) for c in artifact.checks} == {(b, t) for b in (1, 3) for t in ("seg", "depth")}
+        assert all(c.ok and np.isfinite(c.max_abs_err) and c.kept for c in artifact.checks)
+        assert {c.reference for c in artifact.checks} == {"pytorch" if artifact.precision == "fp32" else "fp32 onnx"}
+    assert result.ok and not result.problems and result.path("openvino.fp16") == out / "openvino/model.fp16.xml"
+    assert (out / "openvino" / "model.fp16.bin").is_file()
+    assert json.loads(result.report.read_text()) == json.loads(json.dumps(result.to_dict()))
+    assert len(lines) == 1 + len(result.checks) and lines[0].startswith("exporting")
+    meta = read_metadata(out / "model.fp16.onnx")
+    assert meta["tasks"] == ["seg", "depth"] and meta["precision"] == "fp16"
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["source_sha256"] == sha256_of(checkpoint)
+    assert "output_stride" not in meta and not _building(tmp_path)
+
+
+def test_benchmark_call_own_names_no_checks_and_reuse(config, tmp_path):
+    torch.manual_seed(5)
+    net = create_model(config)
+    calibration = (np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32), "4 test images")
+    names = {"onnx": "cache/net.onnx", "onnx.int8": "cache/net.int8-abc.onnx"}
+    options = ExportOptions(precisions=["int8"], tasks=["seg"], validate=False, reuse=True, report=False,
+                            names=names, calibration=calibration)  # fmt: skip
+    first = export_model((net, config), tmp_path, options)
+    assert {a.key: a.path for a in first.artifacts} == {k: tmp_path / v for k, v in names.items()}
+    assert not first.checks and not any(a.reused for a in first.artifacts)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["net.int8-abc.onnx", "net.onnx"]
+    stored = read_metadata(tmp_path / names["onnx.int8"])["quantization"]["calibration"]
+    assert stored == {"method": "minmax", "images": 4, "source": "4 test images"}
+    stamps = {k: (tmp_path / v).stat().st_mtime_ns for k, v in names.items()}
+    again = export_model((net, config), tmp_path, options)
+    assert all(a.reused for a in again.artifacts)
+    assert {k: (tmp_path / v).stat().st_mtime_ns for k, v in names.items()} == stamps
+    rebuilt = export_model((net, config), tmp_path, options, reuse=False)  # keyword overrides of the options
+    assert not any(a.reused for a in rebuilt.artifacts) and (tmp_path / names["onnx"]).stat().st_mtime_ns != \
+        stamps["onnx"]
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"precisions": ["int4"]}, "precisions"), ({"formats": ["tflite"]}, "formats"), ({"opset": 11}, "opset"),
+    ({"names": {"onnx": "../model.onnx"}}, "names"), ({"names": {"model": "m.onnx"}}, "names"),
+    ({"precisions": ["fp32", "int8"], "triton": Path("repo")}, "triton"), ({"calib_data": Path(".")}, "calib_data"),
+    ({"tasks": ["seg", "seg"]}, "tasks"), ({"batch_profile": "2,4,8"}, "batch_profile"),
+    ({"precisions": ["fp16", "fp16"]}, "precisions"),
+])  # fmt: skip
+def test_bad_options_name_the_option_before_anything_is_built(config, tmp_path, overrides, field):
+    out = tmp_path / "out"
+    with pytest.raises(OptionError) as info:
+        export_model((create_model(config), config), out, **overrides)
+    assert info.value.field == field and isinstance(info.value, ConfigError) and "\n" not in str(info.value)
+    assert info.value.named("--flag").startswith("--flag ")
+    assert not out.exists() and not _building(tmp_path)
+
+
+def test_full_resolution_is_passed_to_the_network(config, tmp_path):
+    net = create_model(config)
+    with pytest.raises(ExportError, match="full resolution"):
+        export_model((net, config), tmp_path / "a", full_resolution=False, validate=False)
+    assert not (tmp_path / "a").exists()
+    # A stand-in for the switch the networks get: the exporter sets it while tracing and restores it.
+    net.full_resolution, net.output_stride = True, 4
+    seen: list[bool] = []
+    forward = net.forward
+    net.forward = lambda *args, **kwargs: (seen.append(net.full_resolution), forward(*args, **kwargs))[1]
+    result = export_model((net, config), tmp_path / "b", full_resolution=False, validate=False, tasks=["seg"])
+    assert seen and not any(seen) and net.full_resolution is True
+    assert read_metadata(result.path("onnx"))["output_stride"] == 4
+    from mtlkd.export.triton import output_dims
+
+    assert output_dims(read_metadata(result.path("onnx")))["seg"] == [3, 8, 8]  # 32 x 32 input, stride 4
+
+
+def test_cli_json_to_stdout_or_a_file_and_quiet(checkpoint, tmp_path):
+    from mtlkd.cli.export import app
+
+    runner = CliRunner()
+    out = tmp_path / "out"
+    result = runner.invoke(app, [str(checkpoint), "--out", str(out), "--tasks", "depth", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # stdout holds the JSON only
+    assert [a["key"] for a in report["artifacts"]] == ["onnx"] and report["artifacts"][0]["checks"]["depth"]
+    assert result.stderr.strip() == ""  # --quiet: no progress or check lines
+    saved = tmp_path / "result.json"
+    result = runner.invoke(app, [str(checkpoint), "--out", str(out), "--tasks", "depth", "--json", str(saved)])
+    assert result.exit_code == 0, result.output
+    assert "written to" in result.stdout and "model.onnx [fp32 vs pytorch]" in result.stderr
+    assert json.loads(saved.read_text())["artifacts"][0]["file"] == str(out / "model.onnx")
