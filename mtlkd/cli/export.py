@@ -204,6 +204,7 @@ def _human(n: float) -> str:
     return str(n)
 
 
+command_class = HouseCommand  # for `mtl export` (mtlkd.cli.main): app.command(..., cls=command_class)
 app.command(cls=HouseCommand)(command)
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ class Artifact:
     note: str = ""
     checks: list[Check] = field(default_factory=list)
     reused: bool = False
-
     bytes: int = 0  # measured when the file is recorded (a failed export's files are gone afterwards)
 
     def __post_init__(self) -> None:
@@ -108,19 +107,20 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
     in these cases. A missing TensorRT is not an error: the rest is written and `result.problems` says so."""
     options = replace(options or ExportOptions(), **overrides)
     out = Path(out)
-    model, meta, sha, label = _load(source, options.device)
-    tasks = check_options(options, meta, out)
+    tasks = check_options(options, _metadata(source), out)  # before the network is built: mistakes are quick
     if "openvino" in options.formats:
         from mtlkd.export.openvino import require_openvino
 
         require_openvino()
     from mtlkd.export import steps
 
+    model, meta, sha, label = _load(source, options.device)
     say = progress or (lambda _line: None)
     say(f"exporting {label} ({', '.join(tasks)}) -> {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     build = steps.Build(model, meta, sha, tasks, options, stage, out, say)
+    was_training = model.training
     try:
         try:
             build.run()
@@ -130,6 +130,7 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
         moved = _move_into_place(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        model.train(was_training)  # the checks ran it in eval mode; a caller's network is left as it came
     result = ExportResult(out, build.artifacts, [p.replace(str(stage), str(out)) for p in build.problems])
     for artifact in result.artifacts:
         artifact.path = moved.get(artifact.path, artifact.path)
@@ -142,21 +143,30 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
     return result
 
 
-def _load(source: Source, device: str) -> tuple[Any, dict[str, Any], str | None, str]:
-    """(network, checkpoint metadata, checkpoint sha256 or None, label for messages)."""
+def _metadata(source: Source) -> dict[str, Any]:
+    """The checkpoint metadata of a source, without building the network (a path: its header only)."""
     if isinstance(source, str | Path):
-        from mtlkd.checkpoint import read_metadata, sha256_of
-        from mtlkd.models import load_model
+        from mtlkd.checkpoint import read_metadata
 
-        read_metadata(source)  # one line for a file that is not a checkpoint, before torch is involved
-        model, meta = load_model(str(source), device=device)
-        return model, meta, sha256_of(source), str(source)
-    model, meta = source
+        return read_metadata(source)
+    meta = source[1]
     if "backbone" in meta and "tasks" in meta and "config" not in meta:  # a network config, not metadata
         from mtlkd.checkpoint import model_metadata
 
         meta = model_metadata(meta)
-    return model.to(device), meta, meta.get("source_sha256"), type(model).__name__
+    return meta
+
+
+def _load(source: Source, device: str) -> tuple[Any, dict[str, Any], str | None, str]:
+    """(network, checkpoint metadata, checkpoint sha256 or None, label for messages)."""
+    if isinstance(source, str | Path):
+        from mtlkd.checkpoint import sha256_of
+        from mtlkd.models import load_model
+
+        model, meta = load_model(str(source), device=device)
+        return model, meta, sha256_of(source), str(source)
+    meta = _metadata(source)
+    return source[0].to(device), meta, meta.get("source_sha256"), type(source[0]).__name__
 
 
 def _move_into_place(stage: Path, out: Path) -> dict[Path, Path]:
