@@ -5,7 +5,6 @@ Results (the table of files and checks, or JSON) go to stdout; progress and each
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -13,24 +12,22 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
+from mtlkd.cli.common import JSON_STDOUT, emit_json, optional_values, run
 from mtlkd.errors import BackendUnavailable, UserError, ValidationError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.tensorrt import DEFAULT_WORKSPACE_MB
 from mtlkd.ui import fail, user_errors
 
 EXIT_FAILED = 1  # a check failed or a back-end is missing (user mistakes exit 2)
-STDOUT = "-"
 FLAGS = {"precisions": "--precision", "opset": "--opset", "batch_profile": "--batch-size", "tasks": "--tasks",
          "calib_data": "--calib-data", "calib_size": "--calib-size", "workspace_mb": "--workspace",
          "device": "--device", "triton": "--triton", "out": "--out"}  # ExportOptions field -> flag, for messages
 
 
 class HouseCommand(TyperCommand):
-    """The house command-line style typer does not offer: `--json` stands alone (JSON to stdout) or takes a
-    PATH (a bare `--json`, last or followed by another option, is read as `--json -`), and help shows each
-    option's metavar but no type placeholders (`<bool>`, `<path>`)."""
-
-    optional = ("--json",)
+    """The house command-line style (mtlkd.cli.common) at the command itself, so it holds however the command
+    is called (console script, `mtl export`, a test runner): a bare `--json` means JSON on stdout, and help
+    shows each option's metavar but no type placeholders (`<bool>`, `<path>`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -44,12 +41,7 @@ class HouseCommand(TyperCommand):
         return option
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        fixed: list[str] = []
-        for i, arg in enumerate(args):
-            following = args[i + 1] if i + 1 < len(args) else None
-            bare = arg in self.optional and (following is None or (following.startswith("-") and following != STDOUT))
-            fixed.append(f"{arg}={STDOUT}" if bare else arg)
-        return super().parse_args(ctx, fixed)
+        return super().parse_args(ctx, optional_values(args))
 
 
 def _no_type_placeholder(param) -> None:
@@ -131,7 +123,7 @@ def command(
     )  # fmt: skip
     progress = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     with user_errors():
-        if json_out not in (None, STDOUT):
+        if json_out not in (None, JSON_STDOUT):
             from mtlkd.files import cannot_write
 
             why = cannot_write(json_out)
@@ -149,14 +141,9 @@ def command(
         except ValidationError as err:
             _table(getattr(err, "result", None), "not written (failed its checks)")
             fail(f"{err} ({out_dir} was left as it was; tolerances in mtlkd/export/validate.py)", code=EXIT_FAILED)
-    if json_out == STDOUT:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        if json_out is not None:
-            from mtlkd.checkpoint import write_json
-
-            write_json(json_out, result.to_dict())
+    if json_out != JSON_STDOUT:
         _table(result)
+    emit_json(result.to_dict(), json_out)
     if result.problems:
         fail("; ".join(result.problems), code=EXIT_FAILED)
 
@@ -207,5 +194,11 @@ def _human(n: float) -> str:
 command_class = HouseCommand  # for `mtl export` (mtlkd.cli.main): app.command(..., cls=command_class)
 app.command(cls=HouseCommand)(command)
 
+
+def main() -> None:
+    """The `mtl-export` console script."""
+    run(app)
+
+
 if __name__ == "__main__":
-    app()
+    main()
