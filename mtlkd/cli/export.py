@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from mtlkd.cli.common import JSON_STDOUT, emit_json, optional_values, run
-from mtlkd.errors import BackendUnavailable, UserError, ValidationError
+from mtlkd.errors import BackendUnavailable, ConfigError, UserError, ValidationError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.tensorrt import DEFAULT_WORKSPACE_MB
 from mtlkd.ui import fail, user_errors
@@ -112,7 +112,7 @@ def command(
       mtl-export runs/okd/model.safetensors --trt --precision fp16,int8 \\
           --batch-size 1,8,16 --workspace 2048 --json
     """
-    from mtlkd.export.pipeline import ExportOptions, OptionError, export_model
+    from mtlkd.export.pipeline import ExportOptions, export_model, flag_message
 
     formats = ["onnx"] + [f for f, on in (("ort", ort_optimize), ("openvino", openvino), ("tensorrt", trt)) if on]
     options = ExportOptions(
@@ -134,8 +134,8 @@ def command(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # exporter/converter chatter; real problems raise
                 result = export_model(model, out_dir, options, progress=progress)
-        except OptionError as err:
-            fail(err.named(FLAGS.get(err.field, err.field)))
+        except ConfigError as err:  # an option: say it with the flag's name
+            fail(flag_message(err, FLAGS))
         except BackendUnavailable as err:  # OpenVINO asked for but not installed: checked before anything is built
             fail(f"{err}; nothing was written", code=EXIT_FAILED)
         except ValidationError as err:

@@ -1,6 +1,6 @@
 """What `export_model` is asked to do (`ExportOptions`), the names of the files it writes, and the checks of
-those options before anything is built: a mistake is one line naming the option (`OptionError`), which the
-command line reports under its flag's name."""
+those options before anything is built: a mistake is one ConfigError line naming the option (`option_error`),
+which the command line reports under its flag's name (`flag_message`)."""
 
 from __future__ import annotations
 
@@ -36,16 +36,22 @@ def artifact_key(fmt: str, precision: str = "fp32") -> str:
     return fmt if precision == "fp32" else f"{fmt}.{precision}"
 
 
-class OptionError(ConfigError):
-    """An export option that cannot work; `field` is the ExportOptions field, so a command line can name its flag."""
+def option_error(field: str, value: Any, why: str) -> ConfigError:
+    """A ConfigError about the ExportOptions field `field`; it keeps `option`, `value` and `why`, so a command
+    line can say it with its own flag's name (`flag_message`)."""
+    if isinstance(value, tuple | list):
+        value = ",".join(str(v) for v in value)
+    error = ConfigError(f"{field} {value}: {why}")
+    error.option, error.value, error.why = field, value, why  # type: ignore[attr-defined]
+    return error
 
-    def __init__(self, field: str, value: Any, why: str):
-        self.field, self.value, self.why = field, value, why
-        super().__init__(self.named(field))
 
-    def named(self, name: str) -> str:
-        """The message with the option called `name` (a flag such as --precision)."""
-        return f"{name} {self.value}: {self.why}"
+def flag_message(error: Exception, flags: Mapping[str, str]) -> str:
+    """The message of an option error with the option named as `flags` spells it (field -> flag)."""
+    option = getattr(error, "option", None)
+    if option is None:
+        return str(error)
+    return f"{flags.get(option, option)} {error.value}: {error.why}"  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -81,45 +87,45 @@ def check_options(options: ExportOptions, meta: dict[str, Any], out: Path) -> li
 
     unknown = [f for f in options.formats if f not in FORMATS]
     if unknown:
-        raise OptionError("formats", unknown[0], f"choose from {', '.join(FORMATS)}")
+        raise option_error("formats", unknown[0], f"choose from {', '.join(FORMATS)}")
     bad = [p for p in options.precisions if p not in PRECISIONS]
     if bad or not options.precisions:
-        raise OptionError("precisions", ",".join(bad) or "(none)", f"choose one or more of {', '.join(PRECISIONS)}")
+        raise option_error("precisions", ",".join(bad) or "(none)", f"choose one or more of {', '.join(PRECISIONS)}")
     if len(set(options.precisions)) != len(options.precisions):
-        raise OptionError("precisions", ",".join(options.precisions), "a precision is named twice")
+        raise option_error("precisions", ",".join(options.precisions), "a precision is named twice")
     if not MIN_OPSET <= options.opset <= MAX_OPSET:
-        raise OptionError("opset", options.opset, f"the exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
+        raise option_error("opset", options.opset, f"the exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
     if options.int8_source not in INT8_SOURCES:
-        raise OptionError("int8_source", options.int8_source, f"choose {' or '.join(INT8_SOURCES)}")
+        raise option_error("int8_source", options.int8_source, f"choose {' or '.join(INT8_SOURCES)}")
     parse_batch_profile(options.batch_profile)
     for name in ("calib_size", "workspace_mb"):
         if getattr(options, name) < 1:
-            raise OptionError(name, getattr(options, name), "must be 1 or more")
+            raise option_error(name, getattr(options, name), "must be 1 or more")
     if options.device not in ("cpu", "cuda") and not str(options.device).startswith("cuda:"):
-        raise OptionError("device", options.device, "choose cpu or cuda")
+        raise option_error("device", options.device, "choose cpu or cuda")
     if options.calib_data is not None:
         if not Path(options.calib_data).is_dir():
-            raise OptionError("calib_data", options.calib_data, "no such folder")
+            raise option_error("calib_data", options.calib_data, "no such folder")
         if "int8" not in options.precisions:
-            raise OptionError("calib_data", options.calib_data, "calibration images are only used for int8")
+            raise option_error("calib_data", options.calib_data, "calibration images are only used for int8")
     if options.triton is not None and len(options.precisions) > 1:
-        raise OptionError("triton", options.triton, f"a Triton repository serves one precision, not "
+        raise option_error("triton", options.triton, f"a Triton repository serves one precision, not "
                                                     f"{', '.join(options.precisions)}; export them separately")
     for key, name in options.names.items():
         if key not in DEFAULT_NAMES:
-            raise OptionError("names", key, f"not an artifact (known: {', '.join(DEFAULT_NAMES)})")
+            raise option_error("names", key, f"not an artifact (known: {', '.join(DEFAULT_NAMES)})")
         if Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).suffix:
-            raise OptionError("names", name, "give a relative file name with a suffix, inside the output folder")
+            raise option_error("names", name, "give a relative file name with a suffix, inside the output folder")
     if out.exists() and not out.is_dir():
-        raise OptionError("out", out, "exists and is not a folder")
+        raise option_error("out", out, "exists and is not a folder")
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OptionError("out", out, f"{existing} is not writable; choose another output folder")
+        raise option_error("out", out, f"{existing} is not writable; choose another output folder")
     if options.tasks is None:
         return list(meta["tasks"])
     try:
         return parse_tasks(list(options.tasks), available=list(meta["tasks"]))
     except ValueError as err:  # the task registry's own message says which name and why
-        raise OptionError("tasks", ",".join(options.tasks), str(err)) from None
+        raise option_error("tasks", ",".join(options.tasks), str(err)) from None

@@ -28,15 +28,15 @@ from mtlkd.export.options import (
     FORMATS,
     REPORT_NAME,
     ExportOptions,
-    OptionError,
     artifact_key,
     check_options,
+    flag_message,
 )
 from mtlkd.export.validate import Check, summary
 from mtlkd.metadata import SCHEMA_VERSION
 
-__all__ = ["DEFAULT_NAMES", "FORMATS", "Artifact", "ExportOptions", "ExportResult", "OptionError", "artifact_key",
-           "export_model"]
+__all__ = ["DEFAULT_NAMES", "FORMATS", "Artifact", "ExportOptions", "ExportResult", "artifact_key", "export_model",
+           "flag_message"]
 
 @dataclass
 class Artifact:
@@ -101,10 +101,11 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
                  progress: Callable[[str], None] | None = None, **overrides: Any) -> ExportResult:  # fmt: skip
     """Export `source` (a checkpoint path, or `(network, metadata)` with the checkpoint metadata or the
     network config) into the folder `out`. `overrides` replace fields of `options` (`formats=["openvino"]`).
-    `progress(line)` receives what is being done and each check. Raises a UserError for bad options or
-    input (`OptionError` names the option), `ValidationError` (with `.result`, what was built) when a file
-    fails its check, and BackendUnavailable when OpenVINO is asked for but missing; nothing in `out` changes
-    in these cases. A missing TensorRT is not an error: the rest is written and `result.problems` says so."""
+    `progress(line)` receives what is being done and each check. Raises a UserError for bad input (a
+    ConfigError naming the option for bad options: `flag_message`), `ValidationError` (with `.result`, what
+    was built) when a file fails its check, and BackendUnavailable when OpenVINO is asked for but missing;
+    nothing in `out` changes in these cases. A missing TensorRT is not an error: the rest is written and
+    `result.problems` says so."""
     options = replace(options or ExportOptions(), **overrides)
     out = Path(out)
     tasks = check_options(options, _metadata(source), out)  # before the network is built: mistakes are quick

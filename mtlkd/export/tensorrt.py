@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlkd.errors import BackendUnavailable, EngineBuildError
-from mtlkd.export.options import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, OptionError
+from mtlkd.export.options import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, option_error
 from mtlkd.metadata import engine_sidecar, engine_sidecar_text, read_onnx_metadata
 
 
@@ -38,18 +38,18 @@ def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[i
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise OptionError("batch_profile", text, "expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
+            raise option_error("batch_profile", text, "expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
     else:
         values = [int(v) for v in text]
     if len(values) == 1:
         values = [1, values[0], values[0]]
     if len(values) != 3:
-        raise OptionError("batch_profile", text, "expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
+        raise option_error("batch_profile", text, "expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
     low, opt, high = values
     if not low <= opt <= high:
-        raise OptionError("batch_profile", text, "need MIN <= OPT <= MAX")
+        raise option_error("batch_profile", text, "need MIN <= OPT <= MAX")
     if low != 1:
-        raise OptionError("batch_profile", text, f"MIN must be 1 (one image, or the last part of a batch, is sent as "
+        raise option_error("batch_profile", text, f"MIN must be 1 (one image, or the last part of a batch, is sent as "
                                                  f"a smaller batch by the Predictor and by Triton); use 1,{opt},{high}")
     return low, opt, high
 
