@@ -95,22 +95,33 @@ def test_bad_options_name_the_option_before_anything_is_built(config, tmp_path, 
     assert not out.exists() and not _building(tmp_path)
 
 
-def test_full_resolution_is_passed_to_the_network(config, tmp_path):
-    net = create_model(config)
-    with pytest.raises(ExportError, match="full resolution"):
-        export_model((net, config), tmp_path / "a", full_resolution=False, validate=False)
-    assert not (tmp_path / "a").exists()
-    # A stand-in for the switch the networks get: the exporter sets it while tracing and restores it.
-    net.full_resolution, net.output_stride = True, 4
-    seen: list[bool] = []
-    forward = net.forward
-    net.forward = lambda *args, **kwargs: (seen.append(net.full_resolution), forward(*args, **kwargs))[1]
-    result = export_model((net, config), tmp_path / "b", full_resolution=False, validate=False, tasks=["seg"])
-    assert seen and not any(seen) and net.full_resolution is True
-    assert read_metadata(result.path("onnx"))["output_stride"] == 4
+def test_low_resolution_export_records_its_stride_and_is_checked_at_that_size(config, tmp_path):
+    import onnxruntime as ort
+
     from mtlkd.export.triton import output_dims
 
-    assert output_dims(read_metadata(result.path("onnx")))["seg"] == [3, 8, 8]  # 32 x 32 input, stride 4
+    torch.manual_seed(6)
+    net = create_model(config)
+    result = export_model((net, config), tmp_path / "low", full_resolution=False, tasks=["seg", "depth"])
+    stride = net.output_stride
+    assert stride > 1 and net.full_resolution is True  # switched for the export only
+    meta = read_metadata(result.path("onnx"))
+    assert meta["output_stride"] == stride
+    session = ort.InferenceSession(str(result.path("onnx")), providers=["CPUExecutionProvider"])
+    seg, depth = session.run(["seg", "depth"], {"image": np.zeros((2, 3, 32, 32), np.float32)})
+    assert seg.shape == (2, 3, 32 // stride, 32 // stride) and depth.shape == (2, 1, 32 // stride, 32 // stride)
+    assert result.ok and all(c.ok for c in result.checks)  # PyTorch's reference was taken at the same size
+    assert output_dims(meta) == {"seg": [3, 32 // stride, 32 // stride], "depth": [1, 32 // stride, 32 // stride]}
+    full = export_model((net, config), tmp_path / "full", tasks=["seg"], validate=False)
+    assert "output_stride" not in read_metadata(full.path("onnx"))
+
+
+def test_a_network_without_the_switch_is_refused_at_low_resolution(config, tmp_path):
+    net = create_model(config)
+    del net.full_resolution  # a network class that predates the switch
+    with pytest.raises(ExportError, match="full resolution"):
+        export_model((net, config), tmp_path / "a", full_resolution=False, validate=False)
+    assert not (tmp_path / "a").exists() and not _building(tmp_path)
 
 
 def test_cli_json_to_stdout_or_a_file_and_quiet(checkpoint, tmp_path):
