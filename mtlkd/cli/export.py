@@ -10,9 +10,8 @@ import warnings
 from pathlib import Path
 
 import typer
-from typer.core import TyperCommand
 
-from mtlkd.cli.common import JSON_STDOUT, emit_json, optional_values, run
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, emit_json, run
 from mtlkd.errors import BackendUnavailable, ConfigError, UserError, ValidationError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.tensorrt import DEFAULT_WORKSPACE_MB
@@ -24,33 +23,6 @@ FLAGS = {"precisions": "--precision", "opset": "--opset", "batch_profile": "--ba
          "device": "--device", "triton": "--triton", "out": "--out"}  # ExportOptions field -> flag, for messages
 
 
-class HouseCommand(TyperCommand):
-    """The house command-line style (mtlkd.cli.common) at the command itself, so it holds however the command
-    is called (console script, `mtl export`, a test runner): a bare `--json` means JSON on stdout, and help
-    shows each option's metavar but no type placeholders (`<bool>`, `<path>`)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            _no_type_placeholder(param)
-
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            _no_type_placeholder(option)
-        return option
-
-    def parse_args(self, ctx, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, optional_values(args))
-
-
-def _no_type_placeholder(param) -> None:
-    """Help shows the metavar of an option that takes a value and nothing for flags and arguments (whose
-    name is already their metavar)."""
-    shown = None if getattr(param, "is_flag", False) or param.param_type_name == "argument" else param.metavar
-    param.display_type_rich = lambda ctx: shown
-
-
 app = typer.Typer(add_completion=False)
 
 
@@ -58,10 +30,13 @@ def command(
     model: Path = typer.Argument(..., metavar="MODEL", help="A model.safetensors written by mtl-train."),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR",
                                     help="Output folder (default: export/ beside the model)."),
-    onnx: bool = typer.Option(False, "--onnx", help="Write the ONNX graph (always done; the rest starts from it)."),
-    trt: bool = typer.Option(False, "--trt", help="Build a TensorRT engine (needs TensorRT and an NVIDIA GPU)."),
-    openvino: bool = typer.Option(False, "--openvino", help="Write an OpenVINO IR (openvino/model.xml + .bin)."),
-    ort_optimize: bool = typer.Option(False, "--ort-optimize",
+    onnx: bool = typer.Option(False, "--onnx", metavar="",
+                              help="Write the ONNX graph (always done; the rest starts from it)."),
+    trt: bool = typer.Option(False, "--trt", metavar="",
+                             help="Build a TensorRT engine (needs TensorRT and an NVIDIA GPU)."),
+    openvino: bool = typer.Option(False, "--openvino", metavar="",
+                                  help="Write an OpenVINO IR (openvino/model.xml + .bin)."),
+    ort_optimize: bool = typer.Option(False, "--ort-optimize", metavar="",
                                       help="Also write model.ort.onnx, fused by onnxruntime.transformers (ORT only)."),
     precision: str = typer.Option("fp32", "--precision", "-p", metavar="fp32|fp16|int8[,...]",
                                   help="fp16: mixed-precision graph; int8: Q/DQ graph calibrated on --calib-data. "
@@ -84,8 +59,9 @@ def command(
     device: str = typer.Option("cpu", "--device", metavar="cpu|cuda",
                                help="Where the network runs while exporting and checking."),
     json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
-                                        help="The result as JSON: on stdout (instead of the table), or into PATH."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or check lines; only results and errors."),
+                                        help="The result as JSON: on stdout (instead of the table), or into PATH (a .json file)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="",
+                               help="No progress or check lines; only results and errors."),
 ) -> None:  # fmt: skip
     """Export a checkpoint to ONNX and, on request, TensorRT, OpenVINO and Triton.
 
@@ -191,7 +167,6 @@ def _human(n: float) -> str:
     return str(n)
 
 
-command_class = HouseCommand  # for `mtl export` (mtlkd.cli.main): app.command(..., cls=command_class)
 app.command(cls=HouseCommand)(command)
 
 
