@@ -59,7 +59,7 @@ def command(
     device: str = typer.Option("cpu", "--device", metavar="cpu|cuda",
                                help="Where the network runs while exporting and checking."),
     json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
-                                        help="The result as JSON: on stdout (instead of the table), or into PATH (a .json file)."),
+                                        help="The result as JSON: on stdout (not the table), or into PATH (a .json)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="",
                                help="No progress or check lines; only results and errors."),
 ) -> None:  # fmt: skip
