@@ -17,9 +17,11 @@ Two kinds of evidence, compared with the fp32 reference on the same images:
 Tolerances: fp32 graphs differ from PyTorch by re-association alone (relative error near 1e-6), so a
 bound of 1e-3 catches every real bug. fp16 and bf16 round each activation to 11 and 8 significant bits
 (relative 5e-4 and 4e-3 per value), which a network's dozens of layers compound to about 1e-2 and 3e-2
-on the outputs; int8 rounds weights and activations to 256 levels and loses more. The bounds were set
-from measurements of trained and random-weight vit-micro and vit-tiny models (README, "Accuracy of the
-precisions"), with room for other seeds and datasets; a broken export is off by 0.3 or more.
+on the outputs; int8 rounds weights and activations to 256 levels and loses more. Measured on the demo's
+vit-micro (8 scenes; README, "Accuracy of the precisions"): trained, fp16 8e-4, bf16 8e-3, int8 2.5e-2
+(seg logits, the worst output); with random weights the seg logits amplify the same rounding about 9x
+(bf16 7.2e-2), because a random head's output is a small sum of large terms of both signs. The bounds
+leave room for that and for other seeds and datasets; a broken export is off by 0.3 or more.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(raw_rel_err=1e-3, seg_agreement=99.5, depth_rel_err=0.1, normal_angle=0.1),
     "fp16": Tolerance(raw_rel_err=2e-2, seg_agreement=98.0, depth_rel_err=1.0, normal_angle=1.0),
-    "bf16": Tolerance(raw_rel_err=5e-2, seg_agreement=97.0, depth_rel_err=2.0, normal_angle=2.0),
+    "bf16": Tolerance(raw_rel_err=1e-1, seg_agreement=97.0, depth_rel_err=2.0, normal_angle=2.0),
     "int8": Tolerance(raw_rel_err=1.5e-1, seg_agreement=95.0, depth_rel_err=5.0, normal_angle=5.0),
 }
 AGREEMENT_KEYS = ("seg_agreement", "depth_rel_err", "normal_angle")

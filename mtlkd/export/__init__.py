@@ -33,11 +33,11 @@ from mtlkd.export.tensorrt import (
     profile_shapes,
 )
 from mtlkd.export.triton import write_triton_repo
-from mtlkd.export.validate import TOLERANCES, validation_images
+from mtlkd.export.validate import validation_images
 
 __all__ = [
     "DEFAULT_NAMES", "FORMATS", "Artifact", "ExportOptions", "ExportResult", "export_model",
-    "DEFAULT_OPSET", "INPUT_NAME", "METADATA_KEY", "PRECISIONS", "TOLERANCES", "EngineBuildError",
+    "DEFAULT_OPSET", "INPUT_NAME", "METADATA_KEY", "PRECISIONS", "EngineBuildError",
     "BackendUnavailable", "ValidationError", "build_engine", "convert_fp16", "export_metadata", "export_onnx",
     "export_openvino", "graph_stats", "load_calibration_images", "optimize_for_ort", "parse_batch_profile",
     "profile_shapes", "quantize_int8", "read_onnx_metadata", "read_openvino_metadata", "validation_images",

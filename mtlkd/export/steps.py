@@ -106,7 +106,8 @@ class Build:
         reference, name = self.reference(precision)
         outs = val.run_batches(run, self.images, batches)
         label = str(Path(self.options.names.get(key, DEFAULT_NAMES[key])))
-        artifact.checks = val.compare(label, precision, name, {b: reference[b] for b in outs}, outs)
+        artifact.checks = val.compare(label, precision, name, {b: reference[b] for b in outs}, outs,
+                                      trained=not self.meta.get("random_weights"))  # fmt: skip
         for check in artifact.checks:
             self.say(check.line())
         val.ensure_ok(artifact.checks)
