@@ -56,6 +56,10 @@ def command(
     workspace: int = typer.Option(DEFAULT_WORKSPACE_MB, "--workspace", metavar="MB",
                                   help="TensorRT builder workspace limit."),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", metavar="N", help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET})."),
+    full_resolution: bool = typer.Option(False, "--full-resolution", metavar="",
+                                         help="Outputs at the input size (the graph upsamples). Default: at the "
+                                              "heads' own grid (output_stride in the metadata), resized once by "
+                                              "the runtime straight to each image's size."),
     device: str = typer.Option("cpu", "--device", metavar="cpu|cuda",
                                help="Where the network runs while exporting and checking."),
     json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
@@ -95,7 +99,7 @@ def command(
         formats=formats, precisions=[p.strip() for p in precision.split(",") if p.strip()],
         tasks=tasks.split(",") if tasks is not None else None, opset=opset, device=device,
         calib_data=calib_data, calib_size=calib_size, batch_profile=batch_old or batch_size, workspace_mb=workspace,
-        triton=triton,
+        triton=triton, full_resolution=full_resolution,
     )  # fmt: skip
     progress = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     with user_errors():

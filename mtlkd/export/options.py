@@ -65,7 +65,9 @@ class ExportOptions:
     tasks: Sequence[str] | None = None  # default: every task of the model
     validate: bool = True  # run every file and compare it with its reference; False: build only (benchmarks)
     opset: int = DEFAULT_OPSET
-    full_resolution: bool = True  # False: outputs at the heads' own grid, `output_stride` in the metadata
+    # False (the default): outputs at the heads' own grid, `output_stride` in the metadata; the runtime
+    # resizes them once, straight to each image's own size. True: the graph upsamples to its input size.
+    full_resolution: bool = False
     device: str = "cpu"  # where the network runs while exporting and validating (cpu, cuda)
     calib_data: Path | None = None  # int8 calibration: a dataset folder or a folder of images
     calib_size: int = 32

@@ -165,6 +165,12 @@ def write_triton_readme(repo: str | Path, models: dict[str, str], metadata: dict
                      "the Triton release\nwhose TensorRT matches `tensorrt.version` in `model.plan.json` (the "
                      "plan's metadata, beside it; the\nPredictor reads it too: `Predictor.load(\"<model>/1/"
                      "model.plan\")`).")
+    stride = int(metadata.get("output_stride") or 1)
+    if stride > 1:
+        notes.append(f"The outputs are at 1/{stride} of the input's size per side (the heads' own grid). Resize "
+                     "them bilinearly to your\nimage's size (half-pixel centres), then take the argmax of the "
+                     "class logits and renormalise the\nnormals to unit length: what `mtlkd.runtime.processing."
+                     "postprocess` does.")
     if gpu and "onnx" in models.values():
         notes.append("The ONNX model runs on the GPU (KIND_GPU, ONNX Runtime's CUDA provider).")
     notes_text = "\n\n".join(notes)

@@ -103,8 +103,10 @@ def test_fp16_onnx_openvino_and_triton_in_one_run(checkpoint, tmp_path):
     assert {a["precision"] for a in report["artifacts"]} == {"fp32", "fp16"}
     config = text_format.Parse((repo / "mtlkd_onnx" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.max_batch_size == 4 and [o.name for o in config.output] == ["seg", "depth"]
-    assert list(config.output[0].dims) == [4, 32, 32]
+    stride = meta["output_stride"]  # the heads' grid by default; the runtime resizes once
+    assert stride == 8 and list(config.output[0].dims) == [4, 32 // stride, 32 // stride]
     assert (repo / "mtlkd_openvino" / "1" / "model.bin").is_file()
+    assert f"1/{stride} of the input's size" in (repo / "README.md").read_text()
 
 
 # ------------------------------------------------------------------------------------- no network

@@ -54,7 +54,7 @@ def test_export_model_writes_checks_and_reports(checkpoint, tmp_path):
     meta = read_metadata(out / "model.fp16.onnx")
     assert meta["tasks"] == ["seg", "depth"] and meta["precision"] == "fp16"
     assert meta["schema_version"] == SCHEMA_VERSION and meta["source_sha256"] == sha256_of(checkpoint)
-    assert "output_stride" not in meta and not _building(tmp_path)
+    assert meta["output_stride"] == 8 and not _building(tmp_path)  # the heads' grid by default
 
 
 def test_benchmark_call_own_names_no_checks_and_reuse(config, tmp_path):
@@ -112,7 +112,7 @@ def test_low_resolution_export_records_its_stride_and_is_checked_at_that_size(co
     assert seg.shape == (2, 3, 32 // stride, 32 // stride) and depth.shape == (2, 1, 32 // stride, 32 // stride)
     assert result.ok and all(c.ok for c in result.checks)  # PyTorch's reference was taken at the same size
     assert output_dims(meta) == {"seg": [3, 32 // stride, 32 // stride], "depth": [1, 32 // stride, 32 // stride]}
-    full = export_model((net, config), tmp_path / "full", tasks=["seg"], validate=False)
+    full = export_model((net, config), tmp_path / "full", tasks=["seg"], validate=False, full_resolution=True)
     assert "output_stride" not in read_metadata(full.path("onnx"))
 
 
