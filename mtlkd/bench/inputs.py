@@ -39,7 +39,14 @@ def write_inputs(net: Any, tasks: list[str], timing: np.ndarray, images: np.ndar
     """The timing image, the accuracy images and the PyTorch fp32 outputs of `net` on them, for the workers."""
     from mtlkd.export.validate import run_torch
 
-    refs = run_torch(net, images, tasks)
+    before = getattr(net, "full_resolution", None)
+    if before is not None:  # the references at the heads' grid, as the exported graphs put out their maps
+        net.full_resolution = False
+    try:
+        refs = run_torch(net, images, tasks)
+    finally:
+        if before is not None:
+            net.full_resolution = before
     np.savez(path, timing=timing, accuracy=images, **{f"ref_{t}": refs[t] for t in tasks})
     return path
 

@@ -18,6 +18,7 @@ from mtlkd.bench.options import BenchOptions
 from mtlkd.errors import ConfigError
 
 TASKS = ("seg", "depth", "normal")
+CACHE_VERSION = 2  # part of every cache folder's name: 2 = graphs put out the heads' grid (output_stride)
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _sources(options: BenchOptions) -> list[tuple[Path, Path]]:
     from mtlkd.models import preset_config
 
     if options.model is not None:
-        sources = [(Path(p), work_root(options) / f"ckpt-{sha256_of(p)[:16]}-opset{DEFAULT_OPSET}")
+        sources = [(Path(p), work_root(options) / f"ckpt-{sha256_of(p)[:16]}-opset{DEFAULT_OPSET}-c{CACHE_VERSION}")
                    for p in [options.model, *options.stl]]  # fmt: skip
         if not options.stl:  # STL counterparts of the MTL's own architecture, random weights (latency only)
             meta = read_metadata(options.model)
@@ -106,7 +107,7 @@ def _sources(options: BenchOptions) -> list[tuple[Path, Path]]:
         config = preset_config(options.preset, tasks, class_names=list(CLASS_NAMES), img_size=options.img_size,
                                arch="mtl" if len(tasks) > 1 else "stl")  # fmt: skip
         h, w = config["backbone"]["img_size"]
-        root = work_root(options) / f"{options.preset}-{h}x{w}-opset{DEFAULT_OPSET}"
+        root = work_root(options) / f"{options.preset}-{h}x{w}-opset{DEFAULT_OPSET}-c{CACHE_VERSION}"
         if i == 0 and options.train_steps:
             folder = root / f"mtl-trained{options.train_steps}"
             sources.append((trained_checkpoint(folder, options.preset, (h, w), options.train_steps), folder))

@@ -141,15 +141,16 @@ def export_onnx(
     batch_dynamic: bool = True,
     *,
     source_sha256: str | None = None,
-    full_resolution: bool = True,
+    full_resolution: bool = False,
 ) -> Path:
     """Export `model` (an mtlkd network, as `load_model` returns it) to an ONNX file at `path`.
 
     One float32 input `image` (N x 3 x H x W, RGB in [0, 1]; dynamic N unless `batch_dynamic=False`, then
     N = 1) and one float32 output per task, named after the task, in the order of `tasks` (default: every
     task of the network; a subset exports only those heads). The metadata (see `export_metadata`) is
-    stored under `metadata_props["mtlkd"]`. `full_resolution=False` exports the heads' maps at their own
-    grid (input size / `output_stride`, recorded in the metadata) for networks that can. Returns the path.
+    stored under `metadata_props["mtlkd"]`. By default the heads' maps are exported at their own grid (input
+    size / `output_stride`, recorded in the metadata; networks without the switch keep full resolution
+    only when `full_resolution=True` is asked); the runtime resizes them once. Returns the path.
     """
     import onnx
     import torch

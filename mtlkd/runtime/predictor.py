@@ -149,10 +149,11 @@ class Predictor:
 
     def run_raw(self, batch: Any, tasks: str | Sequence[str] | None = None, data_size: bool = False) -> dict:
         """Raw network outputs for a float N x 3 x H x W batch in [0, 1] (numpy or anything np.asarray
-        takes): {task: N x C x h x w float32}, seg as logits, depth in metres, normals unit length.
+        takes): {task: N x C x h x w float32}, seg as logits, depth in metres, normals unit length, at the
+        heads' grid (input size / `output_stride` of the model's metadata) for every backend.
 
         The batch is resized to the network's input size when it differs; with `data_size` the outputs
-        are resized back to the batch's H x W (what dataset metrics compare against)."""
+        are resized once, straight to the batch's H x W (what dataset metrics compare against)."""
         tasks = self.resolve_tasks(tasks)
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != 3:

@@ -55,13 +55,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
             return tuple(out[t] for t in TASKS)
 
     path = root / "model.onnx"
+    model.full_resolution = False  # the heads' grid, as every backend (the torch one included) puts it out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Outputs(model), torch.rand(1, 3, 32, 32), str(path), input_names=["image"],
                           output_names=TASKS, dynamic_axes={"image": {0: "batch"}}, opset_version=18, dynamo=False)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "mtlkd", json.dumps({**metadata, "input_name": "image", "precision": "fp32"})
+    entry.key, entry.value = "mtlkd", json.dumps({**metadata, "input_name": "image", "precision": "fp32",
+                                                  "output_stride": model.output_stride})
     onnx.save(proto, str(path))
     return {"data": root / "data", "checkpoint": checkpoint, "onnx": path}
 

@@ -70,6 +70,7 @@ def net():
     torch.manual_seed(0)
     config = preset_config("vit-nano", TASKS, num_classes=13)
     model = _train_briefly(create_model(config), tuple(config["backbone"]["img_size"]))
+    model.full_resolution = False  # what the exports put out: the heads' grid (the runtime resizes once)
     return model, model_metadata(config)
 
 
@@ -105,8 +106,9 @@ def test_round_trip_every_task_at_batch_1_and_3(net, exported, images, fp32_outp
     assert {(c.batch, c.task) for c in checks} == {(b, t) for b in (1, 3) for t in TASKS}
     val.ensure_ok(checks)
     assert max(c.rel_err for c in checks) < 1e-4
-    assert fp32_outputs[3]["seg"].shape == (3, 13, 32, 32)
-    assert fp32_outputs[1]["normal"].shape == (1, 3, 32, 32)
+    stride = model.output_stride
+    assert fp32_outputs[3]["seg"].shape == (3, 13, 32 // stride, 32 // stride)
+    assert fp32_outputs[1]["normal"].shape == (1, 3, 32 // stride, 32 // stride)
 
 
 def test_graph_has_fusable_patterns(exported):
@@ -248,7 +250,7 @@ def test_triton_configs_parse_with_tritons_schema(exported, tmp_path):
     meta = read_onnx_metadata(exported["full"])
     folders = write_triton_repo(repo, {"onnx": exported["full"], "openvino": xml}, meta, max_batch_size=8)
     assert set(folders) == {"mtlkd_onnx", "mtlkd_openvino"}
-    expected = {"seg": [13, 32, 32], "depth": [1, 32, 32], "normal": [3, 32, 32]}
+    expected = {"seg": [13, 4, 4], "depth": [1, 4, 4], "normal": [3, 4, 4]}  # 32x32 at output stride 8
     for name, folder in folders.items():
         config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert config.name == name and config.max_batch_size == 8

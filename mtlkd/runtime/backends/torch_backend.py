@@ -1,7 +1,9 @@
 """PyTorch backend: runs a `.safetensors` checkpoint directly (no export step).
 
 The only runtime module that imports torch (and, through mtlkd.models, timm); it does so inside `load`.
-The network computes only the requested heads, so asking for one task skips the other heads' cost.
+The network computes only the requested heads, so asking for one task skips the other heads' cost. Like
+the exported graphs, it returns each head's map at its own grid (`full_resolution` off, `output_stride` in
+its metadata), so that every backend gives the same answer after the runtime's one resize.
 """
 
 from __future__ import annotations
@@ -66,4 +68,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, **_:
         if wanted and torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
     model, metadata = load_model(str(path), device=device)
+    if hasattr(model, "full_resolution"):  # as the exports: the heads' grid, one resize in the runtime
+        model.full_resolution = False
+        metadata = {**metadata, "output_stride": int(model.output_stride)}
     return TorchBackend(path, device, model, metadata)
