@@ -54,6 +54,7 @@ class Prepared:
     threads: int
     native: dict[str, bool]
     precisions: list[str]
+    calibration: tuple[tuple[np.ndarray, str], str]  # (images, description), the files' calibration tag
 
 
 def prepare(options: BenchOptions, report: Progress) -> Prepared:
@@ -81,19 +82,27 @@ def prepare(options: BenchOptions, report: Progress) -> Prepared:
     needs_calib = any(c.artifact in ("int8.onnx", "ov-int8", "ov-int8-nncf", "trt-int8") for c in configs)
     calibration = (load_calibration_images(options.data_dir, size, options.calib_size) if needs_calib
                    else (np.zeros((0, 3, *size), np.float32), "none"))  # fmt: skip
+    prepared = Prepared(models, configs, skipped, {}, threads, native, precisions, (calibration, calib_tag))
+    export_for(prepared, models[:1], configs, report)  # the STL models' files once it is known which they need
+    return prepared
+
+
+def export_for(prepared: Prepared, models: list[Model], configs: list[Config], report: Progress) -> None:
+    """The files `configs` load for `models`, into `prepared.paths`; a failing exporter skips its
+    configurations (with the reason), not the run."""
+    calibration, calib_tag = prepared.calibration
     kinds = list(dict.fromkeys(c.artifact for c in configs))
-    paths: dict[tuple[str, str], Path] = {}
-    for step, (model, kind) in enumerate((m, k) for m in models for k in kinds):
-        report("export", step, len(kinds) * len(models), f"{model.name}: {kind}")
+    jobs = [(m, k) for m in models for k in kinds if (m.name, k) not in prepared.paths]
+    for step, (model, kind) in enumerate(jobs):
+        report("export", step, len(jobs), f"{model.name}: {kind}")
         try:  # NNCF and the converters print their own progress bars on stdout: not ours to show
             with contextlib.redirect_stdout(io.StringIO()):
-                paths[(model.name, kind)] = artifact(model, kind, calibration, calib_tag)
+                prepared.paths[(model.name, kind)] = artifact(model, kind, calibration, calib_tag)
         except Exception as exc:  # a failing exporter skips its configurations, not the run
             reason = f"{model.name}: export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-            skipped += [{"backend": c.backend, "precision": c.precision, "variant": c.variant, "reason": reason}
-                        for c in configs if c.artifact == kind]  # fmt: skip
-    report("export", 1, 1, "")
-    return Prepared(models, configs, skipped, paths, threads, native, precisions)
+            prepared.skipped += [{"backend": c.backend, "precision": c.precision, "variant": c.variant,
+                                  "reason": reason} for c in configs if c.artifact == kind]  # fmt: skip
+    report("export", len(jobs), len(jobs), "")
 
 
 def run_benchmark(options: BenchOptions, progress: Progress | None = None,
@@ -168,8 +177,9 @@ def _measure(options: BenchOptions, prepared: Prepared, data: tuple, run_dir: Pa
     first = [make_row(c, m, paths[(m.name, c.artifact)], r,
                       before[compute_precision(c.precision, native, options.device)], options.batch_size)
              for (c, m), r in zip(mtl_jobs, mtl_results, strict=True)]  # fmt: skip
-    stl_jobs = [(c, m) for c in _stl_configs(options, prepared.configs, first) for m in stl
-                if (m.name, c.artifact) in paths]  # fmt: skip
+    stl_configs = _stl_configs(options, prepared.configs, first)
+    export_for(prepared, stl, stl_configs, report)
+    stl_jobs = [(c, m) for c in stl_configs for m in stl if (m.name, c.artifact) in paths]
     stl_results = _run_jobs(stl_jobs, options, base, prepared, inputs, run_dir, report, "single-task")
     after, shape_after = measure_ceilings_isolated(**ceiling_spec)
     ceilings = {p: (before[p] if before[p].gflops >= after[p].gflops else after[p]) for p in before}
