@@ -278,10 +278,11 @@ def set_openvino_metadata(model: Any, meta: dict[str, Any]) -> None:
     model.set_rt_info(to_json(meta), OPENVINO_RT_INFO)
 
 
-def read_openvino_metadata(model: str | Path | Any, error: type[UserError] = MetadataError) -> dict[str, Any]:
+def read_openvino_metadata(model: str | Path | Any, error: type[UserError] = MetadataError,
+                           where: str | Path | None = None) -> dict[str, Any]:
     """The metadata of an OpenVINO IR (.xml path) or of a read `openvino.Model`: the first rt_info location
-    of `OPENVINO_RT_INFO_PATHS` that holds it."""
-    where = str(model) if isinstance(model, str | Path) else "OpenVINO model"
+    of `OPENVINO_RT_INFO_PATHS` that holds it. `where`: the file a read model came from, for the message."""
+    where = str(where or (model if isinstance(model, str | Path) else "OpenVINO model"))
     if isinstance(model, str | Path):
         import openvino as ov
 

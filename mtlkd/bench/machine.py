@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +60,12 @@ def pin_threads(threads: int) -> list[int]:
 
 
 def versions() -> dict[str, str]:
-    found = {}
-    for dist in DISTRIBUTIONS:
-        try:
-            found[dist] = importlib_metadata.version(dist)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return found
+    """{distribution: version} of the libraries a result depends on (`mtlkd.metadata.versions`). Since that
+    reads the GPU wheels too, "onnxruntime" and "tensorrt" are also recorded when only onnxruntime-gpu or
+    tensorrt-cu12/13 is installed (their own keys stay as before)."""
+    from mtlkd.metadata import versions as installed_versions
+
+    return installed_versions(DISTRIBUTIONS)
 
 
 def gpu_info(device: str = "cpu") -> dict[str, Any] | None:

@@ -28,12 +28,12 @@ import statistics
 import time
 import warnings
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mtlkd.metadata import versions
 from mtlkd.runtime.backends import (
     INSTALL_HINTS,
     Backend,
@@ -47,8 +47,6 @@ from mtlkd.runtime.cpu import cpu_flags_text, cpu_name, physical_cores
 
 CACHE_VERSION = 1
 GPU_PREFERENCE = ("tensorrt", "onnxruntime", "torch", "openvino")
-DISTRIBUTIONS = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-                 "openvino": ("openvino",), "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")}
 WARMUP, RUNS = 2, 5
 
 
@@ -71,18 +69,6 @@ def cpu_identity() -> dict[str, Any]:
     return {"cpu": cpu_name(), "flags": digest, "cores": physical_cores()}
 
 
-def versions(names: list[str]) -> dict[str, str]:
-    found = {}
-    for name in names:
-        for dist in DISTRIBUTIONS.get(name, (name,)):
-            try:
-                found[name] = importlib_metadata.version(dist)
-                break
-            except importlib_metadata.PackageNotFoundError:
-                continue
-    return found
-
-
 def file_identity(path: str | Path) -> dict[str, Any]:
     path = Path(path).resolve()
     stat = path.stat()
@@ -90,6 +76,8 @@ def file_identity(path: str | Path) -> dict[str, Any]:
 
 
 def cache_key(path: str | Path, device: str, names: list[str], options: dict[str, Any]) -> str:
+    """The cache entry's key. `versions(names)` is mtlkd.metadata's: for backend names it reads the same
+    distributions in the same order as the copy this module had, so entries written before still match."""
     identity = {"file": file_identity(path), "machine": cpu_identity(), "device": device,
                 "versions": versions(names), "options": {k: str(v) for k, v in sorted(options.items())}}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]

@@ -153,7 +153,7 @@ def test_triton_repository_serves_every_batch_and_holds_every_file(artifacts, tm
     from tritonclient.grpc import model_config_pb2
 
     from mtlkd.export.triton import write_triton_repo
-    from mtlkd.runtime.backends.tensorrt_backend import read_sidecar, sidecar_path
+    from mtlkd.metadata import engine_sidecar, read_engine_metadata
 
     repo = tmp_path / "repo"
     write_triton_repo(repo, artifacts, META, max_batch_size=4, gpu=True)
@@ -166,7 +166,8 @@ def test_triton_repository_serves_every_batch_and_holds_every_file(artifacts, tm
     assert _parse(repo / "mtlkd_onnx" / "config.pbtxt").instance_group[0].kind == gpu
     assert _parse(repo / "mtlkd_tensorrt" / "config.pbtxt").instance_group[0].kind == gpu
     plan = repo / "mtlkd_tensorrt" / "1" / "model.plan"
-    assert sidecar_path(plan).is_file() and read_sidecar(plan)["tasks"] == META["tasks"]  # what the Predictor reads
+    # the sidecar is what the Predictor reads
+    assert engine_sidecar(plan).is_file() and read_engine_metadata(plan)["tasks"] == META["tasks"]
     readme = (repo / "README.md").read_text()
     assert "model.plan.json" in readme and "model.engine.json" not in readme
     assert "ENABLE_BATCH_PADDING" in readme and "bf16" in readme and "--gpus=all" in readme

@@ -89,3 +89,24 @@ def test_broken_cache_is_ignored(tmp_path, monkeypatch, nano_onnx, counted):
     Predictor.load(nano_onnx)
     assert len(counted) == 2
     assert json.loads((tmp_path / "auto_backend.json").read_text())["version"] == auto.CACHE_VERSION
+
+
+def test_cache_key_follows_the_installed_backend_versions(monkeypatch, nano_onnx):
+    """The key reads each backend's version from its first installed distribution (the GPU wheel when only
+    that is installed), so a new onnxruntime is measured again and an unchanged install hits old entries."""
+    from importlib import metadata as importlib_metadata
+
+    installed = {"onnxruntime-gpu": "1.20.0", "openvino": "2025.1"}
+
+    def version(dist):
+        if dist not in installed:
+            raise importlib_metadata.PackageNotFoundError(dist)
+        return installed[dist]
+
+    monkeypatch.setattr(importlib_metadata, "version", version)
+    names = ["onnxruntime", "openvino", "tensorrt"]
+    assert auto.versions(names) == {"onnxruntime": "1.20.0", "openvino": "2025.1"}
+    before = auto.cache_key(nano_onnx, "cpu", names, {})
+    assert auto.cache_key(nano_onnx, "cpu", names, {}) == before
+    installed["onnxruntime-gpu"] = "1.21.0"
+    assert auto.cache_key(nano_onnx, "cpu", names, {}) != before

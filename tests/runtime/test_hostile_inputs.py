@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from mtlkd.cli.infer import app
 from mtlkd.errors import BackendError
+from mtlkd.metadata import parse_metadata
 from mtlkd.runtime import Predictor
-from mtlkd.runtime.backends import json_metadata
 from mtlkd.tasks import parse_tasks
 
 runner = CliRunner()
@@ -116,7 +116,7 @@ def _meta(**override):
 ])
 def test_lying_metadata_is_one_line_before_any_allocation(override, field):
     with pytest.raises(BackendError, match=field.replace(".", r"\.")) as info:
-        json_metadata(_meta(**override), "model.onnx")
+        parse_metadata(_meta(**override), "model.onnx", error=BackendError)
     assert "model.onnx" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -251,3 +251,20 @@ def test_files_are_created_with_the_umask(tmp_path, nano_model, nano_onnx):
         os.umask(old)
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_openvino_model_without_metadata_names_its_file(tmp_path):
+    """The backend reads rt_info through mtlkd.metadata and still names the file in its one line."""
+    ov = pytest.importorskip("openvino")
+    from openvino import opset13 as ops
+
+    from mtlkd.runtime.backends.openvino_backend import read_metadata
+
+    image = ops.parameter([1, 3, 8, 8], np.float32, name="image")
+    model = ov.Model([ops.relu(image)], [image], "bare")
+    with pytest.raises(BackendError, match="bare.xml: no mtlkd metadata") as info:
+        read_metadata(model, tmp_path / "bare.xml")
+    assert "\n" not in str(info.value)
+    model.set_rt_info('{"tasks": ["seg"]}', ["mtlkd", "metadata"])  # found, but lacking input_size
+    with pytest.raises(BackendError, match="bare.xml: .*input_size"):
+        read_metadata(model, tmp_path / "bare.xml")

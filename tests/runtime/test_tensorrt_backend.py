@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from mtlkd.errors import BackendError, BackendUnavailable
+from mtlkd.metadata import read_engine_metadata
 from mtlkd.runtime import Predictor
-from mtlkd.runtime.backends import available, tensorrt_backend
+from mtlkd.runtime.backends import available
 
 
 def test_engine_on_cpu_is_refused_clearly(tmp_path):
@@ -35,11 +36,11 @@ def test_sidecar_formats(tmp_path, nano_model):
     _, metadata = nano_model
     engine = tmp_path / "model.engine"
     with pytest.raises(BackendError, match="sidecar"):
-        tensorrt_backend.read_sidecar(engine)
+        read_engine_metadata(engine, error=BackendError)
     (tmp_path / "model.engine.json").write_text(json.dumps(metadata))
-    assert tensorrt_backend.read_sidecar(engine)["tasks"] == metadata["tasks"]
+    assert read_engine_metadata(engine, error=BackendError)["tasks"] == metadata["tasks"]
     (tmp_path / "model.engine.json").write_text(json.dumps({"mtlkd": metadata, "trt_version": "11"}))
-    assert tensorrt_backend.read_sidecar(engine)["input_size"] == [32, 32]
+    assert read_engine_metadata(engine, error=BackendError)["input_size"] == [32, 32]
 
 
 def test_engine_parity(tmp_path, nano_checkpoint, nano_onnx):

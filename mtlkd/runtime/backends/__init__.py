@@ -135,19 +135,3 @@ INSTALL_HINTS = {
     "tensorrt": "pip install 'mtlkd[gpu]' (tensorrt and cuda-python); needs an NVIDIA GPU",
 }
 
-
-def json_metadata(text: str | None, where: str) -> dict[str, Any]:
-    """Parse the mtlkd metadata JSON found in a model file, with a clear error when absent or broken."""
-    import json
-
-    if not text:
-        raise BackendError(f"{where}: no mtlkd metadata; export the model with mtl-export")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BackendError(f"{where}: mtlkd metadata is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or "tasks" not in data or "input_size" not in data:
-        raise BackendError(f"{where}: mtlkd metadata lacks tasks/input_size; re-export the model with mtl-export")
-    from mtlkd.metadata import check_metadata
-
-    return check_metadata(data, where, error=BackendError)

@@ -18,7 +18,7 @@ import numpy as np
 
 from mtlkd.errors import BackendError, BackendUnavailable
 from mtlkd.metadata import METADATA_KEY
-from mtlkd.runtime.backends import Backend, json_metadata, physical_cores
+from mtlkd.runtime.backends import Backend, physical_cores
 
 
 def available(device: str = "cpu") -> bool:
@@ -73,10 +73,10 @@ def session_options(threads: int | None = None, spinning: bool = False) -> Any:
 
 
 def read_metadata(session: Any, path: str | Path) -> dict[str, Any]:
-    from mtlkd.metadata import check_graph
+    from mtlkd.metadata import check_graph, parse_metadata
 
     custom = session.get_modelmeta().custom_metadata_map or {}
-    meta = json_metadata(custom.get(METADATA_KEY), str(path))
+    meta = parse_metadata(custom.get(METADATA_KEY), str(path), error=BackendError)
     inputs = session.get_inputs()
     check_graph(meta, str(path), inputs[0].shape if inputs else None,
                 {o.name: o.shape for o in session.get_outputs()}, error=BackendError)

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from mtlkd.errors import BackendError, BackendUnavailable
-from mtlkd.metadata import OPENVINO_RT_INFO_PATHS as RT_INFO_PATHS  # where the metadata may sit in rt_info
-from mtlkd.runtime.backends import Backend, json_metadata
+from mtlkd.runtime.backends import Backend
 
 MAX_COMPILED = 6
 
@@ -38,22 +37,11 @@ def available(device: str = "cpu") -> bool:
 
 
 def read_metadata(model: Any, path: str | Path) -> dict[str, Any]:
-    """The mtlkd metadata from the model's rt_info (first location holding valid metadata JSON), checked
-    against the graph's input and outputs."""
-    from mtlkd.metadata import check_graph
+    """The mtlkd metadata from the model's rt_info (`mtlkd.metadata.read_openvino_metadata`: the first
+    location holding it), checked against the graph's input and outputs."""
+    from mtlkd.metadata import check_graph, read_openvino_metadata
 
-    meta, error = None, None
-    for keys in RT_INFO_PATHS:
-        try:
-            if model.has_rt_info(keys):
-                meta = json_metadata(model.get_rt_info(keys).astype(str), str(path))
-                break
-        except RuntimeError:  # a map node rather than a string
-            continue
-        except BackendError as exc:  # not our JSON, or metadata that lies: keep looking, report the first
-            error = error or exc
-    if meta is None:
-        raise error or BackendError(f"{path}: no mtlkd metadata; export the model with mtl-export")
+    meta = read_openvino_metadata(model, error=BackendError, where=path)
     shape = model.inputs[0].get_partial_shape() if model.inputs else None
     dims = None if shape is None or shape.rank.is_dynamic else \
         [d.get_length() if d.is_static else None for d in shape]

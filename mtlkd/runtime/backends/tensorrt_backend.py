@@ -22,15 +22,14 @@ An engine is specific to the GPU model and the TensorRT version that built it.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mtlkd.errors import BackendError, BackendUnavailable, CudaError
-from mtlkd.metadata import engine_sidecar as sidecar_path
-from mtlkd.runtime.backends import Backend, json_metadata
+from mtlkd.metadata import read_engine_metadata
+from mtlkd.runtime.backends import Backend
 
 
 def _modules() -> tuple[Any, Any]:
@@ -120,23 +119,6 @@ def available(device: str = "cuda") -> bool:
         return False
     count, problem = gpu_status(cudart)
     return count > 0 or (problem is not None and "too old" in problem)
-
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The engine's metadata from `<engine>.json`: the mtlkd metadata itself, or under the key `mtlkd`."""
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        raise BackendError(f"{path}: its metadata sidecar {sidecar.name} is missing; export the engine with "
-                           f"mtl-export, which writes both")
-    text = sidecar.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BackendError(f"{sidecar}: not valid JSON ({exc})") from None
-    inner = data.get("mtlkd") if isinstance(data, dict) else None
-    if isinstance(inner, str):
-        return json_metadata(inner, str(sidecar))
-    return json_metadata(json.dumps(inner if isinstance(inner, dict) else data), str(sidecar))
 
 
 class TensorRtBackend(Backend):
@@ -231,7 +213,7 @@ def load(path: str | Path, device: str = "cuda", **_: Any) -> TensorRtBackend:
     count, problem = gpu_status(cudart)
     if count == 0:
         raise BackendUnavailable(f"TensorRT cannot run here: {problem}")
-    metadata = read_sidecar(path)
+    metadata = read_engine_metadata(path, error=BackendError)  # the <engine>.json sidecar
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
