@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from mtlkd.cli.common import HouseCommand, emit_json, parse_hw, parse_list, run
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, parse_hw, parse_list, run
 from mtlkd.errors import ConfigError
 from mtlkd.ui import progress_bar, user_errors
 
@@ -92,7 +92,6 @@ def command(
       mtl-bench --variants ort-opt,ov-throughput,torch-compile --stl-on all --rounds 2
     """
     from mtlkd.bench import BenchOptions
-    from mtlkd.files import cannot_write
     from mtlkd.runtime.backends import INSTALL_HINTS, available, installed
 
     with user_errors():
@@ -114,18 +113,14 @@ def command(
                                         ("torch", "onnxruntime", "tensorrt")):  # fmt: skip
             raise ConfigError("--device cuda: no backend here can run on a CUDA GPU (none found, or no GPU build "
                               "of torch/onnxruntime/TensorRT installed); use --device cpu")
-        targets = [("--json", Path(json_out))] if json_out not in (None, "-") else []
-        targets += [("--out", out / "bench.json")] if out is not None else []
-        for option, path in targets:
-            problem = cannot_write(path)
-            if problem:  # checked before the run, so that the measurements are not lost at its end
-                raise ConfigError(f"{option} {path}: {problem}")
+        check_json_target(json_out)  # before the run, so that the measurements are not lost at its end
+        check_json_target(out / "bench.json" if out is not None else None, "--out")
         if data_dir is not None and not data_dir.is_dir():
             raise ConfigError(f"--data-dir {data_dir}: no such folder")
         result = _run(options, quiet)
     from rich.console import Console
 
-    show = Console(stderr=json_out == "-", soft_wrap=True)  # JSON on stdout: the tables go to stderr
+    show = Console(stderr=json_out == JSON_STDOUT, soft_wrap=True)  # JSON on stdout: the tables go to stderr
     if not show.is_terminal:
         show.width = 200  # logs and pipes: do not wrap the tables
     render(result, show)

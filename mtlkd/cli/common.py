@@ -25,8 +25,11 @@ from typer.core import TyperCommand
 
 from mtlkd.errors import ConfigError
 
-# typer prints a type placeholder after every argument (`MODEL <path>`); the metavar says it already.
+# typer prints a type placeholder after every parameter (`MODEL <path>`, `--quiet <bool>`, also on its own
+# `--help`); the metavar says what a value looks like, and a flag takes none. One fix here for every command
+# (each cli module imports this one): arguments show nothing, options their metavar only.
 typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+typer.core.TyperOption.display_type_rich = lambda self, ctx: self.metavar or None  # type: ignore[method-assign]
 
 JSON_STDOUT = "-"  # what a bare `--json` means
 OPTIONAL_VALUE_OPTIONS = ("--json",)
@@ -34,15 +37,36 @@ OPTIONAL_VALUE_OPTIONS = ("--json",)
 
 def optional_values(argv: Sequence[str], options: Sequence[str] = OPTIONAL_VALUE_OPTIONS) -> list[str]:
     """`--json` becomes `--json=-` (stdout) unless the next word is a path ending in .json, so that one
-    option both prints JSON and writes it to a file. `--json=PATH` is left alone, and so is all after `--`."""
-    out = list(argv)
-    for i, arg in enumerate(out):
+    option both prints JSON and writes it to a file; `--json -` is stdout too (the `-` is its value, not a
+    positional). `--json=PATH` is left alone, and so is all after `--`."""
+    out: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        arg = words[i]
         if arg == "--":
+            out += words[i:]
             break
-        following = out[i + 1] if i + 1 < len(out) else ""
-        if arg in options and not (following.lower().endswith(".json") and not following.startswith("-")):
-            out[i] = f"{arg}={JSON_STDOUT}"
+        following = words[i + 1] if i + 1 < len(words) else ""
+        if arg in options:
+            if following == JSON_STDOUT:
+                i += 1  # `--json -`: the dash is the value
+            if following == JSON_STDOUT or not (following.lower().endswith(".json") and not following.startswith("-")):
+                arg = f"{arg}={JSON_STDOUT}"
+        out.append(arg)
+        i += 1
     return out
+
+
+def check_json_target(target: str | Path | None, option: str = "--json") -> None:
+    """One ConfigError line when a JSON output (`--json PATH`, `--out DIR`'s report) cannot be written (a
+    folder, a read-only parent); commands call it before their run, so that its result is not lost at the
+    end. None and stdout ("-") always pass."""
+    from mtlkd.files import cannot_write
+
+    why = cannot_write(target) if target is not None and str(target) != JSON_STDOUT else None
+    if why:
+        raise ConfigError(f"{option} {target}: {why}")
 
 
 class HouseCommand(TyperCommand):

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, emit_json, run
-from mtlkd.cli.infer import check_json_target
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, run
 from mtlkd.ui import console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -37,7 +36,7 @@ def command(
                                         help="The metrics as JSON (the layout of a run's metrics.json, which "
                                              "mtl-report reads): on stdout, or into PATH (ending in .json, or "
                                              "--json=PATH)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="",
+    quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="No progress bar or header; only results and errors."),
 ) -> None:
     """Evaluate MODEL on a whole split: mIoU, pixel accuracy, depth errors, normal angles.

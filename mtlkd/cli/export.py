@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, emit_json, run
-from mtlkd.errors import BackendUnavailable, ConfigError, UserError, ValidationError
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, run
+from mtlkd.errors import BackendUnavailable, ConfigError, ValidationError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.tensorrt import DEFAULT_WORKSPACE_MB
 from mtlkd.ui import fail, user_errors
@@ -30,13 +30,13 @@ def command(
     model: Path = typer.Argument(..., metavar="MODEL", help="A model.safetensors written by mtl-train."),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR",
                                     help="Output folder (default: export/ beside the model)."),
-    onnx: bool = typer.Option(False, "--onnx", metavar="",
+    onnx: bool = typer.Option(False, "--onnx",
                               help="Write the ONNX graph (always done; the rest starts from it)."),
-    trt: bool = typer.Option(False, "--trt", metavar="",
+    trt: bool = typer.Option(False, "--trt",
                              help="Build a TensorRT engine (needs TensorRT and an NVIDIA GPU)."),
-    openvino: bool = typer.Option(False, "--openvino", metavar="",
+    openvino: bool = typer.Option(False, "--openvino",
                                   help="Write an OpenVINO IR (openvino/model.xml + .bin)."),
-    ort_optimize: bool = typer.Option(False, "--ort-optimize", metavar="",
+    ort_optimize: bool = typer.Option(False, "--ort-optimize",
                                       help="Also write model.ort.onnx, fused by onnxruntime.transformers (ORT only)."),
     precision: str = typer.Option("fp32", "--precision", "-p", metavar="fp32|fp16|int8[,...]",
                                   help="fp16: mixed-precision graph; int8: Q/DQ graph calibrated on --calib-data. "
@@ -52,7 +52,6 @@ def command(
     batch_size: str = typer.Option("1,4,8", "--batch-size", metavar="MIN,OPT,MAX",
                                    help="TensorRT batch profile (one number N: 1,N,N); MAX is also Triton's "
                                         "max_batch_size."),
-    batch_old: str | None = typer.Option(None, "--batch", hidden=True, help="Old name of --batch-size."),
     workspace: int = typer.Option(DEFAULT_WORKSPACE_MB, "--workspace", metavar="MB",
                                   help="TensorRT builder workspace limit."),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", metavar="N", help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET})."),
@@ -64,7 +63,7 @@ def command(
                                help="Where the network runs while exporting and checking."),
     json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
                                         help="The result as JSON: on stdout (not the table), or into PATH (a .json)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="",
+    quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="No progress or check lines; only results and errors."),
 ) -> None:  # fmt: skip
     """Export a checkpoint to ONNX and, on request, TensorRT, OpenVINO and Triton.
@@ -98,17 +97,12 @@ def command(
     options = ExportOptions(
         formats=formats, precisions=[p.strip() for p in precision.split(",") if p.strip()],
         tasks=tasks.split(",") if tasks is not None else None, opset=opset, device=device,
-        calib_data=calib_data, calib_size=calib_size, batch_profile=batch_old or batch_size, workspace_mb=workspace,
+        calib_data=calib_data, calib_size=calib_size, batch_profile=batch_size, workspace_mb=workspace,
         triton=triton, full_resolution=full_resolution,
     )  # fmt: skip
     progress = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     with user_errors():
-        if json_out not in (None, JSON_STDOUT):
-            from mtlkd.files import cannot_write
-
-            why = cannot_write(json_out)
-            if why:
-                raise UserError(f"--json {json_out}: {why}")
+        check_json_target(json_out)  # before the export, so that its result is not lost at the end
         out_dir = out or model.parent / "export"
         try:
             with warnings.catch_warnings():

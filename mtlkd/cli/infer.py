@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, emit_json, run
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, run
 from mtlkd.ui import user_errors
 
 
@@ -32,12 +32,12 @@ def command(
         None, "--depth-range", metavar="MIN,MAX",
         help="Metres the depth colours span, the same for every image and frame (default: the model's "
              "depth_range if it records one, else round numbers around the first image's depths, kept for the run)."),
-    save_raw: bool = typer.Option(False, "--save-raw", metavar="", help="Also save <stem>_<task>.npy arrays."),
+    save_raw: bool = typer.Option(False, "--save-raw", help="Also save <stem>_<task>.npy arrays."),
     max_frames: int = typer.Option(0, "--max-frames", metavar="N", help="Stop videos/cameras after N frames (0: all)."),
     json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
                                         help="What was done and written, as JSON: on stdout, or into PATH (ending in "
                                              ".json, or --json=PATH)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars; only results and errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; only results and errors."),
 ) -> None:
     """Predict segmentation, depth and normals for images or video and save pictures of them.
 
@@ -93,17 +93,6 @@ app.command(cls=HouseCommand)(command)
 
 def main() -> None:
     run(app)
-
-
-def check_json_target(target: str | None) -> None:
-    """One ConfigError line when `--json PATH` cannot be written (a folder, a read-only parent), checked
-    before the run so that its result is not lost at the end."""
-    from mtlkd.errors import ConfigError
-    from mtlkd.files import cannot_write
-
-    why = cannot_write(target) if target not in (None, JSON_STDOUT) else None
-    if why:
-        raise ConfigError(f"--json {target}: {why}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from mtlkd.cli.common import HouseCommand
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
 from mtlkd.train.run_options import PretrainOptions
@@ -34,9 +35,9 @@ def command(
     seed: int = typer.Option(PretrainOptions.seed,
         help="Seed of initialisation, order, augmentation and masks.", metavar="N"),
     device: str = typer.Option(PretrainOptions.device, help="auto, cpu or cuda.", metavar="DEVICE"),
-    resume: bool = typer.Option(False, "--resume", metavar="",
+    resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out from its last finished epoch."),
-    quiet: bool = typer.Option(False, "--quiet", metavar="",
+    quiet: bool = typer.Option(False, "--quiet",
                                help="No progress bars or epoch lines: only the result and errors."),
 ) -> None:
     """Pretrain a ViT backbone with SimMIM on synthetic scenes that are not the benchmark's, and write
@@ -69,7 +70,7 @@ def _parse_img_size(text: str | None) -> tuple[int, int] | None:
     return height, width
 
 
-app.command()(command)
+app.command(cls=HouseCommand)(command)
 
 if __name__ == "__main__":
     app()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import HouseCommand, emit_json, run
+from mtlkd.cli.common import HouseCommand, check_json_target, emit_json, run
 from mtlkd.eval.report import LAST_METRICS_FILE, METRICS_FILE, build_report, markdown_table, render_table
 from mtlkd.ui import user_errors
 
@@ -43,6 +43,7 @@ def command(
     """
     name = LAST_METRICS_FILE if last else METRICS_FILE
     with user_errors():
+        check_json_target(json_out)
         from mtlkd.eval.seeds import load_rows
 
         groups = load_rows([baseline, *runs], name)

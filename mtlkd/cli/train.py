@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from mtlkd.cli.common import HouseCommand
 from mtlkd.data.mtan import DATASET_NAMES
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
@@ -63,7 +64,7 @@ def command(
     backbone_weights: Path | None = typer.Option(None, help="Local timm ViT or ResNet checkpoint (.safetensors).",
                                                  metavar="FILE"),
     pretrained: bool = typer.Option(
-        False, "--pretrained", metavar="", help="Start every network from the preset's pretrained backbone: the "
+        False, "--pretrained", help="Start every network from the preset's pretrained backbone: the "
         "bundled SimMIM one for vit-micro(-wide), timm's ImageNet weights for the others (downloaded once)."),
     select_fraction: float = typer.Option(
         TrainOptions.select_fraction,
@@ -75,15 +76,15 @@ def command(
     seed: int = typer.Option(TrainOptions.seed,
         help="Seed; a CPU run with the same seed repeats exactly.", metavar="N"),
     device: str = typer.Option(TrainOptions.device, help="auto, cpu or cuda.", metavar="DEVICE"),
-    amp: bool = typer.Option(False, "--amp", metavar="", help="Mixed precision (fp16 on CUDA, bf16 on CPU)."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision (fp16 on CUDA, bf16 on CPU)."),
     workers: int = typer.Option(TrainOptions.workers, help="DataLoader worker processes.", metavar="N"),
     max_steps: int | None = typer.Option(None, help="Cap on steps per epoch (quick runs).", metavar="N"),
-    resume: bool = typer.Option(False, "--resume", metavar="",
+    resume: bool = typer.Option(False, "--resume",
                                 help="Continue an interrupted run in --out from its last saved epoch."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", metavar="", help="Replace the run already in --out (its training files are deleted "
+        False, "--overwrite", help="Replace the run already in --out (its training files are deleted "
         "first); without it, training into a folder that holds a run is refused."),
-    quiet: bool = typer.Option(False, "--quiet", metavar="",
+    quiet: bool = typer.Option(False, "--quiet",
                                help="No progress bars or epoch lines: only the result and errors."),
     **method_values: Any,
 ) -> None:
@@ -254,7 +255,7 @@ def _with_method_flags(func):
     return func
 
 
-app.command()(_with_method_flags(command))
+app.command(cls=HouseCommand)(_with_method_flags(command))
 
 if __name__ == "__main__":
     app()
