@@ -1,8 +1,9 @@
 """One GPU check (`make gpu-check`): every GPU path of mtlkd on this machine, in a few minutes.
 
 1. trains vit-micro (96x128) briefly on synthetic scenes on the GPU, so outputs are not near-ties;
-2. `mtl-export --trt` at fp32, fp16 and int8: each engine is built and compared with PyTorch (fp32) or the
-   fp32 graph (fp16, int8) by the exporter itself, with the tolerances of mtlkd/export/validate.py;
+2. the export pipeline (what `mtl-export --trt` runs) at fp32, fp16 and int8: each engine is built and
+   compared with PyTorch (fp32) or the fp32 graph (fp16, int8) by the exporter itself, with the tolerances of
+   mtlkd/export/validate.py;
 3. `Predictor` on 1, 3 and 9 images through TensorRT and ONNX Runtime's CUDA provider, against torch;
 4. MTL (one engine, three tasks) against three STL engines (one task each), timed with CUDA events;
 5. prints one table. Exit 1 when any check fails.
@@ -14,8 +15,6 @@ it says what to install and exits 1. Run: `python scripts/gpu_check.py [--out ru
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,18 +84,26 @@ def stl_checkpoint(folder: Path, task: str) -> Path:
                            model_metadata(config, random_weights=True))  # fmt: skip
 
 
+BATCH_PROFILE = "1,4,9"  # mtl-export --batch-size MIN,OPT,MAX: the Predictor checks below run 1, 3 and 9 images
+
+
 def export(checkpoint: Path, out: Path, precision: str) -> tuple[bool, str]:
-    """mtl-export --trt (which validates the engine); (passed, worst accuracy kept or the error line)."""
-    command = [sys.executable, "-m", "mtlkd.cli.export", str(checkpoint), "--trt", "--precision", precision,
-               "--batch", "1,4,9", "--out", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        return False, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-    report = json.loads((out / "export.json").read_text())
-    row = next(a for a in report["artifacts"] if a["file"].endswith(".engine"))  # model[.fp16|.int8].engine
-    kept = row["checks"]
+    """What `mtl-export --trt --precision P --batch-size 1,4,9` does, through the export pipeline it is a thin
+    layer over (the engine is validated against PyTorch or the fp32 graph); (passed, worst accuracy kept or
+    the error line)."""
+    from mtlkd.errors import UserError
+    from mtlkd.export.pipeline import ExportOptions, export_model
+
+    options = ExportOptions(formats=["onnx", "tensorrt"], precisions=[precision], batch_profile=BATCH_PROFILE)
+    try:
+        result = export_model(checkpoint, out, options)
+    except UserError as exc:  # a failed check (ValidationError) or a refused option: its one line
+        return False, str(exc).splitlines()[0]
+    if result.problems:  # e.g. an engine built but not runnable here
+        return False, "; ".join(result.problems)
+    row = next(a.to_dict() for a in result.artifacts if a.format == "tensorrt")  # model[.fp16|.int8].engine
     text = ", ".join(f"{task} " + ", ".join(f"{k} {v:.3g}" for k, v in values.items() if k != "max_abs_err")
-                     for task, values in kept.items())  # fmt: skip
+                     for task, values in row["checks"].items())  # fmt: skip
     return True, text
 
 

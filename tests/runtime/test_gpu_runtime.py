@@ -235,3 +235,21 @@ def test_gpu_check_without_a_gpu_is_one_line_and_exit_0():
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("gpu-check: no usable NVIDIA GPU here")
+
+
+def test_gpu_check_export_step_speaks_the_pipeline(tmp_path, nano_checkpoint):
+    """The script's export step calls the export pipeline with mtl-export's options (--batch-size 1,4,9):
+    without TensorRT it writes the ONNX graph and reports the engine it could not build as a failed check,
+    in one line, instead of crashing on an old API."""
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the step would build a real engine")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    passed, detail = gpu_check.export(nano_checkpoint, tmp_path / "fp32", "fp32")
+    assert not passed and "tensorrt" in detail.lower() and "\n" not in detail
+    assert (tmp_path / "fp32" / "model.onnx").is_file()
