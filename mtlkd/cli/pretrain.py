@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import HouseCommand
+from mtlkd.cli.common import HouseCommand, parse_hw
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
 from mtlkd.train.run_options import PretrainOptions
@@ -55,19 +55,9 @@ def command(
         path = pretrain(PretrainOptions(
             out=str(out), preset=preset, images=images, data_seed=data_seed, epochs=epochs,
             batch_size=batch_size, lr=lr, mask_ratio=mask_ratio, seed=seed, resume=resume,
-            img_size=_parse_img_size(img_size), device=device, quiet=quiet,
+            img_size=parse_hw(img_size) if img_size else None, device=device, quiet=quiet,
         ))
     typer.echo(f"backbone: {path}")
-
-
-def _parse_img_size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--img-size {text}: expected HxW, e.g. 96x128") from None
-    return height, width
 
 
 app.command(cls=HouseCommand)(command)

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from mtlkd.cli.common import HouseCommand
+from mtlkd.cli.common import HouseCommand, parse_hw
 from mtlkd.data.mtan import DATASET_NAMES
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
@@ -104,7 +104,8 @@ def command(
     with user_errors():
         from mtlkd.train.trainer import train
 
-        size = _parse_img_size(img_size)
+        hw = parse_hw(img_size) if img_size else None
+        size = list(hw) if hw else None
         if pretrained and backbone_weights:
             raise UserError("--pretrained and --backbone-weights both name a starting point; pass one")
         if pretrained:
@@ -226,16 +227,6 @@ def _interrupted(out: Path) -> NoReturn:
         print("interrupted before the first epoch ended; nothing was saved to resume: run the same command again",
               file=sys.stderr)
     raise typer.Exit(130)
-
-
-def _parse_img_size(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--img-size {text}: expected HxW of at least 8x8, e.g. 96x128") from None
-    return [height, width]
 
 
 def _parse_weights(text: str) -> dict[str, float]:

@@ -95,3 +95,16 @@ def test_commands_refuse_an_unwritable_json_before_work(tmp_path, module, args):
     assert result.exit_code == 2, result.output
     assert "taken.json" in result.output and "folder" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("module, words", [
+    ("mtlkd.cli.train", ["synthetic", "--img-size", "96by128"]),
+    ("mtlkd.cli.pretrain", ["--img-size", "96by128"]),
+    ("mtlkd.cli.train", ["synthetic", "--img-size", "4x4"]),
+])
+def test_img_size_is_read_by_the_one_house_parser(module, words):
+    """mtl-train and mtl-pretrain read --img-size with cli.common.parse_hw like every other command."""
+    result = runner.invoke(importlib.import_module(module).app, words)
+    assert result.exit_code == 2, result.output
+    assert "--img-size" in result.output and "HEIGHTxWIDTH" in result.output
+    assert "Traceback" not in result.output
