@@ -55,7 +55,7 @@ def command(
     workspace: int = typer.Option(DEFAULT_WORKSPACE_MB, "--workspace", metavar="MB",
                                   help="TensorRT builder workspace limit."),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", metavar="N", help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET})."),
-    full_resolution: bool = typer.Option(False, "--full-resolution", metavar="",
+    full_resolution: bool = typer.Option(False, "--full-resolution",
                                          help="Outputs at the input size (the graph upsamples). Default: at the "
                                               "heads' own grid (output_stride in the metadata), resized once by "
                                               "the runtime straight to each image's size."),
