@@ -32,7 +32,7 @@ class BenchOptions:
     data_dir: Path | None = None
     repeats: int = 10
     rounds: int = 1
-    budget: float = 5.0
+    budget: float = 3.0
     rel_ci: float = 0.02
     threads: int | None = None
     device: str = "cpu"
@@ -44,7 +44,7 @@ class BenchOptions:
     auto_cache: bool = True
     ceiling_budget: float = 1.0
     stl_on: str = "best"
-    train_steps: int = 40
+    train_steps: int = 20
     profile: bool = False
 
     def __post_init__(self) -> None:

@@ -30,8 +30,8 @@ def command(
     backends: str | None = typer.Option(None, "--backends", metavar="LIST",
                                         help="torch,onnxruntime,openvino,tensorrt (default: every one installed)."),
     precisions: str | None = typer.Option(None, "--precisions", metavar="LIST",
-                                          help="fp32,bf16,int8,fp16 (default: fp32 and what this CPU computes "
-                                               "natively)."),
+                                          help="fp32,bf16,int8,fp16 (default: fp32, and bf16 and int8 where "
+                                               "this CPU computes them natively; fp16 on a GPU)."),
     variants: str | None = typer.Option(None, "--variants", metavar="LIST",
                                         help="Extra rows: ort-opt, ort-spin, ov-throughput, ov-int8-bf16, ov-nncf, "
                                              "torch-compile, torch-spin."),
@@ -50,9 +50,9 @@ def command(
                                      "+-2% or --budget is spent."),
     rounds: int = typer.Option(1, "--rounds", metavar="N",
                                help="Measure everything N times in alternating order and pool the samples."),
-    budget: float = typer.Option(5.0, "--budget", metavar="SECONDS", help="Time per measurement after the "
+    budget: float = typer.Option(3.0, "--budget", metavar="SECONDS", help="Time per measurement after the "
                                  "minimum runs."),
-    train_steps: int = typer.Option(40, "--train-steps", metavar="N",
+    train_steps: int = typer.Option(20, "--train-steps", metavar="N",
                                     help="Training steps of the preset's model for the accuracy verdicts (once, "
                                          "cached; 0: random weights, raw outputs only)."),
     threads: int | None = typer.Option(None, "--threads", metavar="N", help="CPU threads (default: physical "

@@ -182,6 +182,9 @@ def test_row_verdict_uses_task_agreement_only_for_trained_models(tmp_path):
 def test_default_precisions_are_what_the_cpu_computes_natively():
     assert default_precisions({"fp32": True, "bf16": False, "int8": False, "fp16": False}) == ["fp32"]
     assert default_precisions({"fp32": True, "bf16": True, "int8": True, "fp16": False}) == ["fp32", "bf16", "int8"]
+    everything = {"fp32": True, "bf16": True, "int8": True, "fp16": True}
+    assert default_precisions(everything) == ["fp32", "bf16", "int8"]  # fp16 gains nothing on a CPU
+    assert default_precisions(everything, "cuda") == ["fp32", "bf16", "int8", "fp16"]
 
 
 def test_model_shapes_are_the_backbones_matrix_products():
