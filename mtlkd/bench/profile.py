@@ -46,6 +46,8 @@ def category(op_type: str, fused: str = "") -> str:
     original layers: one with a softmax is attention (its MHA kernel), the others element-wise chains."""
     if op_type == "Subgraph":
         return "attention" if "softmax" in fused.lower() else "element-wise"
+    if op_type.startswith(("FullyConnected", "MatMul", "Convolution")):  # FullyConnectedQuantizedLegacy...
+        return "matrix products"
     return _CATEGORY_OF.get(op_type, "other")
 
 

@@ -254,6 +254,7 @@ def test_profile_categories_and_an_onnxruntime_profile(tmp_path):
     from mtlkd.export.onnx import export_onnx
 
     assert category("FullyConnected") == "matrix products" and category("Reorder") == "layout"
+    assert category("FullyConnectedQuantizedLegacy") == "matrix products"  # OpenVINO's int8 kernels
     assert category("Subgraph", "node_matmul,node_softmax,node_matmul_1") == "attention"
     assert category("Subgraph", "node_add_27") == "element-wise" and category("SomethingNew") == "other"
     config = preset_config("vit-nano", ["seg", "depth"], num_classes=5)
