@@ -71,16 +71,20 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def run_lock(out: Path) -> Iterator[None]:
-    """Hold RUN/.lock exclusively for the block; another holder means another training writes here."""
+    """Hold RUN/.lock exclusively for the block; another holder means another training writes here. A
+    folder this call created is removed again when the block fails before writing anything into it (a
+    missing dataset must not leave an empty run folder behind)."""
     import fcntl
 
     from mtlkd.files import make_out_folder
 
+    created = not out.exists()
     make_out_folder(out, "the run")
     try:
         handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 (closed below, after the lock is released)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot write into it ({exc.strerror or exc}); pass another --out") from None
+    failed = False
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -95,10 +99,16 @@ def run_lock(out: Path) -> Iterator[None]:
         handle.flush()
         try:
             yield
+        except BaseException:
+            failed = True
+            raise
         finally:
             handle.seek(0)
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
+            if failed and created and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+                (out / LOCK_FILE).unlink()
+                out.rmdir()
 
 
 def saved_options(out: Path) -> dict[str, Any]:

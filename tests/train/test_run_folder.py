@@ -144,3 +144,19 @@ def test_corrupt_or_foreign_state_is_one_line_naming_the_file(tiny_data, tmp_pat
     assert result.exit_code == 2, result.output
     line = _one_line(result)
     assert "state.safetensors" in line and "stl" in line
+
+
+def test_a_failed_start_leaves_no_empty_run_folder(tmp_path):
+    """A dataset that cannot be read fails before anything is written: the run folder this call created
+    is gone again (it used to stay behind, empty but for its lock); a folder that existed stays."""
+    from mtlkd.errors import DatasetError
+    from mtlkd.train.trainer import TrainOptions, train
+
+    out = tmp_path / "runs" / "nyuv2-mtl"
+    with pytest.raises(DatasetError):
+        train(TrainOptions(dataset="nyuv2", out=str(out), epochs=1))
+    assert not out.exists()
+    out.mkdir(parents=True)
+    with pytest.raises(DatasetError):
+        train(TrainOptions(dataset="nyuv2", out=str(out), epochs=1))
+    assert out.is_dir()
