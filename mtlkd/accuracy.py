@@ -21,7 +21,7 @@ on the outputs; int8 rounds weights and activations to 256 levels and loses more
 vit-micro (8 scenes; README, "Accuracy of the precisions"): trained, fp16 8e-4, bf16 8e-3, int8 2.5e-2
 (seg logits, the worst output); with random weights the seg logits amplify the same rounding about 9x
 (bf16 7.2e-2), because a random head's output is a small sum of large terms of both signs. The bounds
-leave room for that and for other seeds and datasets; a broken export is off by 0.3 or more.
+leave room for that and for other seeds and datasets.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(raw_rel_err=1e-1, seg_agreement=97.0, depth_rel_err=2.0, normal_angle=2.0),
     "int8": Tolerance(raw_rel_err=1.5e-1, seg_agreement=95.0, depth_rel_err=5.0, normal_angle=5.0),
 }
-AGREEMENT_KEYS = ("seg_agreement", "depth_rel_err", "normal_angle")
 
 
 def tolerance_for(precision: str) -> Tolerance:

@@ -195,6 +195,24 @@ def _methods(precision: str, device: str, threads: int) -> list[tuple[str, Maker
     return methods
 
 
+def _timing(methods: list[tuple[str, Maker]], threads: int, device: str,
+            ) -> tuple[Callable[[], Any], contextlib.AbstractContextManager]:  # fmt: skip
+    """What every product is timed with: a GPU sync (nothing on the CPU) and torch's thread count."""
+    sync: Callable[[], Any] = lambda: None  # noqa: E731
+    if device == "cuda":
+        import torch
+
+        sync = torch.cuda.synchronize
+    uses_torch = any(name.startswith("torch") for name, _ in methods)
+    return sync, torch_threads(threads) if uses_torch else contextlib.nullcontext()
+
+
+def compute_precisions(precisions: list[str], device: str = "cpu") -> list[str]:
+    """The precisions the rows compute in (fp32 always), each once: what the ceilings are measured for."""
+    native = native_precisions()
+    return list(dict.fromkeys(["fp32"] + [compute_precision(p, native, device) for p in precisions]))
+
+
 def measure_ceiling(precision: str, threads: int, device: str = "cpu", sizes: tuple[int, ...] = SIZES,
                     budget_s: float = 1.0) -> Ceiling:  # fmt: skip
     """The best matrix-product rate of `precision` here (GFLOP/s), with `threads` CPU threads, within about
@@ -204,17 +222,12 @@ def measure_ceiling(precision: str, threads: int, device: str = "cpu", sizes: tu
         raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     flags = native_flags(precision) if device == "cpu" else []
     native = native_precisions()[precision] if device == "cpu" else True
-    sync: Callable[[], Any] = lambda: None  # noqa: E731
-    if device == "cuda":
-        import torch
-
-        sync = torch.cuda.synchronize
     best = Ceiling(precision, 0.0, native, "", 0, threads, flags)
     methods = _methods(precision, device, threads)
     if not methods:
         raise BackendUnavailable(f"no way to measure a {precision} matrix product here (install torch)")
     share = budget_s / len(methods)
-    context = torch_threads(threads) if any(m.startswith("torch") for m, _ in methods) else contextlib.nullcontext()
+    sync, context = _timing(methods, threads, device)
     with context:
         for name, make in methods:
             start, last = time.perf_counter(), 0.0
@@ -239,9 +252,7 @@ def measure_ceiling(precision: str, threads: int, device: str = "cpu", sizes: tu
 def measure_ceilings(precisions: list[str], threads: int, device: str = "cpu", budget_s: float = 1.0,
                      sizes: tuple[int, ...] = SIZES) -> dict[str, Ceiling]:  # fmt: skip
     """Ceilings for the compute precisions the rows need (fp32 always)."""
-    native = native_precisions()
-    wanted = ["fp32"] + [compute_precision(p, native, device) for p in precisions]
-    return {p: measure_ceiling(p, threads, device, sizes, budget_s) for p in dict.fromkeys(wanted)}
+    return {p: measure_ceiling(p, threads, device, sizes, budget_s) for p in compute_precisions(precisions, device)}
 
 
 # ----------------------------------------------------------------------------- the model's own shapes
@@ -286,13 +297,8 @@ def measure_shape_ceiling(precision: str, shapes: list[tuple[Shape, int]], threa
     methods = _methods(precision, device, threads)
     if not shapes or not methods:
         return None
-    sync: Callable[[], Any] = lambda: None  # noqa: E731
-    if device == "cuda":
-        import torch
-
-        sync = torch.cuda.synchronize
     share = budget_s / (len(shapes) * len(methods))
-    context = torch_threads(threads) if any(m.startswith("torch") for m, _ in methods) else contextlib.nullcontext()
+    sync, context = _timing(methods, threads, device)
     per_shape, total_flops, total_s = [], 0.0, 0.0
     with context:
         for shape, count in shapes:
@@ -317,11 +323,9 @@ def measure_shape_ceiling(precision: str, shapes: list[tuple[Shape, int]], threa
 def measure_shape_ceilings(precisions: list[str], config: dict[str, Any], threads: int, device: str = "cpu",
                            budget_s: float = 1.0) -> dict[str, ShapeCeiling]:  # fmt: skip
     """Shape ceilings for the compute precisions the rows need (fp32 always); none for CNN backbones."""
-    native = native_precisions()
-    wanted = ["fp32"] + [compute_precision(p, native, device) for p in precisions]
     shapes = model_shapes(config)
     out = {}
-    for precision in dict.fromkeys(wanted):
+    for precision in compute_precisions(precisions, device):
         ceiling = measure_shape_ceiling(precision, shapes, threads, device, budget_s)
         if ceiling is not None:
             out[precision] = ceiling

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from mtlkd.accuracy import AGREEMENT_KEYS, OutputError, verdict
+from mtlkd.accuracy import OutputError, verdict
 
 REFERENCE = ("torch", "fp32", "default")  # PyTorch fp32 eager: what every speed-up is measured against
 
@@ -106,5 +106,4 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "reference": ref and ref["label"], "configs": configs, "fastest": fastest and fastest["label"],
         "fastest_kept": fastest_kept and fastest_kept["label"],
         "e2e_config": (fastest_kept or ref or fastest or {}).get("label"),
-        "agreement_keys": list(AGREEMENT_KEYS),
     }  # fmt: skip
