@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, parse_hw, parse_list, run
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, parse_hw, parse_list
 from mtlkd.errors import ConfigError
 from mtlkd.ui import progress_bar, user_errors
 
@@ -261,9 +261,5 @@ def _render_profiles(rows: list[dict[str, Any]], out: Any) -> None:
 app.command(cls=HouseCommand)(command)
 
 
-def main() -> None:
-    run(app)
-
-
 if __name__ == "__main__":
-    main()
+    app()

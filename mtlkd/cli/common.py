@@ -76,11 +76,6 @@ class HouseCommand(TyperCommand):
         return super().parse_args(ctx, optional_values(args))
 
 
-def run(app: Any, argv: Sequence[str] | None = None) -> None:
-    """A console script's entry (the commands parse `--json [PATH]` themselves: `HouseCommand`)."""
-    app(args=list(sys.argv[1:] if argv is None else argv), prog_name=Path(sys.argv[0]).name)
-
-
 def parse_hw(text: str | None, option: str = "--img-size") -> tuple[int, int] | None:
     """'384x384' -> (384, 384): height x width, both at least 8 pixels."""
     if text is None:

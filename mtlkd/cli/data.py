@@ -122,9 +122,5 @@ def check(
         console.print(f"  {split}: {count} samples of {height}x{width}", highlight=False)
 
 
-def main() -> None:
-    app()
-
-
 if __name__ == "__main__":
-    main()
+    app()

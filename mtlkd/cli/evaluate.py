@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, run
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json
 from mtlkd.ui import console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -70,9 +70,5 @@ def command(
 app.command(cls=HouseCommand)(command)
 
 
-def main() -> None:
-    run(app)
-
-
 if __name__ == "__main__":
-    main()
+    app()

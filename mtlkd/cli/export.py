@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, run
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json
 from mtlkd.errors import BackendUnavailable, ConfigError, ValidationError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.tensorrt import DEFAULT_WORKSPACE_MB
@@ -168,10 +168,5 @@ def _human(n: float) -> str:
 app.command(cls=HouseCommand)(command)
 
 
-def main() -> None:
-    """The `mtl-export` console script."""
-    run(app)
-
-
 if __name__ == "__main__":
-    main()
+    app()

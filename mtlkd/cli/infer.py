@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, run
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json
 from mtlkd.ui import user_errors
 
 
@@ -91,9 +91,5 @@ app = typer.Typer(add_completion=False)
 app.command(cls=HouseCommand)(command)
 
 
-def main() -> None:
-    run(app)
-
-
 if __name__ == "__main__":
-    main()
+    app()

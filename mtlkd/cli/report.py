@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import HouseCommand, check_json_target, emit_json, run
+from mtlkd.cli.common import HouseCommand, check_json_target, emit_json
 from mtlkd.eval.report import LAST_METRICS_FILE, METRICS_FILE, build_report, markdown_table, render_table
 from mtlkd.ui import user_errors
 
@@ -73,9 +73,5 @@ def command(
 app.command(cls=HouseCommand)(command)
 
 
-def main() -> None:
-    run(app)
-
-
 if __name__ == "__main__":
-    main()
+    app()
