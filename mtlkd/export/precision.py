@@ -156,9 +156,12 @@ def quantize_int8(src: str | Path, dst: str | Path, calibration: np.ndarray, sou
     unknown = [g for g in keep_float if g not in INT8_GROUPS]
     if unknown:
         raise ConfigError(f"int8 keep_float {', '.join(unknown)}: unknown; known groups: {', '.join(INT8_GROUPS)}")
-    meta = read_onnx_metadata(src)
+    import onnx as onnx_module
+
+    graph = onnx_module.load(str(src))  # read once for its metadata and its node groups
+    meta = read_onnx_metadata(graph)
     input_name = meta.get("input_name", "image")
-    groups = int8_groups(src)
+    groups = int8_groups(graph)
     excluded = [name for group in keep_float for name in groups[group]]
 
     class Reader(CalibrationDataReader):

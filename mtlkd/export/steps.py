@@ -105,6 +105,8 @@ class Build:
             return
         reference, name = self.reference(precision)
         outs = val.run_batches(run, self.images, batches)
+        if key == "onnx" and batches == val.BATCHES:  # the fp32 graph's outputs: the lower precisions' reference
+            self._fp32 = outs
         label = str(Path(self.options.names.get(key, DEFAULT_NAMES[key])))
         artifact.checks = val.compare(label, precision, name, {b: reference[b] for b in outs}, outs,
                                       trained=not self.meta.get("random_weights"))  # fmt: skip

@@ -88,7 +88,9 @@ def legend(seg: np.ndarray, class_names: Sequence[str], height: int, size: int |
         draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=tuple(int(v) for v in colours[c]),
                        outline=TEXT)
         draw.text((x + swatch + pad, y + 1), names[c], fill=TEXT, font=font(size))
-    return np.asarray(strip)
+    key = np.asarray(strip)
+    key.flags.writeable = False  # cached: callers concatenate it, nobody may change it
+    return key
 
 
 def _pad_to(image: np.ndarray, height: int) -> np.ndarray:
@@ -245,6 +247,7 @@ def hemisphere_normals(diameter: int) -> np.ndarray:
     return np.where(inside[..., None], np.stack([x, y, z], axis=-1), 0.0).astype(np.float32)
 
 
+@lru_cache(maxsize=8)  # the same strip for every frame of a video and every tile of an image
 def normal_key(height: int, size: int | None = None) -> np.ndarray:
     """A height-tall strip: a ball coloured the way the normal map is, labelled with the direction its
     surface faces (up, down, left, right; its centre faces the camera), so a reader can tell that a
@@ -259,8 +262,9 @@ def normal_key(height: int, size: int | None = None) -> np.ndarray:
     strip = Image.new("RGB", (width, height), BACKGROUND)
     disc_x = (width - diameter) // 2
     disc_y = pad + size + 4
-    ball = colourise_normal(hemisphere_normals(diameter))
-    ball[np.abs(hemisphere_normals(diameter)).sum(axis=-1) == 0] = BACKGROUND
+    normals = hemisphere_normals(diameter)
+    ball = colourise_normal(normals)
+    ball[np.abs(normals).sum(axis=-1) == 0] = BACKGROUND
     strip.paste(Image.fromarray(ball), (disc_x, disc_y))
     draw = ImageDraw.Draw(strip)
     f = font(size)

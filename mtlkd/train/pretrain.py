@@ -163,8 +163,9 @@ def pretrain(options: PretrainOptions) -> Path:
     backbone_json = config.to_dict()["backbone"]
     size = config.img_size
     torch.manual_seed(options.seed)
-    if size[0] % patch_of(config) or size[1] % patch_of(config):
-        raise ConfigError(f"--img-size {size[0]}x{size[1]}: not a multiple of the {patch_of(config)}-pixel patches")
+    patch = patch_of(config)
+    if size[0] % patch or size[1] % patch:
+        raise ConfigError(f"--img-size {size[0]}x{size[1]}: not a multiple of the {patch}-pixel patches")
     from mtlkd.train.trainer import resolve_device
 
     device = resolve_device(options.device)

@@ -18,7 +18,7 @@ def test_help_has_no_type_placeholders(module):
     app = importlib.import_module(module).app
     text = runner.invoke(app, ["--help"], terminal_width=200).output
     body = "\n".join(line for line in text.splitlines() if "--help" not in line)  # typer's own option
-    assert "MODEL" in body and "--out" in body or "--data-dir" in body
+    assert "MODEL" in body and ("--out" in body or "--data-dir" in body)
     for placeholder in ("<int", "<str", "<path", "<bool", "list[", "x>=", "<float"):
         assert placeholder not in body, placeholder
     assert not re.search(r"\[default: [^\]]*$", body, re.M)  # no default swallowed by rich markup

@@ -48,7 +48,7 @@ def test_kept_groups_get_no_quantize_nodes(nano_onnx, tmp_path):
     kept = dequantized_inputs(quantize_int8(path, tmp_path / "kept.onnx", calibration))
     assert kept and all(count == 0 for count in kept.values())
     everything = dequantized_inputs(quantize_int8(path, tmp_path / "all.onnx", calibration, keep_float=()))
-    assert all(count == 2 for count in everything.values())
+    assert everything.keys() == kept.keys() and all(count == 2 for count in everything.values())
     with pytest.raises(ValueError, match="known groups"):
         quantize_int8(path, tmp_path / "x.onnx", calibration, keep_float=("softmax",))
 

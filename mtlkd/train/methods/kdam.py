@@ -29,8 +29,6 @@ from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import MethodContext, StudentMethod, forward, load_frozen, unwrap
 from mtlkd.train.options import parse_options
 
-DEFAULT_TEMPERATURE = KD_LOSSES_DEFAULT_TEMPERATURE
-
 
 @register_method("kdam")
 class KDAMMethod(StudentMethod):
@@ -43,7 +41,8 @@ class KDAMMethod(StudentMethod):
         self.kd = options.kd
         self.alpha = options.alpha
         self.beta = options.beta
-        self.temperature = DEFAULT_TEMPERATURE[self.kd] if options.kd_temperature is None else options.kd_temperature
+        default = KD_LOSSES_DEFAULT_TEMPERATURE[self.kd]
+        self.temperature = default if options.kd_temperature is None else options.kd_temperature
         self.regression_kd = options.regression_kd
         self.teacher_path = teacher_path
         # The frozen teacher lives outside self.nets: the optimiser and DDP never see it.

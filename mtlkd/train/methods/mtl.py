@@ -21,14 +21,10 @@ class MultiTaskMethod(StudentMethod):
         _, losses, total, weights = self.student_losses(batch["image"], batch)
         return total, {"mtl_loss": {t: v.item() for t, v in losses.items()}, "task_weights": weights}
 
-    def on_epoch_end(self, epoch, epoch_logs):
-        record = super().on_epoch_end(epoch, epoch_logs)
-        net = unwrap(self.student)
-        if hasattr(net, "stitch_matrices"):
-            record["cross_stitch"] = net.stitch_matrices()
-        return record
-
 
 @register_method("cross-stitch")
 class CrossStitchMethod(MultiTaskMethod):
     arch = "cross_stitch"
+
+    def on_epoch_end(self, epoch, epoch_logs):
+        return {**super().on_epoch_end(epoch, epoch_logs), "cross_stitch": unwrap(self.student).stitch_matrices()}
