@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test lint venv clean experiment gpu-check
+.PHONY: demo test test-numerics lint venv clean experiment gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +18,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m mtlkd.demo --out $(DEMO_DIR)
 
+# The suite, then its numerically sensitive tests (marker `numerics`) again with the kernels another CPU would
+# run: MKL held to AVX2 (no AVX-512, no AMX) and ONNX Runtime at its basic graph optimisations.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-numerics
+
+test-numerics: $(STAMP)
+	MKL_ENABLE_INSTRUCTIONS=AVX2 MTLKD_ORT_OPTIMIZATION=basic $(BIN)/python -m pytest -q -m numerics
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,10 +33,11 @@ lint: $(STAMP)
 experiment: $(STAMP)
 	$(BIN)/python scripts/experiment.py
 
-# On a machine with an NVIDIA GPU: export fp32/fp16/int8 engines, compare them with PyTorch, run the
-# Predictor through TensorRT and ONNX Runtime CUDA, time MTL vs STL. Without a GPU: one line, exit 0.
-# No install step: the GPU install is `pip install -e '.[train,gpu]'` (the cpu extra's onnxruntime would
-# shadow onnxruntime-gpu), so it uses .venv as it is, or $(PY).
+# On a machine with an NVIDIA GPU: torch on CUDA at fp32/TF32/bf16/fp16 (eager and CUDA graphs), MTL vs 3 STL
+# with CUDA events, the Predictor on CUDA vs the CPU, and TensorRT / ONNX Runtime CUDA where installed (rows
+# say "not installed" otherwise). Without a GPU: one line, exit 0. No install step: it runs the checkout in
+# place with .venv's python or $(PY) (a GPU machine's own torch); the GPU install is `pip install -e
+# '.[train,gpu]'` (the cpu extra's onnxruntime would shadow onnxruntime-gpu).
 gpu-check:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) scripts/gpu_check.py
 

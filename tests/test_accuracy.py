@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from mtlkd.accuracy import TOLERANCES, compare_outputs, raw_rel_err, task_agreement, tolerance_for, verdict
+from mtlkd.accuracy import (
+    MIN_DECISION_MARGIN,
+    TOLERANCES,
+    agreement_upper_bound,
+    compare_outputs,
+    decision_margin,
+    raw_rel_err,
+    task_agreement,
+    tolerance_for,
+    verdict,
+)
 
 
 def _outputs(rng, n=2, classes=5, size=(8, 8)):
@@ -77,3 +87,49 @@ def test_tolerances_loosen_with_fewer_bits():
     seg = [TOLERANCES[p].seg_agreement for p in order]
     assert raw == sorted(raw) and seg == sorted(seg, reverse=True)
     assert tolerance_for("f16") == TOLERANCES["fp16"] and tolerance_for("i8") == TOLERANCES["int8"]
+
+
+def test_agreement_bound_is_the_wilson_interval():
+    # by hand: p = 0.5, n = 100, z = 3.09: (0.5 + z^2/200 + z sqrt(0.0025 + z^2/40000)) / (1 + z^2/100)
+    assert agreement_upper_bound(50.0, 100) == pytest.approx(64.761, abs=1e-3)
+    assert agreement_upper_bound(93.75, 16) == pytest.approx(99.452, abs=1e-3)  # 15 of 16: consistent with 95%
+    assert agreement_upper_bound(0.0, 16) == pytest.approx(37.373, abs=1e-3)
+    assert agreement_upper_bound(99.0, 1_000_000) == pytest.approx(99.03, abs=0.01)  # many pixels: the share
+
+
+def _decided_logits(rng, n, classes=4, size=(4, 4), margin=6.0):
+    """Logits whose true class leads every other by `margin`."""
+    seg = rng.standard_normal((n, classes, *size)).astype(np.float32) * 0.1
+    labels = rng.integers(0, classes, (n, *size))
+    np.put_along_axis(seg, labels[:, None], margin, axis=1)
+    return seg
+
+
+def test_one_flip_in_sixteen_pixels_is_no_evidence_but_many_flips_are():
+    rng = np.random.default_rng(5)
+    ref = {"seg": _decided_logits(rng, 1)}
+    out = {"seg": ref["seg"].copy()}
+    out["seg"][0, :, 0, 0] = out["seg"][0, ::-1, 0, 0]  # one pixel of 16 changes class
+    errors = compare_outputs(ref, out)
+    assert errors["seg"].pixels == 16 and errors["seg"].agreement["seg_agreement"] == 93.75
+    assert not any("seg_agreement" in f for f in verdict(errors, "int8", trained=True).failures)
+    many = {"seg": _decided_logits(np.random.default_rng(6), 16)}
+    flipped = {"seg": many["seg"].copy()}
+    flipped["seg"][:, :, :2] = flipped["seg"][:, ::-1, :2]  # half of 256 pixels change class
+    judged = verdict(compare_outputs(many, flipped), "int8", trained=True)
+    assert any("seg_agreement" in f and "over 256 pixels" in f for f in judged.failures)
+
+
+def test_near_ties_are_judged_on_raw_outputs():
+    rng = np.random.default_rng(7)
+    ref = {"seg": (1e-3 * rng.standard_normal((2, 13, 8, 8))).astype(np.float32)}  # an untrained head
+    out = {"seg": ref["seg"] + (1.2e-4 * rng.standard_normal(ref["seg"].shape)).astype(np.float32)}
+    errors = compare_outputs(ref, out)
+    assert decision_margin(errors["seg"], "int8") < MIN_DECISION_MARGIN
+    assert errors["seg"].agreement["seg_agreement"] < 95.0  # many argmaxes flip...
+    judged = verdict(errors, "int8", trained=True)
+    assert judged.kept and "ties" in judged.basis  # ...and say nothing about the file
+    decided = {"seg": _decided_logits(rng, 2, size=(8, 8))}
+    wrong = compare_outputs(decided, {"seg": decided["seg"][:, ::-1].copy()})["seg"]  # every class swapped
+    assert wrong.raw_rel_err > 1.0 and decision_margin(wrong, "int8") > MIN_DECISION_MARGIN  # no tie: judged
+    assert decision_margin(compare_outputs(decided, decided)["seg"], "int8") == float("inf")

@@ -92,8 +92,10 @@ def run_onnxruntime(path: str | Path, images: np.ndarray, outputs: list[str] | N
     """Outputs of an ONNX graph on the CPU execution provider, as a dict name -> array."""
     import onnxruntime as ort
 
+    from mtlkd.runtime.backends.onnxruntime_backend import session_options
+
     if session is None:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     names = outputs or [o.name for o in session.get_outputs()]
     values = session.run(names, {session.get_inputs()[0].name: images})
     return dict(zip(names, values, strict=True))

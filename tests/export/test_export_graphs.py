@@ -33,6 +33,7 @@ from mtlkd.export.triton import write_triton_repo
 from mtlkd.models import create_model, preset_config
 
 TASKS = ["seg", "depth", "normal"]
+pytestmark = pytest.mark.numerics  # outputs of ONNX Runtime, OpenVINO and torch kernels compared
 
 
 def _train_briefly(model, size, steps=150, seed=0):
@@ -200,11 +201,7 @@ def test_int8_graph_is_symmetric_qdq_and_keeps_accuracy(int8_graph, images, fp32
     meta = read_onnx_metadata(int8_graph)
     assert meta["precision"] == "int8" and meta["quantization"]["calibration"]["images"] == 32
     outs = val.run_batches(lambda x: val.run_onnxruntime(int8_graph, x), images)
-    checks = val.compare(int8_graph.name, "int8", "fp32 onnx", fp32_outputs, outs)
-    val.ensure_ok(checks)
-    worst = val.summary(checks)
-    assert worst["seg"]["seg_agreement"] >= 95.0
-    assert worst["depth"]["depth_rel_err"] <= 2.0 and worst["normal"]["normal_angle"] <= 3.0
+    val.ensure_ok(val.compare(int8_graph.name, "int8", "fp32 onnx", fp32_outputs, outs))  # mtlkd.accuracy's policy
 
 
 def test_openvino_ir_round_trip(net, exported, images, tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import SMALL_VIT, assert_kernel_close
 
 from mtlkd.errors import ConfigError
 from mtlkd.models import ModelConfig, create_model, load_model, model_config, preset_config
@@ -63,6 +64,7 @@ def test_a_task_subset_of_a_config_is_a_config():
     assert model_config("vit-nano", TASKS, 13).with_tasks(["seg"], "stl").heads.keys() == {"seg"}
 
 
+@pytest.mark.numerics
 def test_checkpoint_of_the_earlier_format_loads_with_the_same_outputs():
     """legacy_mtl.safetensors was written by mtlkd before typed configs (one head spec shared by every
     head, `_pos_embed` inside the backbone); its outputs on a fixed image were saved beside it."""
@@ -74,9 +76,9 @@ def test_checkpoint_of_the_earlier_format_loads_with_the_same_outputs():
     saved = np.load(DATA / "legacy_mtl_outputs.npz")
     with torch.no_grad():
         out = net(torch.from_numpy(saved["image"]), return_features=True)
-    for task in TASKS:
-        np.testing.assert_allclose(out[task].numpy(), saved[task], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(out["features"][-1].numpy(), saved["last_block"], atol=1e-6, rtol=0)
+    for task in TASKS:  # saved by another machine's kernels: equal up to float32 re-association
+        assert_kernel_close(out[task].numpy(), saved[task], SMALL_VIT, task)
+    assert_kernel_close(out["features"][-1].numpy(), saved["last_block"], SMALL_VIT, "last block")
     assert net.config.heads["seg"] == MaskTransformerConfig(layers=1)
     assert net.config.heads["normal"] == QueryRegressionConfig(layers=1, num_queries=8)
 

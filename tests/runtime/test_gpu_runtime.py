@@ -253,3 +253,31 @@ def test_gpu_check_export_step_speaks_the_pipeline(tmp_path, nano_checkpoint):
     passed, detail = gpu_check.export(nano_checkpoint, tmp_path / "fp32", "fp32")
     assert not passed and "tensorrt" in detail.lower() and "\n" not in detail
     assert (tmp_path / "fp32" / "model.onnx").is_file()
+
+
+def test_gpu_check_measures_every_torch_mode_on_a_stand_in(tmp_path):
+    """`--stand-in-cpu`: the whole check on torch's CPU build (the GPU machine's path, CUDA events aside):
+    each compute mode judged by the accuracy policy and timed, MTL against three STL, the Predictor's torch
+    backend, and the rows of what cannot run here marked as such, not failed; the table written to a file."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    code = gpu_check.main(["--stand-in-cpu", "--preset", "vit-nano", "--steps", "30", "--runs", "1",
+                           "--out", str(tmp_path)])  # fmt: skip
+    record = json.loads((tmp_path / "gpu-check.json").read_text())
+    rows = {r["check"]: r for r in record["rows"]}
+    assert code == 0, [r for r in record["rows"] if r["result"] == "FAIL"]
+    for mode in gpu_check.MODES:
+        for batch in (1, 8):
+            eager = rows[f"torch {mode} eager batch {batch}"]
+            assert eager["result"] == "ok" and "MTL/STL" in eager["detail"] and "seg err" in eager["detail"]
+            assert rows[f"torch {mode} CUDA graph batch {batch}"]["result"] == "n/a"
+    assert rows["Predictor torch cpu vs cpu, batch 1/3/9"]["result"] == "ok"
+    assert rows["TensorRT engines"]["result"] == ("n/a" if importlib.util.find_spec("tensorrt") else "not installed")
+    assert rows["ONNX Runtime CUDA"]["result"] == "not installed"  # the CPU build of onnxruntime
+    assert (tmp_path / "gpu-check.txt").read_text().startswith("gpu-check on CPU stand-in")

@@ -1,6 +1,8 @@
 """ONNX Runtime backend for `.onnx` files exported by mtlkd (input `image`, one output per task).
 
-CPU: all graph optimisations, one intra-op thread per physical core, sequential execution (the graph is a
+CPU: all graph optimisations (`$MTLKD_ORT_OPTIMIZATION` = disable, basic, extended or all picks another level:
+the fusions change which kernels run, so a test suite run at another level sees other rounding, as on another
+CPU), one intra-op thread per physical core, sequential execution (the graph is a
 chain; inter-op parallelism only adds contention). CUDA: the CUDA execution provider, checked after the
 session is created (a session that fell back to the CPU is refused), with IO binding, so the input is
 copied to the GPU once and only the requested outputs come back. Only the requested outputs are fetched
@@ -11,6 +13,7 @@ graphs one output costs as much as three (see the runtime report); export a grap
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +67,27 @@ def session_options(threads: int | None = None, spinning: bool = False) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = optimization_level()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or physical_cores()
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3  # errors only; the exporter's shape warnings are noise here
     return options
+
+
+OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                       "all": "ORT_ENABLE_ALL"}  # fmt: skip
+
+
+def optimization_level() -> Any:
+    """ONNX Runtime's graph optimisation level: all, unless $MTLKD_ORT_OPTIMIZATION names another."""
+    import onnxruntime as ort
+
+    name = os.environ.get("MTLKD_ORT_OPTIMIZATION", "all").strip().lower() or "all"
+    if name not in OPTIMIZATION_LEVELS:
+        raise BackendError(f"MTLKD_ORT_OPTIMIZATION={name!r} is not a level; use one of "
+                           f"{', '.join(OPTIMIZATION_LEVELS)}")
+    return getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[name])
 
 
 def read_metadata(session: Any, path: str | Path) -> dict[str, Any]:
