@@ -15,6 +15,7 @@ changes outputs by percent, not by parts per million.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -36,9 +37,14 @@ def scaled_error(actual, expected) -> float:
     return float(np.abs(a - b).max()) / max(scale, 1e-30) if b.size else 0.0
 
 
+MEASURED: list[tuple[str, str, float, float]] = []  # (test, what, error, bound): tests/conftest.py prints them
+
+
 def assert_kernel_close(actual, expected, bound: float, what: str = "output") -> None:
     """Fail when `actual` differs from `expected` by more than `bound` of the expected output's scale."""
     err = scaled_error(actual, expected)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+    MEASURED.append((test, what, err, bound))
     assert err <= bound, f"{what}: differs by {err:.2e} of its scale, beyond the float32 kernel bound {bound:.2e}"
 
 

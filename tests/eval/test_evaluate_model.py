@@ -68,6 +68,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return {"data": root / "data", "checkpoint": checkpoint, "onnx": path}
 
 
+@pytest.mark.numerics
 def test_onnx_scored_without_torch_equals_the_checkpoint(files, tmp_path):
     from mtlkd.eval.evaluate import EvalOptions, evaluate_model
 

@@ -53,6 +53,7 @@ def test_kept_groups_get_no_quantize_nodes(nano_onnx, tmp_path):
         quantize_int8(path, tmp_path / "x.onnx", calibration, keep_float=("softmax",))
 
 
+@pytest.mark.numerics
 def test_sensitivity_reports_every_group(nano_onnx):
     from mtlkd.export.precision import int8_sensitivity
     from mtlkd.export.validate import validation_images

@@ -36,6 +36,7 @@ def _building(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".building-" in p.name]
 
 
+@pytest.mark.numerics
 def test_export_model_writes_checks_and_reports(checkpoint, tmp_path):
     out = tmp_path / "export"
     lines: list[str] = []
@@ -95,6 +96,7 @@ def test_bad_options_name_the_option_before_anything_is_built(config, tmp_path, 
     assert not out.exists() and not _building(tmp_path)
 
 
+@pytest.mark.numerics
 def test_low_resolution_export_records_its_stride_and_is_checked_at_that_size(config, tmp_path):
     import onnxruntime as ort
 
