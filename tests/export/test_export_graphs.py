@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from numerics import SMALL_VIT
 
 from mtlkd.checkpoint import model_metadata
 from mtlkd.export import validate as val
@@ -106,7 +107,7 @@ def test_round_trip_every_task_at_batch_1_and_3(net, exported, images, fp32_outp
     checks = val.compare("model.onnx", "fp32", "pytorch", refs, fp32_outputs)
     assert {(c.batch, c.task) for c in checks} == {(b, t) for b in (1, 3) for t in TASKS}
     val.ensure_ok(checks)
-    assert max(c.rel_err for c in checks) < 1e-4
+    assert max(c.rel_err for c in checks) < SMALL_VIT  # fp32: re-association alone (tests/numerics.py)
     stride = model.output_stride
     assert fp32_outputs[3]["seg"].shape == (3, 13, 32 // stride, 32 // stride)
     assert fp32_outputs[1]["normal"].shape == (1, 3, 32 // stride, 32 // stride)
@@ -166,11 +167,7 @@ def test_fp16_graph_keeps_accuracy(exported, images, fp32_outputs, converter):
     assert kept and all(types.get(n.output[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for n in kept)
     assert read_onnx_metadata(path)["precision"] == "fp16"
     outs = val.run_batches(lambda x: val.run_onnxruntime(path, x), images)
-    checks = val.compare(path.name, "fp16", "fp32 onnx", fp32_outputs, outs)
-    val.ensure_ok(checks)
-    worst = val.summary(checks)
-    assert worst["seg"]["seg_agreement"] >= 98.0
-    assert worst["depth"]["depth_rel_err"] <= 0.5 and worst["normal"]["normal_angle"] <= 0.5
+    val.ensure_ok(val.compare(path.name, "fp16", "fp32 onnx", fp32_outputs, outs))  # mtlkd.accuracy's policy
 
 
 @pytest.fixture(scope="module")
