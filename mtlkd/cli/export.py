@@ -20,7 +20,8 @@ from mtlkd.ui import fail, user_errors
 EXIT_FAILED = 1  # a check failed or a back-end is missing (user mistakes exit 2)
 FLAGS = {"precisions": "--precision", "opset": "--opset", "batch_profile": "--batch-size", "tasks": "--tasks",
          "calib_data": "--calib-data", "calib_size": "--calib-size", "workspace_mb": "--workspace",
-         "device": "--device", "triton": "--triton", "triton_backend": "--triton-backend", "out": "--out"}  # ExportOptions field -> flag, for messages
+         "device": "--device", "triton": "--triton", "triton_backend": "--triton-backend",
+         "out": "--out"}  # ExportOptions field -> flag, for messages
 
 
 app = typer.Typer(add_completion=False)

@@ -22,7 +22,7 @@ def command(
                                       "model.safetensors (exported to ONNX first), or a Triton repository folder "
                                       "(mtl-export --triton REPO --triton-backend python)."),
     host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
-                             help="Where every endpoint listens (0.0.0.0: every interface, reachable from the network)."),
+                             help="Where every endpoint listens (0.0.0.0: every interface, open to the network)."),
     port: int = typer.Option(8000, "--port", metavar="N", help="HTTP/REST port (KServe v2)."),
     grpc_port: int = typer.Option(8001, "--grpc-port", metavar="N", help="gRPC port (KServe v2)."),
     metrics_port: int = typer.Option(8002, "--metrics-port", metavar="N", help="Prometheus metrics port (/metrics)."),

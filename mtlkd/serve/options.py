@@ -42,7 +42,8 @@ class ServeOptions:
             if not 1 <= int(port) <= 65535:
                 raise ConfigError(f"{FLAGS[field]} {port}: a TCP port is 1 to 65535")
         if len(set(ports.values())) < len(ports):
-            raise ConfigError(f"--port, --grpc-port and --metrics-port must differ (got {', '.join(map(str, ports.values()))})")
+            given = ", ".join(str(p) for p in ports.values())
+            raise ConfigError(f"--port, --grpc-port and --metrics-port must differ (got {given})")
         for field, low, high in (("max_batch_size", 1, 1024), ("max_queue_delay_us", 0, MAX_QUEUE_DELAY_US),
                                  ("instances", 1, 64)):  # fmt: skip
             value = getattr(self, field)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,7 +40,8 @@ from mtlkd.serve.environment import ServeEnvironment, find_serve_environment
 from mtlkd.serve.options import FLAGS, ServeOptions
 
 KIND_OF_SUFFIX = {".onnx": "onnx", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
-LOADING = ("LOADING", "UNLOADING", "")  # states that change by themselves
+LOADING = ("LOADING", "UNLOADING")  # states that change by themselves
+REJECTED = "REJECTED"  # a config Triton refused before loading: listed without a state, its reason only in the log
 EXIT_TIMEOUT_S = 20  # Triton's own wait for in-flight requests when told to stop (--exit-timeout-secs)
 LOG_TAIL_LINES = 15
 
@@ -49,7 +51,7 @@ class ModelState:
     """One model of the repository as the server reports it (POST /v2/repository/index)."""
 
     name: str
-    state: str  # READY, UNAVAILABLE, LOADING...
+    state: str  # READY, UNAVAILABLE (loading failed), LOADING..., or REJECTED (its config refused)
     reason: str = ""
 
 
@@ -132,7 +134,13 @@ class TritonServer:
                 index = json.loads(answer.read())
         except (OSError, ValueError):
             return None
-        return {m["name"]: ModelState(m["name"], m.get("state", ""), m.get("reason", "")) for m in index}
+        states = {m["name"]: ModelState(m["name"], m.get("state", ""), m.get("reason", "")) for m in index}
+        for name, model in states.items():
+            if not model.state:
+                pattern = rf"Poll failed for model directory '{re.escape(name)}': (.*?)\"?$"
+                found = re.findall(pattern, self.log_text(), re.M)
+                states[name] = ModelState(name, REJECTED, found[-1] if found else "its config was refused (server log)")
+        return states
 
     def ready(self) -> bool:
         """GET /v2/health/ready: the server is up and every model is ready (strict readiness)."""
@@ -168,12 +176,14 @@ class TritonServer:
             shutil.rmtree(self.workspace, ignore_errors=True)
         return code
 
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+    def log_text(self) -> str:
         try:
-            text = self.log_file.read_text(errors="replace").splitlines()
+            return self.log_file.read_text(errors="replace")
         except OSError:
-            return "(no log)"
-        return "\n".join(line[:300] for line in text[-lines:])
+            return ""
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(line[:300] for line in self.log_text().splitlines()[-lines:]) or "(no log)"
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self
