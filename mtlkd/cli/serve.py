@@ -79,7 +79,8 @@ def command(
 
             levels = [int(c) for c in concurrency.split(",") if c.strip()]
             result = run_load_test(model, options, LoadTestOptions(concurrency=levels, requests=requests,
-                                                                   time_limit_s=time_limit), progress=say)
+                                                                   time_limit_s=time_limit), progress=say,
+                                   quiet=quiet)
             if json_out != JSON_STDOUT:
                 typer.echo(format_table(result))
             emit_json(result.to_dict(), json_out)

@@ -184,10 +184,27 @@ def test_mtl_serve_runs_and_stops_cleanly_on_ctrl_c_and_sigterm(exported, serve_
             break
     assert any("model mtlkd_openvino: READY" in line for line in lines), "".join(lines)
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).status == 200
-    server_pids = subprocess.run(["pgrep", "-f", "--", f"--http-port={port}"], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-f", "--", f"--http-port={port}"], capture_output=True, text=True)
+    server_pids = found.stdout.split()
     assert server_pids
     process.send_signal(stop_with)
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert f"stopped ({stop_with.name}); tritonserver exit status 0" in err
     assert all(_group_gone(int(pid)) for pid in server_pids)
+
+
+def test_the_load_test_checks_every_answer_and_refuses_the_malformed(exported, serve_environment):
+    """Bounded by count: every well-formed request answered with the Predictor's output, every malformed one
+    refused, at each concurrency, with Triton's own counters behind the mean batch."""
+    from mtlkd.serve.bench import LoadTestOptions, format_table, run_load_test
+
+    result = run_load_test(exported["onnx"], _options(), LoadTestOptions(concurrency=[1, 4], requests=24),
+                           quiet=True)  # fmt: skip
+    assert [level.concurrency for level in result.levels] == [1, 4]
+    for level in result.levels:
+        assert (level.answered, level.errors) == (24, 0), level.first_error
+        assert level.malformed_sent >= 4 and level.malformed_refused == level.malformed_sent
+        assert level.mean_batch is not None and 1 <= level.mean_batch <= 8
+        assert level.predictor_throughput > 0 and level.p50_ms <= level.p99_ms
+    assert result.predictor.answered == 48 and "C=4" in format_table(result)
