@@ -26,7 +26,7 @@ def command(
     port: int = typer.Option(8000, "--port", metavar="N", help="HTTP/REST port (KServe v2)."),
     grpc_port: int = typer.Option(8001, "--grpc-port", metavar="N", help="gRPC port (KServe v2)."),
     metrics_port: int = typer.Option(8002, "--metrics-port", metavar="N", help="Prometheus metrics port (/metrics)."),
-    max_batch_size: int = typer.Option(8, "--max-batch-size", "--batch-size", metavar="N",
+    max_batch_size: int = typer.Option(8, "--max-batch-size", metavar="N",
                                        help="Dynamic batching: most images the server gathers into one network call."),
     max_queue_delay_us: int = typer.Option(2000, "--max-queue-delay-us", metavar="US",
                                            help="How long the scheduler waits to fill a batch, in microseconds."),
@@ -52,10 +52,11 @@ def command(
 ) -> None:  # fmt: skip
     """Serve a model on a real Triton Inference Server (HTTP, gRPC, metrics) on this machine's CPU.
 
-    The server is the tritonserver of the nvidia-pytriton wheel, in its own environment (`make serve-env`);
-    the model runs mtlkd's Predictor in Triton's Python backend. Input `image` N x 3 x H x W float32, one
-    output per task, as in the repository mtl-export --triton writes: a client of that deployment works
-    unchanged. Ctrl-C or SIGTERM stops the server cleanly.
+    The server is the tritonserver of the nvidia-pytriton wheel, in its own
+    environment (`make serve-env`); the model runs mtlkd's Predictor in
+    Triton's Python backend. Input `image` N x 3 x H x W float32, one output
+    per task, as in the repository mtl-export --triton writes: a client of
+    that deployment works unchanged. Ctrl-C or SIGTERM stops it cleanly.
 
     Examples:
 

@@ -4,9 +4,10 @@ in one process.
 For each concurrency C: C client threads, each with its own keep-alive HTTP connection, send batch-1
 requests until `requests` have been answered or `time_limit_s` has passed (bounded in count and in time,
 loopback only). Every answer is compared with the Predictor's output for that image on the same file and
-backend, under the fp32 accuracy policy: a wrong answer counts as an error. Meanwhile one more client sends
-requests the server must refuse (a wrong shape, a wrong dtype, a batch above the maximum) and one that
-hangs up halfway; each must get an error (or, the half request, nothing) while the others go on.
+backend, under the fp32 accuracy policy: a wrong answer counts as an error. Meanwhile one more client sends,
+every 0.2 s in turn, requests the server must refuse (a wrong shape, a wrong dtype, a batch above the
+maximum) and one that hangs up halfway; each must get an error (or, the half request, nothing) while the
+others go on.
 
 The reference is the single-process Predictor (`Predictor.run_raw`, batch 1, one image after another): what
 serving adds, or gains through dynamic batching, on the same machine. It runs just before each level (the
@@ -16,6 +17,7 @@ clients, server and reference share the CPUs.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import threading
 import time
@@ -34,6 +36,7 @@ from mtlkd.serve.server import KIND_OF_SUFFIX, TritonServer, prepare_repository
 
 POOL = 16  # distinct images the clients cycle through (each with its Predictor reference)
 WARMUP = 8  # requests before timing: the stub's first calls pay for lazy initialisation
+MALFORMED_EVERY_S = 0.2  # one malformed request this often: present throughout, a small share of the load
 
 
 @dataclass
@@ -222,20 +225,21 @@ def _level(server: TritonServer, name: str, tasks: list[str], images: np.ndarray
         bad = [lambda: connection.infer(name, image[None, :, : image.shape[1] // 2], tasks),  # wrong shape
                lambda: connection.infer(name, image[None], tasks, datatype="FP64"),  # wrong dtype
                lambda: connection.infer(name, np.repeat(image[None], server.options.max_batch_size + 1, 0), tasks)]
-        while not stop.is_set():
-            for send in bad:
-                refused[0] += 1
-                try:
-                    send()
-                except InferError:
-                    refused[1] += 1
+        for k in itertools.count():
+            if k >= len(bad) + 1 and stop.wait(MALFORMED_EVERY_S):  # each kind at least once, then paced
+                break
             refused[0] += 1
+            if k % 4 == 3:
+                try:
+                    send_half_and_close(server.http_url, name, image[None], tasks)
+                    refused[1] += 1  # nothing came back, and the server goes on (the other clients say so)
+                except OSError:
+                    pass
+                continue
             try:
-                send_half_and_close(server.http_url, name, image[None], tasks)
-                refused[1] += 1  # nothing came back, and the server goes on (the other clients say so)
-            except OSError:
-                pass
-            stop.wait(0.05)
+                bad[k % 4]()
+            except InferError:
+                refused[1] += 1
         connection.close()
 
     with progress_bar("req", quiet=quiet) as bar:

@@ -208,3 +208,17 @@ def test_the_load_test_checks_every_answer_and_refuses_the_malformed(exported, s
         assert level.mean_batch is not None and 1 <= level.mean_batch <= 8
         assert level.predictor_throughput > 0 and level.p50_ms <= level.p99_ms
     assert result.predictor.answered == 48 and "C=4" in format_table(result)
+
+
+def test_a_checkpoint_is_exported_to_onnx_in_the_workspace_and_served_from_there(exported, tmp_path):
+    """No server needed: the repository a .safetensors becomes, built beside nothing of the user's."""
+    from mtlkd.runtime import Predictor
+    from mtlkd.serve import prepare_repository
+
+    before = sorted(p.name for p in exported["checkpoint"].parent.iterdir())
+    repository, names = prepare_repository(exported["checkpoint"], _options(name="nano"), tmp_path)
+    assert names == ["nano"] and repository == tmp_path / "models"
+    assert {p.name for p in (repository / "nano" / "1").iterdir()} == {"model.onnx", "model.py"}
+    assert 'backend: "python"' in (repository / "nano" / "config.pbtxt").read_text()
+    assert Predictor.load(repository / "nano" / "1" / "model.onnx").tasks == TASKS
+    assert sorted(p.name for p in exported["checkpoint"].parent.iterdir()) == before
