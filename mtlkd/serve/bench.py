@@ -10,9 +10,10 @@ maximum) and one that hangs up halfway; each must get an error (or, the half req
 others go on.
 
 The reference is the single-process Predictor (`Predictor.run_raw`, batch 1, one image after another): what
-serving adds, or gains through dynamic batching, on the same machine. It runs just before each level (the
-server idle), so that each ratio compares two measurements taken under the same load from other jobs;
-clients, server and reference share the CPUs.
+serving adds, or gains through dynamic batching, on the same machine. Within each level the two take turns
+(ROUNDS rounds of a quarter of the requests each, the server idle while the Predictor runs), so that each
+ratio compares measurements taken under the same load from other jobs; clients, server and reference share
+the CPUs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mtlkd.serve.server import KIND_OF_SUFFIX, TritonServer, prepare_repository
 
 POOL = 16  # distinct images the clients cycle through (each with its Predictor reference)
 WARMUP = 8  # requests before timing: the stub's first calls pay for lazy initialisation
+ROUNDS = 4  # per level, the Predictor and the clients take turns this often: both see the same load from others
 MALFORMED_EVERY_S = 0.2  # one malformed request this often: present throughout, a small share of the load
 
 
@@ -70,7 +72,7 @@ class Level:
     malformed_refused: int = 0  # of those, answered with an error (the half request: nothing answered)
     mean_batch: float | None = None  # images per network call on the server (Triton's counters)
     first_error: str = ""
-    predictor_throughput: float | None = None  # the Predictor's, measured just before this level
+    predictor_throughput: float | None = None  # the Predictor's, measured in turns with this level
 
     @property
     def speedup(self) -> float | None:
@@ -167,32 +169,58 @@ def run_load_test(model: str | Path, serve: ServeOptions | None = None, options:
                 client.infer(name, image[None], tasks)
             client.close()
             for concurrency in options.concurrency:
-                say(f"single-process Predictor ({backend}, batch 1), then {concurrency} client(s); each "
-                    f"{options.requests} requests or {options.time_limit_s:g} s ...")
-                alone = _predictor_level(predictor, images, tasks, options.requests, options.time_limit_s)
+                say(f"{concurrency} client(s) and the single-process Predictor ({backend}, batch 1) in turn, "
+                    f"{ROUNDS} rounds; each {options.requests} requests or {options.time_limit_s:g} s ...")
+                level, alone = _level(server, predictor, name, tasks, images, references, int(concurrency), options,
+                                      quiet)  # fmt: skip
                 samples += alone.samples
                 result.predictor.answered += alone.answered
                 result.predictor.seconds += alone.seconds
-                level = _level(server, name, tasks, images, references, int(concurrency), options, quiet)
-                level.predictor_throughput = alone.throughput
                 result.levels.append(level)
     result.predictor.p50_ms, result.predictor.p99_ms = _latency(samples)
     return result
 
 
-def _level(server: TritonServer, name: str, tasks: list[str], images: np.ndarray, references: list[dict],
-           concurrency: int, options: LoadTestOptions, quiet: bool) -> Level:  # fmt: skip
+def _level(server: TritonServer, predictor: Any, name: str, tasks: list[str], images: np.ndarray,
+           references: list[dict], concurrency: int, options: LoadTestOptions,
+           quiet: bool) -> tuple[Level, _Alone]:  # fmt: skip
+    """One concurrency level: ROUNDS times the Predictor alone, then the clients, a share of the count each."""
     from mtlkd.ui import progress_bar
 
+    counts = [options.requests // ROUNDS + (r < options.requests % ROUNDS) for r in range(ROUNDS)]
+    limit_s = options.time_limit_s / ROUNDS
+    alone, rounds = _Alone(0, 0.0, []), []
+    before = _counters(server.metrics_url)
+    with progress_bar("req", quiet=quiet) as bar:
+        task = bar.add_task(f"C={concurrency}", total=options.requests, info="")
+        for count in counts:
+            part = _predictor_level(predictor, images, tasks, count, limit_s)
+            alone = _Alone(alone.answered + part.answered, alone.seconds + part.seconds, alone.samples + part.samples)
+            rounds.append(_clients(server, name, tasks, images, references, concurrency, count, limit_s,
+                                   options.malformed, bar, task))  # fmt: skip
+    after = _counters(server.metrics_url)
+    calls = after.get("nv_inference_exec_count", 0) - before.get("nv_inference_exec_count", 0)
+    images_run = after.get("nv_inference_count", 0) - before.get("nv_inference_count", 0)
+    samples = [x for r in rounds for x in r["samples"]]
+    p50, p99 = _latency(samples)
+    level = Level(concurrency, len(samples), sum(r["errors"] for r in rounds), sum(r["seconds"] for r in rounds),
+                  p50, p99, sum(r["sent"] for r in rounds), sum(r["refused"] for r in rounds),
+                  images_run / calls if calls else None, next((r["error"] for r in rounds if r["error"]), ""),
+                  alone.throughput)  # fmt: skip
+    return level, alone
+
+
+def _clients(server: TritonServer, name: str, tasks: list[str], images: np.ndarray, references: list[dict],
+             concurrency: int, count: int, limit_s: float, malformed: bool, bar: Any, task: Any) -> dict:  # fmt: skip
+    """`concurrency` clients until `count` requests were answered or `limit_s` passed, and the malformed."""
     lock, samples, errors, first_error = threading.Lock(), [], [0], [""]
     issued = [0]
-    deadline = time.monotonic() + options.time_limit_s
+    deadline = time.monotonic() + limit_s
     stop = threading.Event()
-    before = _counters(server.metrics_url)
 
     def take() -> int | None:
         with lock:
-            if issued[0] >= options.requests or time.monotonic() > deadline:
+            if issued[0] >= count or time.monotonic() > deadline:
                 return None
             issued[0] += 1
             return issued[0] - 1
@@ -242,25 +270,19 @@ def _level(server: TritonServer, name: str, tasks: list[str], images: np.ndarray
                 refused[1] += 1
         connection.close()
 
-    with progress_bar("req", quiet=quiet) as bar:
-        task = bar.add_task(f"C={concurrency}", total=options.requests, info="")
-        threads = [threading.Thread(target=client, args=(bar, task)) for _ in range(concurrency)]
-        side = threading.Thread(target=saboteur) if options.malformed else None
-        start = time.perf_counter()
-        for thread in threads + ([side] if side else []):
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - start
-        stop.set()
-        if side:
-            side.join()
-    after = _counters(server.metrics_url)
-    calls = after.get("nv_inference_exec_count", 0) - before.get("nv_inference_exec_count", 0)
-    images_run = after.get("nv_inference_count", 0) - before.get("nv_inference_count", 0)
-    p50, p99 = _latency(samples)
-    return Level(concurrency, len(samples), errors[0], seconds, p50, p99, refused[0], refused[1],
-                 images_run / calls if calls else None, first_error[0])  # fmt: skip
+    threads = [threading.Thread(target=client, args=(bar, task)) for _ in range(concurrency)]
+    side = threading.Thread(target=saboteur) if malformed else None
+    start = time.perf_counter()
+    for thread in threads + ([side] if side else []):
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    stop.set()
+    if side:
+        side.join()
+    return {"samples": samples, "errors": errors[0], "seconds": seconds, "sent": refused[0], "refused": refused[1],
+            "error": first_error[0]}
 
 
 def _counters(url: str) -> dict[str, float]:
@@ -281,7 +303,7 @@ def format_table(result: LoadTestResult) -> str:
             f"{result.max_batch_size}, queue delay {result.max_queue_delay_us} us")
     rows = [f"{'clients':>18} {'answered':>8} {'img/s':>8} {'x Predictor':>11} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'errors':>6} {'mean batch':>10} {'malformed refused':>17}",
-            "(x Predictor: over the single-process Predictor's img/s measured just before that level)"]
+            "(x Predictor: over the single-process Predictor's img/s, measured in turns with that level)"]
     for level in [result.predictor, *result.levels]:
         label = "Predictor (1 proc)" if level.concurrency == 0 else f"C={level.concurrency}"
         ratio = 1.0 if level.concurrency == 0 else (level.speedup or float("nan"))
