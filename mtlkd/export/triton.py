@@ -172,7 +172,8 @@ def write_triton_readme(repo: str | Path, models: dict[str, str], metadata: dict
     height, width = (int(v) for v in metadata["input_size"])
     tasks = list(metadata["tasks"])
     first = next(iter(models))
-    rows = "\n".join(f"| `{n}` | {k} | `{'`, `'.join(KINDS[k]['files'])}` |" for n, k in models.items())
+    extra = ["model.py"] if backend == "python" else []
+    rows = "\n".join(f"| `{n}` | {k} | `{'`, `'.join(KINDS[k]['files'] + extra)}` |" for n, k in models.items())
     outputs = "\n".join(f"- `{t}`: {' x '.join(str(d) for d in ['N', *dims])} float32, {get_task(t).title.lower()} "
                         f"({get_task(t).output})" for t, dims in output_dims(metadata).items())  # fmt: skip
     gpus = " --gpus=all" if gpu or "tensorrt" in models.values() else ""

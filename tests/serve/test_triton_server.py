@@ -177,22 +177,26 @@ def test_mtl_serve_runs_and_stops_cleanly_on_ctrl_c_and_sigterm(exported, serve_
     command = [sys.executable, "-m", "mtlkd.cli.serve", str(exported["openvino"]), "--port", str(port),
                "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in process.stderr:  # until the command says it serves, or fails
-        lines.append(line)
-        if "stops it" in line or "error" in line:
-            break
-    assert any("model mtlkd_openvino: READY" in line for line in lines), "".join(lines)
-    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).status == 200
-    found = subprocess.run(["pgrep", "-f", "--", f"--http-port={port}"], capture_output=True, text=True)
-    server_pids = found.stdout.split()
-    assert server_pids
-    process.send_signal(stop_with)
-    _out, err = process.communicate(timeout=60)
+    try:
+        lines = []
+        for line in process.stderr:  # until the command says it serves, or fails
+            lines.append(line)
+            if "stops it" in line or "error" in line:
+                break
+        assert any("model mtlkd_openvino: READY" in line for line in lines), "".join(lines)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).status == 200
+        found = subprocess.run(["pgrep", "-f", "--", f"--http-port={port}"], capture_output=True, text=True)
+        server_pids = found.stdout.split()
+        assert server_pids
+        process.send_signal(stop_with)
+        _out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # a failed check above: never leave a server behind
+            process.terminate()
+            process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert f"stopped ({stop_with.name}); tritonserver exit status 0" in err
     assert all(_group_gone(int(pid)) for pid in server_pids)
-
 
 def test_the_load_test_checks_every_answer_and_refuses_the_malformed(exported, serve_environment):
     """Bounded by count: every well-formed request answered with the Predictor's output, every malformed one
