@@ -86,8 +86,9 @@ class TritonServer:
         return self.options.log_file or (self.workspace or Path(".")) / "tritonserver.log"
 
     # ------------------------------------------------------------------------------------ lifecycle
-    def start(self, timeout_s: float | None = None) -> TritonServer:
-        """Start the server and wait until every model has loaded or failed (`models` says which)."""
+    def start(self, timeout_s: float | None = None, cancel: threading.Event | None = None) -> TritonServer:
+        """Start the server and wait until every model has loaded or failed (`models` says which), or until
+        `cancel` is set (a Ctrl-C while the models load): then `models` holds what is known so far."""
         options = self.options
         for field in ("port", "grpc_port", "metrics_port"):
             check_port_free(options.host, getattr(options, field), FLAGS[field])
@@ -106,15 +107,17 @@ class TritonServer:
                                             env=self.environment.process_environment(), cwd=self.workspace,
                                             start_new_session=True)  # fmt: skip
         try:
-            self.models = self._wait_loaded(timeout_s or options.startup_timeout_s)
+            self.models = self._wait_loaded(timeout_s or options.startup_timeout_s, cancel)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_loaded(self, timeout_s: float) -> dict[str, ModelState]:
+    def _wait_loaded(self, timeout_s: float, cancel: threading.Event | None) -> dict[str, ModelState]:
         deadline = time.monotonic() + timeout_s
         while True:
+            if cancel is not None and cancel.is_set():
+                return self.model_states() or {}
             if self.process.poll() is not None:
                 raise BackendError(f"the Triton server exited with status {self.process.returncode} while starting; "
                                    f"its log ends:\n{self.log_tail()}")
@@ -295,15 +298,14 @@ def serve_model(model: str | Path, options: ServeOptions | None = None,
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     server = None
     try:
-        repository, names = prepare_repository(model, options, workspace, say)
-        say(f"starting Triton ({environment.tritonserver.parent.parent.name} from {environment.prefix}) on "
-            f"{repository} ...")
+        repository, _names = prepare_repository(model, options, workspace, say)
+        say(f"starting Triton (from {environment.prefix}) on {repository} ...")
         server = TritonServer(repository, options, environment, workspace)
-        server.start()
+        server.start(cancel=stop)
         broken = {n: m for n, m in server.models.items() if m.state != "READY"}
-        if broken:
+        if broken and not stop.is_set():
             raise BackendError("; ".join(f"model {n} is {m.state}: {m.reason}" for n, m in broken.items()))
-        if on_ready:
+        if on_ready and not stop.is_set():
             on_ready(server)
         while not stop.is_set() and server.running():
             stop.wait(0.5)
