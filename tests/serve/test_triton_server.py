@@ -75,6 +75,7 @@ def test_native_configs_are_accepted_and_fail_only_for_the_missing_backend(expor
 README_CLIENT = re.compile(r"```python\n(.*?)```", re.S)
 
 
+@pytest.mark.numerics  # the server's ONNX Runtime/OpenVINO against the Predictor's, by the policy
 def test_python_backend_repository_answers_http_and_grpc_like_the_predictor(exported, serve_environment, tmp_path):
     import tritonclient.grpc as grpcclient
 
@@ -128,6 +129,7 @@ def test_python_backend_repository_answers_http_and_grpc_like_the_predictor(expo
     assert not _kept_fp32(reference, {t: saved[t] for t in TASKS})
 
 
+@pytest.mark.numerics  # the server's ONNX Runtime/OpenVINO against the Predictor's, by the policy
 def test_a_model_file_is_served_with_dynamic_batching(exported, serve_environment, tmp_path):
     """Eight clients at once with a long queue delay: the server gathers them, so the model runs fewer
     times than it answers (Triton's own counters), and each answer is that client's own image's."""
@@ -198,6 +200,7 @@ def test_mtl_serve_runs_and_stops_cleanly_on_ctrl_c_and_sigterm(exported, serve_
     assert f"stopped ({stop_with.name}); tritonserver exit status 0" in err
     assert all(_group_gone(int(pid)) for pid in server_pids)
 
+@pytest.mark.numerics  # the server's ONNX Runtime/OpenVINO against the Predictor's, by the policy
 def test_the_load_test_checks_every_answer_and_refuses_the_malformed(exported, serve_environment):
     """Bounded by count: every well-formed request answered with the Predictor's output, every malformed one
     refused, at each concurrency, with Triton's own counters behind the mean batch."""
