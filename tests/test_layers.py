@@ -20,7 +20,7 @@ LAYERS = {
     "mtlkd.ui": 1, "mtlkd.eval.delta": 1, "mtlkd.eval.report": 1, "mtlkd.eval.seeds": 1,
     "mtlkd.models": 2, "mtlkd.data": 2, "mtlkd.runtime": 2,
     "mtlkd.train": 3, "mtlkd.export": 3, "mtlkd.eval.evaluate": 3, "mtlkd.runtime.infer": 3,
-    "mtlkd.bench": 4, "mtlkd.demo": 4,
+    "mtlkd.bench": 4, "mtlkd.demo": 4, "mtlkd.serve": 4,
     "mtlkd.cli": 5,
 }
 # Peers that must stay apart although they share a layer.
@@ -29,6 +29,7 @@ FORBIDDEN = [
     ("mtlkd.export", "mtlkd.train"), ("mtlkd.train", "mtlkd.export"),
     ("mtlkd.runtime", "mtlkd.train"), ("mtlkd.runtime", "mtlkd.export"), ("mtlkd.runtime", "mtlkd.eval"),
     ("mtlkd.eval.evaluate", "mtlkd.train"), ("mtlkd.eval.evaluate", "mtlkd.export"),
+    ("mtlkd.serve", "mtlkd.train"), ("mtlkd.serve", "mtlkd.bench"),
 ]
 
 

@@ -20,7 +20,8 @@ from mtlkd.ui import fail, user_errors
 EXIT_FAILED = 1  # a check failed or a back-end is missing (user mistakes exit 2)
 FLAGS = {"precisions": "--precision", "opset": "--opset", "batch_profile": "--batch-size", "tasks": "--tasks",
          "calib_data": "--calib-data", "calib_size": "--calib-size", "workspace_mb": "--workspace",
-         "device": "--device", "triton": "--triton", "out": "--out"}  # ExportOptions field -> flag, for messages
+         "device": "--device", "triton": "--triton", "triton_backend": "--triton-backend",
+         "out": "--out"}  # ExportOptions field -> flag, for messages
 
 
 app = typer.Typer(add_completion=False)
@@ -49,6 +50,10 @@ def command(
                                      help="Export only these heads (default: every task of the model)."),
     triton: Path | None = typer.Option(None, "--triton", metavar="REPO",
                                        help="Also write a Triton model repository here."),
+    triton_backend: str = typer.Option("native", "--triton-backend", metavar="native|python",
+                                       help="native: Triton's ONNX Runtime/OpenVINO/TensorRT backends (NGC "
+                                            "containers); python: the same models run by mtlkd's Predictor in "
+                                            "Triton's Python backend (what mtl-serve's pip-installed server has)."),
     batch_size: str = typer.Option("1,4,8", "--batch-size", metavar="MIN,OPT,MAX",
                                    help="TensorRT batch profile (one number N: 1,N,N); MAX is also Triton's "
                                         "max_batch_size."),
@@ -98,7 +103,7 @@ def command(
         formats=formats, precisions=[p.strip() for p in precision.split(",") if p.strip()],
         tasks=tasks.split(",") if tasks is not None else None, opset=opset, device=device,
         calib_data=calib_data, calib_size=calib_size, batch_profile=batch_size, workspace_mb=workspace,
-        triton=triton, full_resolution=full_resolution,
+        triton=triton, triton_backend=triton_backend, full_resolution=full_resolution,
     )  # fmt: skip
     progress = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     with user_errors():

@@ -21,6 +21,7 @@ COMMANDS = {
     "bench": "mtlkd.cli.bench",
     "report": "mtlkd.cli.report",
     "data": "mtlkd.cli.data",
+    "serve": "mtlkd.cli.serve",
 }
 
 def _version(value: bool) -> None:

@@ -77,6 +77,7 @@ class ExportOptions:
     workspace_mb: int = DEFAULT_WORKSPACE_MB
     timing_cache: Path | None = None  # default: out/timing.cache
     triton: Path | None = None  # also write a Triton model repository here
+    triton_backend: str = "native"  # its models on Triton's own backends, or "python": model.py runs the Predictor
     names: Mapping[str, str] = field(default_factory=dict)  # artifact key -> path under out (DEFAULT_NAMES)
     reuse: bool = False  # keep a file already at its name in out instead of rebuilding it
     report: bool = True  # write out/export.json
@@ -113,6 +114,10 @@ def check_options(options: ExportOptions, meta: dict[str, Any], out: Path) -> li
     if options.triton is not None and len(options.precisions) > 1:
         raise option_error("triton", options.triton, f"a Triton repository serves one precision, not "
                                                     f"{', '.join(options.precisions)}; export them separately")
+    from mtlkd.export.triton import TRITON_BACKENDS
+
+    if options.triton_backend not in TRITON_BACKENDS:
+        raise option_error("triton_backend", options.triton_backend, f"choose {' or '.join(TRITON_BACKENDS)}")
     for key, name in options.names.items():
         if key not in DEFAULT_NAMES:
             raise option_error("names", key, f"not an artifact (known: {', '.join(DEFAULT_NAMES)})")

@@ -219,6 +219,7 @@ def triton(result: ExportResult, options: ExportOptions, meta: dict[str, Any]) -
     artifacts = {kind: have[key] for kind, key in keys.items() if key in have}
     max_batch = parse_batch_profile(options.batch_profile)[2]
     folders = write_triton_repo(options.triton, artifacts, read_onnx_metadata(artifacts.get("onnx", have["onnx"])),
-                                max_batch_size=max_batch, gpu="tensorrt" in artifacts)  # fmt: skip
+                                max_batch_size=max_batch, gpu="tensorrt" in artifacts,
+                                backend=options.triton_backend)  # fmt: skip
     return [Artifact(f"triton:{name}", "triton", precision, folder / "config.pbtxt", name)
             for name, folder in folders.items()]

@@ -18,6 +18,11 @@ Every model serves every batch from 1 to max_batch_size:
 - ONNX: the graph's batch axis is dynamic.
 - TensorRT: mtl-export builds profiles starting at batch 1 (mtlkd.export.tensorrt.parse_batch_profile).
 
+With `backend="python"` (`mtl-export --triton-backend python`) every model is the same but runs in
+Triton's Python backend: `<name>/1/model.py` (mtlkd/runtime/triton_model.py) runs mtlkd's Predictor on the
+same file, with the same inputs, outputs and batching; this is what a Triton without the ONNX Runtime or
+OpenVINO backends (the pip wheel's, `mtl-serve`) can run.
+
 Dims in config.pbtxt leave out the batch axis (max_batch_size > 0 means Triton adds it). The text is
 written here by hand so that exporting does not need tritonclient; the tests parse it with Triton's
 own schema (`tritonclient.grpc.model_config_pb2`). A model's version folder is written beside the old
@@ -40,6 +45,10 @@ KINDS = {
     "tensorrt": {"line": 'platform: "tensorrt_plan"', "files": ["model.plan", "model.plan.json"],
                  "device": "KIND_GPU"},
 }
+TRITON_BACKENDS = ("native", "python")  # Triton's own backend per kind, or model.py running the Predictor
+RUNTIME_BACKENDS = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}  # the Predictor's
+PYTHON_MODEL = Path(__file__).resolve().parents[1] / "runtime" / "triton_model.py"  # copied to <name>/1/model.py
+DEFAULT_QUEUE_DELAY_US = 2000
 GPU_CAPABLE = ("onnx", "tensorrt")  # kinds whose Triton backend runs on a GPU instance
 OPENVINO_PRECISION = ("# precision: OpenVINO's CPU plugin default, bf16 on CPUs with avx512_bf16 or AMX and f32 "
                       "elsewhere;\n# the openvino backend has no f32 parameter (only HINT_BF16). The export "
@@ -55,19 +64,28 @@ def output_dims(metadata: dict[str, Any]) -> dict[str, list[int]]:
 
 
 def config_text(name: str, kind: str, metadata: dict[str, Any], max_batch_size: int = 8, instances: int = 1,
-                device: str | None = None) -> str:  # fmt: skip
+                device: str | None = None, backend: str = "native",
+                queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> str:  # fmt: skip
     """The config.pbtxt of one model, in protobuf text format. `device`: KIND_CPU or KIND_GPU (default:
-    the kind's own, GPU only for TensorRT)."""
+    the kind's own, GPU only for TensorRT). `backend`: "native" or "python" (TRITON_BACKENDS)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown Triton model kind {kind!r}; known: {', '.join(KINDS)}")
+    if backend not in TRITON_BACKENDS:
+        raise ConfigError(f"unknown Triton backend {backend!r}; choose {' or '.join(TRITON_BACKENDS)}")
     device = device or KINDS[kind]["device"]
     if device == "KIND_GPU" and kind not in GPU_CAPABLE:
         raise ConfigError(f"Triton's {kind} model runs on the CPU only; use KIND_CPU")
     height, width = (int(v) for v in metadata["input_size"])
     input_name = metadata.get("input_name", "image")
     preferred = sorted({b for b in (max_batch_size // 2, max_batch_size) if b >= 1})
-    lines = [f'name: "{name}"', KINDS[kind]["line"], f"max_batch_size: {int(max_batch_size)}"]
-    if kind == "openvino":
+    lines = [f'name: "{name}"', KINDS[kind]["line"] if backend == "native" else 'backend: "python"',
+             f"max_batch_size: {int(max_batch_size)}"]
+    if backend == "python":
+        lines += [f"# model.py runs mtlkd's Predictor on 1/{KINDS[kind]['files'][0]} with its {RUNTIME_BACKENDS[kind]} "
+                  "backend"]
+        for key, value in (("model_file", KINDS[kind]["files"][0]), ("runtime_backend", RUNTIME_BACKENDS[kind])):
+            lines += ["parameters {", f'  key: "{key}"', f'  value: {{ string_value: "{value}" }}', "}"]
+    elif kind == "openvino":
         lines += ['default_model_filename: "model.xml"', OPENVINO_PRECISION,
                   "# without ENABLE_BATCH_PADDING the backend refuses every batch smaller than max_batch_size",
                   "parameters {", '  key: "ENABLE_BATCH_PADDING"', '  value: { string_value: "YES" }', "}"]
@@ -79,7 +97,7 @@ def config_text(name: str, kind: str, metadata: dict[str, Any], max_batch_size: 
         lines += ["  {", f'    name: "{task}"', "    data_type: TYPE_FP32",
                   f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }" + comma]  # fmt: skip
     lines += ["]", "dynamic_batching {", f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]",
-              "  max_queue_delay_microseconds: 2000", "}",
+              f"  max_queue_delay_microseconds: {int(queue_delay_us)}", "}",
               "instance_group [", "  {", f"    count: {int(instances)}", f"    kind: {device}",
               "  }", "]"]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -104,6 +122,8 @@ def write_triton_model(
     max_batch_size: int = 8,
     instances: int = 1,
     device: str | None = None,
+    backend: str = "native",
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
 ) -> Path:
     """Copy one artifact into REPO/<name>/1/ with its config.pbtxt; returns the model folder.
 
@@ -115,7 +135,7 @@ def write_triton_model(
     for source in sources:
         if not source.is_file():
             raise FileNotFoundError(f"{source}: missing, cannot add it to the Triton repository")
-    config = config_text(name, kind, metadata, max_batch_size, instances, device)
+    config = config_text(name, kind, metadata, max_batch_size, instances, device, backend, queue_delay_us)
     folder = Path(repo) / name
     folder.mkdir(parents=True, exist_ok=True)
     version, fresh, old = folder / "1", folder / ".1.new", folder / ".1.old"
@@ -126,6 +146,8 @@ def write_triton_model(
     try:
         for source, target in zip(sources, KINDS[kind]["files"], strict=True):
             shutil.copyfile(source, fresh / target)
+        if backend == "python":
+            shutil.copyfile(PYTHON_MODEL, fresh / "model.py")
         (fresh / ".config.pbtxt").write_text(config)
         if version.exists():
             os.replace(version, old)
@@ -144,18 +166,24 @@ def write_triton_model(
 
 
 def write_triton_readme(repo: str | Path, models: dict[str, str], metadata: dict[str, Any],
-                        gpu: bool = False) -> Path:  # fmt: skip
+                        gpu: bool = False, backend: str = "native") -> Path:  # fmt: skip
     """REPO/README.md: the server command and a Python HTTP client call. `models`: name -> kind."""
     repo = Path(repo)
     height, width = (int(v) for v in metadata["input_size"])
     tasks = list(metadata["tasks"])
     first = next(iter(models))
-    rows = "\n".join(f"| `{n}` | {k} | `{'`, `'.join(KINDS[k]['files'])}` |" for n, k in models.items())
+    extra = ["model.py"] if backend == "python" else []
+    rows = "\n".join(f"| `{n}` | {k} | `{'`, `'.join(KINDS[k]['files'] + extra)}` |" for n, k in models.items())
     outputs = "\n".join(f"- `{t}`: {' x '.join(str(d) for d in ['N', *dims])} float32, {get_task(t).title.lower()} "
                         f"({get_task(t).output})" for t, dims in output_dims(metadata).items())  # fmt: skip
     gpus = " --gpus=all" if gpu or "tensorrt" in models.values() else ""
     notes = []
-    if "openvino" in models.values():
+    if backend == "python":
+        notes.append("Every model runs in Triton's Python backend: `<model>/1/model.py` runs mtlkd's Predictor on "
+                     "the file beside it,\nso the Python environment of the server needs `pip install "
+                     "'mtlkd[cpu]'` (NGC container: inside it;\nhere: `mtl-serve REPO` uses the environment "
+                     "`make serve-env` creates).")
+    elif "openvino" in models.values():
         notes.append("The OpenVINO model pads every batch to max_batch_size (parameter ENABLE_BATCH_PADDING: "
                      "without it the backend\nrefuses smaller batches) and computes in bf16 on CPUs with "
                      "avx512_bf16 or AMX, f32 elsewhere: the backend\nhas no f32 setting. The export was "
@@ -217,15 +245,17 @@ outputs = {{name: result.as_numpy(name) for name in {tasks!r}}}
 
 
 def write_triton_repo(repo: str | Path, artifacts: dict[str, str | Path], metadata: dict[str, Any],
-                      max_batch_size: int = 8, prefix: str = "mtlkd",
-                      gpu: bool = False) -> dict[str, Path]:  # fmt: skip
+                      max_batch_size: int = 8, prefix: str = "mtlkd", gpu: bool = False,
+                      backend: str = "native") -> dict[str, Path]:  # fmt: skip
     """One Triton model per artifact (`kind -> path`, kinds: onnx, openvino, tensorrt) plus the README;
     returns model name -> model folder. `gpu`: the export has a GPU (it built an engine), so the ONNX
-    model gets a GPU instance too."""
+    model gets a GPU instance too. `backend`: "native" or "python" (TRITON_BACKENDS)."""
     folders = {}
     for kind, artifact in artifacts.items():
         name = f"{prefix}_{kind}"
         device = "KIND_GPU" if gpu and kind in GPU_CAPABLE else None
-        folders[name] = write_triton_model(repo, kind, artifact, metadata, name, max_batch_size, device=device)
-    write_triton_readme(repo, {name: kind for name, kind in zip(folders, artifacts, strict=True)}, metadata, gpu)
+        folders[name] = write_triton_model(repo, kind, artifact, metadata, name, max_batch_size, device=device,
+                                           backend=backend)
+    write_triton_readme(repo, {name: kind for name, kind in zip(folders, artifacts, strict=True)}, metadata, gpu,
+                        backend)
     return folders

@@ -23,6 +23,7 @@ COMMANDS = [  # (module, subcommand words): every console script of pyproject.to
     ("mtlkd.cli.infer", []), ("mtlkd.cli.bench", []), ("mtlkd.cli.report", []), ("mtlkd.cli.data", ["synthetic"]),
     ("mtlkd.cli.data", ["check"]), ("mtlkd.cli.main", []), ("mtlkd.cli.main", ["export"]),
     ("mtlkd.cli.main", ["train"]), ("mtlkd.cli.main", ["data", "check"]),
+    ("mtlkd.cli.serve", []), ("mtlkd.cli.main", ["serve"]),
 ]
 
 
