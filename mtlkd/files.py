@@ -9,9 +9,10 @@ a serving container running as another user must read would be unreadable. Impor
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -37,7 +38,15 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
     tmp = temporary_beside(path, suffix)
     mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask gives a new file
     try:
-        write(str(tmp))
+        try:
+            write(str(tmp))
+        except Exception as exc:  # a full or read-only disk, however the writer words it: one line naming `path`
+            message = storage_message(path, exc)
+            if message is None:
+                raise
+            from mtlkd.errors import StorageError
+
+            raise StorageError(message) from None
         if stat.S_IMODE(tmp.stat().st_mode) != mode:  # writers that replace the file (safetensors) make 0600
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -80,3 +89,66 @@ def make_out_folder(out: str | Path, what: str) -> Path:
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc}); pass another --out") from None
     return out
+
+
+def resolved(path: str | Path) -> Path:
+    """`path` with links and `..` followed (as written when a link loops), so two spellings compare equal."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return Path(path).absolute()
+
+
+def lands_on_input(target: str | Path, files: Iterable[str | Path] = (),
+                   folders: Iterable[str | Path] = ()) -> Path | None:
+    """The input that writing `target` would replace: one of `files` (another spelling or a link included),
+    or, for `folders` (a dataset, calibration images), any path inside one. None when it is none of them."""
+    where = resolved(target)
+    for path in files:
+        if resolved(path) == where:
+            return Path(path)
+    for folder in folders:
+        base = resolved(folder)
+        if where == base or base in where.parents:
+            return Path(folder)
+    return None
+
+
+# errno of a write the disk refused, and what the user can do about it
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full; free space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up; free space or write elsewhere",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EACCES: "permission denied; write elsewhere or fix the folder's permissions",
+    errno.EPERM: "not permitted; write elsewhere or fix the folder's permissions",
+}
+# the same refusals as the Rust and C++ libraries word them (safetensors, OpenVINO) when they do not raise OSError
+STORAGE_TEXTS = {"os error 28": errno.ENOSPC, "no space left": errno.ENOSPC, "os error 30": errno.EROFS,
+                 "read-only file system": errno.EROFS, "os error 13": errno.EACCES, "basic_ios::clear": errno.ENOSPC}
+
+
+def storage_errno(exc: BaseException) -> int | None:
+    """The errno of STORAGE_ERRNOS an exception stands for (an OSError's own, or one read from a library's
+    message), else None."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return None
+    text = str(exc).lower()
+    return next((code for words, code in STORAGE_TEXTS.items() if words in text), None)
+
+
+def storage_message(path: str | Path, exc: BaseException) -> str | None:
+    """One line for a write the disk refused (naming `path`), or None when `exc` is something else."""
+    code = storage_errno(exc)
+    if code is None:
+        return None
+    return f"{path}: cannot write it: {STORAGE_ERRNOS[code]} ({os.strerror(code)})"
+
+
+def check_written(path: str | Path, min_bytes: int = 1) -> None:
+    """Raise OSError(ENOSPC) naming `path` when a writer that reports no errors (OpenCV, matplotlib on a full
+    disk) left fewer than `min_bytes`: checked before the file is renamed into place."""
+    size = Path(path).stat().st_size
+    if size < min_bytes:
+        raise OSError(errno.ENOSPC, f"wrote {size} bytes, expected at least {min_bytes}", str(path))

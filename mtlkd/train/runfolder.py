@@ -148,6 +148,7 @@ def check_options(options: Any) -> None:
         raise bad("img-size", "x".join(map(str, options.img_size)), "expected HxW of at least 8x8, e.g. 96x128")
     if options.device not in ("auto", "cpu", "cuda") and not str(options.device).startswith("cuda:"):
         raise bad("device", options.device, "use auto, cpu or cuda")
+    _check_inputs_outside_run(options)
     method = getattr(options, "method", None)
     if method is not None:  # the method and its options, before any data is read (torch-free)
         from mtlkd.train.method_options import METHOD_OPTIONS
@@ -156,6 +157,23 @@ def check_options(options: Any) -> None:
         if method not in METHOD_OPTIONS:
             raise ConfigError(f"--method {method}: unknown method; known methods: {', '.join(METHOD_OPTIONS)}")
         parse_options(METHOD_OPTIONS[method], options.method_options, f"--method {method}")
+
+
+def _check_inputs_outside_run(options: Any) -> None:
+    """A training writes (and `--overwrite` deletes) its files and every *.safetensors in --out: backbone
+    weights kept there would be replaced, and a dataset --out points into would get a run mixed into it."""
+    from mtlkd.files import lands_on_input, resolved
+
+    out = resolved(options.out)
+    weights = getattr(options, "backbone_weights", None)
+    if weights and resolved(weights).parent == out and (Path(weights).suffix == ".safetensors"
+                                                        or Path(weights).name in RUN_FILES):
+        raise UserError(f"--backbone-weights {weights}: lies in --out {options.out}, whose checkpoints the run "
+                        f"writes (and --overwrite deletes); move it out of the run folder or pass another --out")
+    data_dir = getattr(options, "data_dir", None)
+    if data_dir and lands_on_input(out, folders=[data_dir]):
+        raise UserError(f"--out {options.out}: is inside --data-dir {data_dir}; a run mixed into a dataset "
+                        f"folder is read as part of it; pass another --out")
 
 
 def resumed_options(cls: type, out: Path, given: Any, explicit: set[str], may_differ: set[str]) -> Any:

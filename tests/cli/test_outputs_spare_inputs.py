@@ -1,0 +1,92 @@
+"""No command writes over one of its own inputs, whatever flag names the output (issue 20, case 1).
+
+Every check runs before the model is opened, so the models here are a few bytes that are never parsed;
+what is checked is that the input keeps its bytes and the command says which input in one line, exit 2."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mtlkd.cli.common import check_not_input
+from mtlkd.errors import ConfigError
+
+runner = CliRunner()
+
+
+def _files(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"\x89PNG not decoded")
+    (tmp_path / "m.onnx").write_bytes(b"onnx bytes")
+    (tmp_path / "model.xml").write_bytes(b"<xml/>")
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    (tmp_path / "ckpt.safetensors").write_bytes(b"checkpoint bytes")
+    for run in ("R", "B"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.json").write_text(json.dumps({"depth": {"abs_err": 0.5}}))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.json").write_text("{}")
+
+
+CASES = [  # module, words (paths relative to tmp_path), the input that must survive
+    ("mtlkd.cli.infer", ["m.onnx", "img.png", "--json=img.png"], "img.png"),
+    ("mtlkd.cli.infer", ["m.onnx", ".", "--json=img.png"], "img.png"),  # a folder's image
+    ("mtlkd.cli.infer", ["model.xml", "img.png", "--json=model.bin"], "model.bin"),  # the IR's weights
+    ("mtlkd.cli.evaluate", ["m.onnx", "synthetic", "--json=m.onnx"], "m.onnx"),
+    ("mtlkd.cli.evaluate", ["m.onnx", "synthetic", "--data-dir", "data", "--json=data/meta.json"], "data/meta.json"),
+    ("mtlkd.cli.export", ["ckpt.safetensors", "--json=ckpt.safetensors"], "ckpt.safetensors"),
+    ("mtlkd.cli.export", ["ckpt.safetensors", "--out", "ckpt.safetensors"], "ckpt.safetensors"),
+    ("mtlkd.cli.export", ["ckpt.safetensors", "--triton", "ckpt.safetensors"], "ckpt.safetensors"),
+    ("mtlkd.cli.report", ["R", "--baseline", "R", "--json=R/metrics.json"], "R/metrics.json"),
+    ("mtlkd.cli.report", ["R", "--baseline", "B", "--json=./B/../B/metrics.json"], "B/metrics.json"),
+    ("mtlkd.cli.bench", ["ckpt.safetensors", "--json=ckpt.safetensors"], "ckpt.safetensors"),
+]
+
+
+@pytest.mark.parametrize("module, words, survivor", CASES, ids=[" ".join(w) for _, w, _ in CASES])
+def test_an_output_onto_an_input_is_refused_and_the_input_kept(tmp_path, monkeypatch, module, words, survivor):
+    _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = (tmp_path / survivor).read_bytes()
+    result = runner.invoke(importlib.import_module(module).app, words)
+    assert result.exit_code == 2, result.output
+    assert "one of this command's inputs" in result.output and "Traceback" not in result.output
+    assert (tmp_path / survivor).read_bytes() == before
+
+
+def test_a_link_to_an_input_is_the_input(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(tmp_path / "img.png")
+    with pytest.raises(ConfigError, match="inputs"):
+        check_not_input(tmp_path / "link.png", "--json", [tmp_path / "img.png"])
+    check_not_input(tmp_path / "other.json", "--json", [tmp_path / "img.png"])  # a new name passes
+    check_not_input(tmp_path / "other.json", "--json", [], [tmp_path / "elsewhere"])
+
+
+def test_pictures_never_land_on_the_model(tmp_path):
+    """mtl-infer --out beside a model whose name is a picture's name: the picture gets another stem."""
+    from mtlkd.runtime.infer import OUTPUT_KINDS, _Stems
+
+    model = tmp_path / "a_seg.png"
+    model.write_bytes(b"model")
+    stems = _Stems(tmp_path, {model.resolve()})
+    name = stems("a")
+    assert all((tmp_path / f"{name}_{kind}").resolve() != model.resolve() for kind in OUTPUT_KINDS)
+
+
+def test_training_refuses_backbone_weights_inside_its_run_folder(tmp_path):
+    from mtlkd.train.run_options import TrainOptions
+    from mtlkd.train.runfolder import check_options
+
+    weights = tmp_path / "run" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"pretrained")
+    options = TrainOptions(dataset="synthetic", out=str(tmp_path / "run"), backbone_weights=str(weights),
+                           overwrite=True)
+    with pytest.raises(ValueError, match="backbone-weights"):
+        check_options(options)
+    options = TrainOptions(dataset="synthetic", out=str(tmp_path / "data" / "run"), data_dir=str(tmp_path / "data"))
+    with pytest.raises(ValueError, match="inside --data-dir"):
+        check_options(options)
