@@ -15,6 +15,15 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+# Called as hook(operation, path) before each step of `atomic_write` ("create", "write", "replace") and after
+# it ("done"): the seam through which tests kill the process at every file operation of a commit. None in use.
+file_operation_hook: Callable[[str, Path], None] | None = None
+
+
+def _step(operation: str, path: Path) -> None:
+    if file_operation_hook is not None:
+        file_operation_hook(operation, path)
+
 
 def temporary_beside(path: str | Path, suffix: str = "") -> Path:
     """A new empty file in `path`'s folder (same file system, so a rename is atomic), created with the
@@ -35,10 +44,12 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
     temporary file is removed and `path` is as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _step("create", path)
     tmp = temporary_beside(path, suffix)
     mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask gives a new file
     try:
         try:
+            _step("write", path)
             write(str(tmp))
         except Exception as exc:  # a full or read-only disk, however the writer words it: one line naming `path`
             message = storage_message(path, exc)
@@ -49,10 +60,12 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
             raise StorageError(message) from None
         if stat.S_IMODE(tmp.stat().st_mode) != mode:  # writers that replace the file (safetensors) make 0600
             os.chmod(tmp, mode)
+        _step("replace", path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    _step("done", path)
     return path
 
 
@@ -144,6 +157,20 @@ def storage_message(path: str | Path, exc: BaseException) -> str | None:
     if code is None:
         return None
     return f"{path}: cannot write it: {STORAGE_ERRNOS[code]} ({os.strerror(code)})"
+
+
+def disk_full(path: str | Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system holding `path` has less than `margin` bytes free: what a writer that only says
+    "failed" (OpenCV, a C++ library) most likely ran into."""
+    import shutil
+
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def check_written(path: str | Path, min_bytes: int = 1) -> None:

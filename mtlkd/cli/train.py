@@ -220,7 +220,7 @@ def _interrupted(out: Path, code: int) -> NoReturn:
     import shlex
     import sys
 
-    if (out / "state.json").is_file():
+    if (out / "state.safetensors").is_file() or (out / "run.json").is_file():
         print(f"interrupted; continue from the last saved epoch with: mtl-train --resume --out {shlex.quote(str(out))}",
               file=sys.stderr)
     else:

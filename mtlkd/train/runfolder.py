@@ -2,8 +2,11 @@
 options a run was started with, and the checks on options that would otherwise fail deep in the loop.
 
 * Training into a folder that already holds a run (saved state, checkpoints, metrics or history) is
-  refused unless it continues it (`resume`) or replaces it (`overwrite`, which first deletes the files a
-  training writes; nothing else in the folder).
+  refused unless it continues it (`resume`) or replaces it (`overwrite`, which deletes the files a
+  training writes, nothing else in the folder, and only once the dataset, the network and the options
+  all proved usable: `check_run_folder` returns them, `clear_run` deletes them).
+* `resume` continues after the last committed epoch (mtlkd.train.state), or starts again from epoch 1
+  with run.json's options when a kill came before the first commit.
 * One training per folder: an exclusive `flock` on RUN/.lock, held for the whole run; a second one gets
   one line naming the first one's process id. The lock dies with its process, so a crash never leaves
   a folder locked.
@@ -43,30 +46,37 @@ def holds_run(out: Path) -> bool:
     return any(out.glob("*.safetensors"))
 
 
-def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse what would destroy a run or cannot work, in one line each; with `overwrite`, delete the
-    earlier run's files (only those a training writes)."""
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Refuse what would destroy a run or cannot work, in one line each. Returns, with `overwrite`, the
+    earlier run's files (only those a training writes), for `clear_run` once everything else is checked."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the run")
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it; pass one")
+    stale: list[Path] = []
     if resume:
-        if not (out / "state.json").is_file() or not (out / "state.safetensors").is_file():
-            raise UserError(f"--resume: {out} has no saved training state (state.json and state.safetensors); "
+        if not (out / "state.safetensors").is_file() and not (out / "run.json").is_file():
+            raise UserError(f"--resume: {out} has no saved training state (state.safetensors or run.json); "
                             f"nothing to resume. Train without --resume (and --overwrite to replace it)")
-        return
+        return stale
     if holds_run(out):
         if not overwrite:
             raise UserError(f"--out {out} holds a run already; continue it with --resume, replace it with "
                             f"--overwrite, or pass another --out")
-        for path in [*(out / n for n in RUN_FILES), *out.glob("*.safetensors")]:
-            if path.is_file():
-                path.unlink()
+        stale = [p for p in [*(out / n for n in RUN_FILES), *out.glob("*.safetensors")] if p.is_file()]
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {existing} is not writable; pass another --out")
+    return stale
+
+
+def clear_run(stale: list[Path]) -> None:
+    """Delete what `check_run_folder` found of an earlier run (`--overwrite`), the tensor state last, so
+    that a kill midway leaves a folder that still says what it held."""
+    for path in sorted(stale, key=lambda p: p.name == "state.safetensors"):
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

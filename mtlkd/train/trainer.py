@@ -6,7 +6,6 @@ per epoch, so a resumed run reaches the same weights as an uninterrupted one).""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from mtlkd.train.methods import create_method
 from mtlkd.train.methods.base import MethodContext, Trained, forward, task_losses, unwrap
 from mtlkd.train.options import options_to_json
 from mtlkd.train.run_options import TrainOptions
-from mtlkd.train.runfolder import check_options, check_run_folder, run_lock
+from mtlkd.train.runfolder import check_options, check_run_folder, clear_run, run_lock
 from mtlkd.train.selection import EpochSelector, holdout_split
 from mtlkd.ui import console, progress_bar
 
@@ -68,11 +67,11 @@ def train(options: TrainOptions) -> Path:
         return _train(options)
     out = Path(options.out)
     with run_lock(out):
-        check_run_folder(out, options.resume, options.overwrite)
-        return _train(options)
+        stale = check_run_folder(out, options.resume, options.overwrite)
+        return _train(options, stale)
 
 
-def _train(options: TrainOptions) -> Path:
+def _train(options: TrainOptions, stale: list[Path] | None = None) -> Path:
     device = resolve_device(options.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -112,6 +111,7 @@ def _train(options: TrainOptions) -> Path:
     optimizers = [optimizer, *method.extra_optimizers()]
     scaler = torch.amp.GradScaler("cuda", enabled=options.amp and device.type == "cuda")
 
+    clear_run(stale or [])  # --overwrite: the old run goes only now that data, network and options all work
     start_epoch, selection = 0, {}
     if (out / train_state.STATE_FILE).exists() and options.resume:
         start_epoch, selection = train_state.load(out, method, optimizers, scheduler)
@@ -151,9 +151,7 @@ def _train(options: TrainOptions) -> Path:
             else:  # nothing held out: keep the last epoch
                 selector.keep_last(epoch + 1, trained)
             _save_selected(out, method, selector, epoch, options)
-            train_state.save(out, method, optimizers, scheduler, epoch + 1, selector.state)
-            with open(out / "history.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            train_state.save(out, method, optimizers, scheduler, epoch + 1, selector.state, record)  # the commit
             if not options.quiet:
                 _print_epoch(record)
             from mtlkd.train.plots import plot_history

@@ -65,17 +65,6 @@ def test_a_link_to_an_input_is_the_input(tmp_path):
     check_not_input(tmp_path / "other.json", "--json", [], [tmp_path / "elsewhere"])
 
 
-def test_pictures_never_land_on_the_model(tmp_path):
-    """mtl-infer --out beside a model whose name is a picture's name: the picture gets another stem."""
-    from mtlkd.runtime.infer import OUTPUT_KINDS, _Stems
-
-    model = tmp_path / "a_seg.png"
-    model.write_bytes(b"model")
-    stems = _Stems(tmp_path, {model.resolve()})
-    name = stems("a")
-    assert all((tmp_path / f"{name}_{kind}").resolve() != model.resolve() for kind in OUTPUT_KINDS)
-
-
 def test_training_refuses_backbone_weights_inside_its_run_folder(tmp_path):
     from mtlkd.train.run_options import TrainOptions
     from mtlkd.train.runfolder import check_options
