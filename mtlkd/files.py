@@ -69,6 +69,40 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
     return path
 
 
+def folder_beside(path: str | Path, label: str = "building") -> Path:
+    """A new empty folder beside `path` (same file system, so renaming it to `path` is atomic), made with
+    the umask applied (mkdtemp would make it private); its name says which process builds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1000):
+        folder = path.with_name(f".{path.name}.{label}-{os.getpid()}.{i}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: cannot create a folder beside it")
+
+
+def build_folder(target: str | Path, build: Callable[[Path], object]) -> Path:
+    """Build a whole folder beside `target` with `build(folder)`, then rename it to `target`, which must not
+    exist or be an empty folder: a kill or a full disk midway leaves no half folder under the name, and an
+    earlier folder there is never mixed into. Raises FileExistsError when `target` holds anything."""
+    import shutil
+
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(errno.EEXIST, "holds files already", str(target))
+    stage = folder_beside(target)
+    try:
+        build(stage)
+        os.replace(stage, target)  # onto an empty folder too; a folder filled meanwhile: ENOTEMPTY, nothing lost
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return target
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 

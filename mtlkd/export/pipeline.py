@@ -114,7 +114,9 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
 
         require_openvino()
     from mtlkd.export import steps
+    from mtlkd.models import check_device
 
+    check_device(options.device)
     model, meta, sha, label = _load(source, options.device)
     say = progress or (lambda _line: None)
     say(f"exporting {label} ({', '.join(tasks)}) -> {out}")

@@ -33,6 +33,19 @@ RUN_FILES = ("run.json", "history.jsonl", "state.json", "state.safetensors", "me
 RUN_MARKERS = ("state.json", "metrics.json", "history.jsonl")
 
 
+# AdamW moves every weight by about lr each step whatever the gradient's scale: above 1, weights of scale 0.02
+# to 1 jump past their own size every step and overflow float32 within a few; that is divergence, not a run.
+MAX_LR = 1.0
+MAX_SEED = 2**32 - 1  # numpy's and torch's common range; the trainer derives per-epoch seeds from it
+
+
+def diverged(loss: float, epoch: int, step: int, options: Any) -> UserError:
+    """The one line for a loss that became inf or NaN: where, and what to change (the run up to the last
+    committed epoch is kept)."""
+    return UserError(f"the loss became {loss} at epoch {epoch + 1} step {step + 1} with --lr {options.lr:g}; "
+                     f"lower --lr and train again (the epochs committed before are kept in {options.out})")
+
+
 def holds_run(out: Path) -> bool:
     """Whether `out` holds something a training made that would be lost: saved state, metrics, a non-empty
     history or a checkpoint. (A run.json with an empty history, from a run stopped before its first epoch
@@ -143,8 +156,11 @@ def check_options(options: Any) -> None:
         raise bad("batch-size", options.batch_size, "must be 1 or more")
     if not isinstance(options.epochs, int) or options.epochs < 1:
         raise bad("epochs", options.epochs, "must be 1 or more")
-    if not (isinstance(options.lr, int | float) and math.isfinite(options.lr) and options.lr > 0):
-        raise bad("lr", options.lr, "the learning rate must be a positive number, e.g. 1e-3")
+    if not (isinstance(options.lr, int | float) and math.isfinite(options.lr) and 0 < options.lr <= MAX_LR):
+        raise bad("lr", options.lr, f"the learning rate must be a number in (0, {MAX_LR:g}], e.g. 1e-3")
+    for option, seed in (("seed", options.seed), ("select-seed", getattr(options, "select_seed", 0))):
+        if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+            raise bad(option, seed, f"a seed is a whole number from 0 to {MAX_SEED}")
     if not (math.isfinite(options.weight_decay) and options.weight_decay >= 0):
         raise bad("weight-decay", options.weight_decay, "must be 0 or more")
     if options.workers < 0:
@@ -156,6 +172,11 @@ def check_options(options: Any) -> None:
         raise bad("select-fraction", fraction, "must be in [0, 1)")
     if options.img_size is not None and (len(options.img_size) != 2 or min(options.img_size) < 8):
         raise bad("img-size", "x".join(map(str, options.img_size)), "expected HxW of at least 8x8, e.g. 96x128")
+    from mtlkd.metadata import MAX_SIDE
+
+    if options.img_size is not None and max(options.img_size) > MAX_SIDE:  # before 20 GB are allocated for it
+        raise bad("img-size", "x".join(map(str, options.img_size)), f"at most {MAX_SIDE} pixels a side (the "
+                  f"largest network input a model file may record)")
     if options.device not in ("auto", "cpu", "cuda") and not str(options.device).startswith("cuda:"):
         raise bad("device", options.device, "use auto, cpu or cuda")
     _check_inputs_outside_run(options)

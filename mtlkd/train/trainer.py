@@ -27,7 +27,7 @@ from mtlkd.train.methods import create_method
 from mtlkd.train.methods.base import MethodContext, Trained, forward, task_losses, unwrap
 from mtlkd.train.options import options_to_json
 from mtlkd.train.run_options import TrainOptions
-from mtlkd.train.runfolder import check_options, check_run_folder, clear_run, run_lock
+from mtlkd.train.runfolder import check_options, check_run_folder, clear_run, diverged, run_lock
 from mtlkd.train.selection import EpochSelector, holdout_split
 from mtlkd.ui import console, progress_bar
 
@@ -52,8 +52,9 @@ class DistInfo:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked, but no CUDA GPU is visible; use --device cpu")
+    from mtlkd.models import check_device
+
+    check_device(name)
     return torch.device(name)
 
 
@@ -201,7 +202,7 @@ def _train_epoch(method, loader, optimizers, scheduler, scaler, options, device,
             with autocast:
                 loss, logs = method.training_step(batch, epoch * steps + step, epoch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}")
+                raise diverged(loss.item(), epoch, step, options)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
