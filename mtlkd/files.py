@@ -103,6 +103,67 @@ def build_folder(target: str | Path, build: Callable[[Path], object]) -> Path:
     return target
 
 
+SWAP_JOURNAL = ".swap.json"  # in a folder whose files are being replaced from a staging folder beside it
+
+
+def swap_in(stage: Path, out: Path, files: list[Path]) -> None:
+    """Move `files` (under `stage`, each complete) to the same places under `out`, as a whole: the list is
+    journalled in OUT/.swap.json first and the journal removed last, so a kill midway leaves a swap that
+    `finish_swap` completes (every staged file is whole, so it rolls forward) before anyone uses `out`."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    journal = {"stage": stage.name, "files": [str(p.relative_to(stage)) for p in files]}
+    atomic_write_bytes(out / SWAP_JOURNAL, json.dumps(journal).encode())
+    finish_swap(out)
+
+
+def finish_swap(out: Path) -> bool:
+    """Complete a swap into `out` that a kill interrupted (see `swap_in`); returns whether there was one."""
+    import json
+    import shutil
+
+    path = out / SWAP_JOURNAL
+    if not path.is_file():
+        return False
+    journal = json.loads(path.read_text())
+    stage = out.parent / journal["stage"]
+    for relative in journal["files"]:
+        staged, target = stage / relative, out / relative
+        _step("move", target)
+        if staged.is_file():  # not moved yet
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+    _step("finish", path)
+    path.unlink()
+    shutil.rmtree(stage, ignore_errors=True)
+    return True
+
+
+def clean_stale_folders(out: Path, label: str = "building") -> list[Path]:
+    """Remove the staging folders beside `out` (`folder_beside`) of processes that no longer run: what a
+    killed export left. Folders of live processes (a concurrent export) stay. Returns those removed."""
+    import shutil
+
+    removed = []
+    for folder in out.parent.glob(f".{out.name}.{label}-*"):
+        pid = folder.name.rsplit("-", 1)[-1].split(".")[0]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
