@@ -89,3 +89,15 @@ def test_a_kill_at_every_swap_operation_leaves_one_whole_export(tmp_path, monkey
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export.")] == [], where
         if index > first + 2:  # the journal was in place: the swap rolled forward
             assert _which(out, references) == {"new"}, where
+
+
+def test_an_ir_with_another_models_bin_is_refused(tmp_path):
+    pytest.importorskip("openvino")
+    torch.set_num_threads(1)
+    first = export_model(_checkpoint(tmp_path / "a", 2), tmp_path / "one", formats=["onnx", "openvino"])
+    second = export_model(_checkpoint(tmp_path / "b", 3), tmp_path / "two", formats=["onnx", "openvino"])
+    xml, other = first.path("openvino"), second.path("openvino")
+    Predictor.load(xml, backend="openvino")  # its own weights: fine
+    shutil.copyfile(other.with_suffix(".bin"), xml.with_suffix(".bin"))  # same architecture, other weights
+    with pytest.raises(BackendError, match="not the ones model.xml was exported with"):
+        Predictor.load(xml, backend="openvino")
