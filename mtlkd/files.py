@@ -45,7 +45,15 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _step("create", path)
-    tmp = temporary_beside(path, suffix)
+    try:
+        tmp = temporary_beside(path, suffix)
+    except OSError as exc:  # a read-only or full disk: say so about `path`, not about the temporary name
+        message = storage_message(path, exc)
+        if message is None:
+            raise
+        from mtlkd.errors import StorageError
+
+        raise StorageError(message) from None
     mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask gives a new file
     try:
         try:

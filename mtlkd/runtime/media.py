@@ -204,15 +204,39 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
-        """Finish the file and move it into place (a video with no frame leaves nothing behind)."""
+        """Finish the file, check it holds every frame written, and move it into place (a video with no
+        frame leaves nothing behind). OpenCV reports no write error: a full disk gives a truncated file
+        without its index, which the check finds, so the earlier video of that name stays."""
         if self.writer is not None:
             self.writer.release()
             self.writer = None
         if self.tmp is not None and self.tmp.exists():
             import os
 
-            os.replace(self.tmp, self.path)
+            try:
+                self._check_frames()
+                os.replace(self.tmp, self.path)
+            finally:
+                self.tmp.unlink(missing_ok=True)
         self.tmp = None
+
+    def _check_frames(self) -> None:
+        import errno
+
+        import cv2
+
+        from mtlkd.files import disk_full
+
+        capture = cv2.VideoCapture(str(self.tmp))
+        try:
+            found = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+        finally:
+            capture.release()
+        if found != self.frames:
+            why = f"the video written holds {found} of its {self.frames} frames"
+            if disk_full(self.tmp):
+                raise OSError(errno.ENOSPC, f"No space left on device ({why})", str(self.path))
+            raise MediaError(f"{self.path}: {why}; nothing was replaced, write it again or elsewhere")
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -38,6 +38,24 @@ def _which(out: Path, references: dict[str, dict]) -> set[str]:
            {name for name, ref in references.items() if ref["checks"] == checks}
 
 
+def _killed_at(action, index: int) -> None:
+    """Run `action` in a forked child that SIGKILLs itself just before file operation `index`."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            count = iter(range(1 << 30))
+
+            def hook(op, path):
+                if next(count) == index:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            mtlkd.files.file_operation_hook = hook
+            action()
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
 def test_a_kill_at_every_swap_operation_leaves_one_whole_export(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     old_ckpt, new_ckpt = _checkpoint(tmp_path / "a", 2), _checkpoint(tmp_path / "b", 3)
@@ -62,20 +80,7 @@ def test_a_kill_at_every_swap_operation_leaves_one_whole_export(tmp_path, monkey
     for index in swap:
         shutil.rmtree(out)
         shutil.copytree(kept, out)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                count = iter(range(1 << 30))
-
-                def hook(op, path):
-                    if next(count) == index:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                mtlkd.files.file_operation_hook = hook
-                export_model(new_ckpt, out)
-            finally:
-                os._exit(3)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status), status
+        _killed_at(lambda: export_model(new_ckpt, out), index)
         where = f"killed before {seen[index]}"
         if (out / mtlkd.files.SWAP_JOURNAL).is_file():  # mid-swap: refused until finished
             with pytest.raises(BackendError, match="interrupted"):
