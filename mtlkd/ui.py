@@ -149,6 +149,15 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     sys.exit(code)
 
 
+def _warnings_folded(caught: list, error: str = "") -> None:
+    """Library warnings of a command as one `warning:` line each, without Python's source line, after the
+    work; those an error line repeats (the auto backend's reasons) are left to it."""
+    for entry in dict.fromkeys(str(w.message).strip() for w in caught):
+        if entry and entry.split(": ", 2)[-1] not in error:
+            print(f"warning: {entry}", file=sys.stderr)
+    caught.clear()
+
+
 def tracebacks_always() -> bool:
     """`MTLKD_TRACEBACK=1`: show the traceback of user errors too (for bug reports)."""
     return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
@@ -184,26 +193,35 @@ def interrupted_code(exc: BaseException) -> int:
 def user_errors() -> Iterator[None]:
     """Turn the user-error family (mtlkd.errors) and the OS's refusals of a user's path (a full or read-only
     disk included) into one line and exit 2; Ctrl-C and SIGTERM into one line and exit 130 or 143. Any other
-    exception, a ValueError from numpy or torch included, is a bug: it propagates with its traceback."""
+    exception, a ValueError from numpy or torch included, is a bug: it propagates with its traceback.
+    Library warnings become one `warning:` line each after the work (`_warnings_folded`)."""
+    import warnings
+
     from mtlkd.files import storage_message
 
-    try:
-        with sigterm_as_interrupt():
-            yield
-    except (UserError, *USER_OS_ERRORS) as exc:
-        if tracebacks_always():
-            raise
-        fail(str(exc))
-    except KeyboardInterrupt as exc:
-        if tracebacks_always():
-            raise
-        fail("interrupted", code=interrupted_code(exc))
-    except OSError as exc:  # ENOSPC, EROFS, EDQUOT from anywhere: the path and what to do
-        message = storage_message(exc.filename, exc) if exc.filename else None
-        if message is None or tracebacks_always():
-            raise
-        fail(message)
-    except ModuleNotFoundError as exc:
-        if exc.name not in TRAIN_EXTRA or tracebacks_always():
-            raise
-        fail(f"{exc.name} is not installed: this needs the training stack, pip install 'mtlkd[train,cpu]'")
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            with sigterm_as_interrupt():
+                yield
+        except (UserError, *USER_OS_ERRORS) as exc:
+            if tracebacks_always():
+                raise
+            _warnings_folded(caught, str(exc))
+            fail(str(exc))
+        except KeyboardInterrupt as exc:
+            if tracebacks_always():
+                raise
+            _warnings_folded(caught)
+            fail("interrupted", code=interrupted_code(exc))
+        except OSError as exc:  # ENOSPC, EROFS, EDQUOT from anywhere: the path and what to do
+            message = storage_message(exc.filename, exc) if exc.filename else None
+            if message is None or tracebacks_always():
+                raise
+            _warnings_folded(caught)
+            fail(message)
+        except ModuleNotFoundError as exc:
+            if exc.name not in TRAIN_EXTRA or tracebacks_always():
+                raise
+            fail(f"{exc.name} is not installed: this needs the training stack, pip install 'mtlkd[train,cpu]'")
+        finally:
+            _warnings_folded(caught)

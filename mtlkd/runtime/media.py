@@ -92,7 +92,9 @@ def expand_sources(items: list[str | Path]) -> list[Source]:
             continue
         path = Path(text)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and classify(p) != "other")
+            # hidden files are not the user's pictures: a killed writer's `.x.png.123.0.tmp.png` among them
+            files = sorted(p for p in path.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and classify(p) != "other")
             sources.extend(Source(classify(p), str(p)) for p in files)
         elif path.is_file():
             kind = classify(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -79,3 +80,42 @@ def test_training_refuses_backbone_weights_inside_its_run_folder(tmp_path):
     options = TrainOptions(dataset="synthetic", out=str(tmp_path / "data" / "run"), data_dir=str(tmp_path / "data"))
     with pytest.raises(ValueError, match="inside --data-dir"):
         check_options(options)
+
+
+def test_a_killed_runs_hidden_temporaries_are_not_read_as_inputs(tmp_path):
+    """A killed mtl-infer leaves `.x_seg.png.123.0.tmp.png` in --out; the next run over that folder must not
+    take it for a picture of the user's (issue 20, case 8)."""
+    from mtlkd.runtime.media import expand_sources
+
+    (tmp_path / "photo.png").write_bytes(b"x")
+    (tmp_path / ".photo_seg.png.4242.0.tmp.png").write_bytes(b"")
+    assert [Path(s.path).name for s in expand_sources([tmp_path])] == ["photo.png"]
+
+
+def test_a_triton_batch_beyond_int32_is_one_line_before_work(tmp_path):
+    torch = pytest.importorskip("torch")
+    from mtlkd.checkpoint import model_metadata, save_checkpoint
+    from mtlkd.models import preset_config
+
+    config = preset_config("vit-nano", ["seg", "depth"], class_names=["a", "b"])
+    save_checkpoint(tmp_path / "ckpt.safetensors", {"w": torch.zeros(1)}, model_metadata(config))  # header only
+    result = runner.invoke(importlib.import_module("mtlkd.cli.export").app,
+                           [str(tmp_path / "ckpt.safetensors"), "--batch-size", "1,1,3000000000",
+                            "--triton", str(tmp_path / "repo")])
+    assert result.exit_code == 2 and "--batch-size" in result.output and "2147483647" in result.output
+    assert not (tmp_path / "repo").exists()
+
+
+def test_library_warnings_fold_into_the_one_error_line(capsys):
+    import warnings
+
+    from mtlkd import ui
+    from mtlkd.errors import BackendError
+
+    with pytest.raises(SystemExit), ui.user_errors():
+        warnings.warn("backend auto: onnxruntime skipped on cpu: BackendError: m.onnx: cannot open it", stacklevel=1)
+        warnings.warn("an unrelated library note", stacklevel=1)
+        raise BackendError("m.onnx: no backend could run it: onnxruntime: BackendError: m.onnx: cannot open it")
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: an unrelated library note",
+                   "error: m.onnx: no backend could run it: onnxruntime: BackendError: m.onnx: cannot open it"]
