@@ -114,14 +114,15 @@ def build_folder(target: str | Path, build: Callable[[Path], object]) -> Path:
 SWAP_JOURNAL = ".swap.json"  # in a folder whose files are being replaced from a staging folder beside it
 
 
-def swap_in(stage: Path, out: Path, files: list[Path]) -> None:
-    """Move `files` (under `stage`, each complete) to the same places under `out`, as a whole: the list is
-    journalled in OUT/.swap.json first and the journal removed last, so a kill midway leaves a swap that
-    `finish_swap` completes (every staged file is whole, so it rolls forward) before anyone uses `out`."""
+def swap_in(stage: Path, out: Path, files: list[Path], remove: list[str] = ()) -> None:
+    """Move `files` (under `stage`, each complete) to the same places under `out`, then delete the folders
+    `remove` (relative to `out`: what the new content no longer has), as a whole: the plan is journalled in
+    OUT/.swap.json first and the journal removed last, so a kill midway leaves a swap that `finish_swap`
+    completes (every staged file is whole, so it rolls forward) before anyone uses `out`."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    journal = {"stage": stage.name, "files": [str(p.relative_to(stage)) for p in files]}
+    journal = {"stage": stage.name, "files": [str(p.relative_to(stage)) for p in files], "remove": list(remove)}
     atomic_write_bytes(out / SWAP_JOURNAL, json.dumps(journal).encode())
     finish_swap(out)
 
@@ -142,6 +143,9 @@ def finish_swap(out: Path) -> bool:
         if staged.is_file():  # not moved yet
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, target)
+    for relative in journal.get("remove", []):
+        _step("remove", out / relative)
+        shutil.rmtree(out / relative, ignore_errors=True)
     _step("finish", path)
     path.unlink()
     shutil.rmtree(stage, ignore_errors=True)
