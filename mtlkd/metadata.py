@@ -263,12 +263,27 @@ def set_onnx_metadata(proto: Any, meta: dict[str, Any]) -> None:
     entry.key, entry.value = METADATA_KEY, to_json(meta)
 
 
+def missing_external_data(proto: Any, folder: Path) -> str | None:
+    """The first external-data file an ONNX graph names that is not in `folder`, or None."""
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == 1:  # TensorProto.EXTERNAL
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if location and not (folder / location).is_file():
+                return location
+    return None
+
+
 def read_onnx_metadata(model: str | Path | Any, error: type[UserError] = MetadataError) -> dict[str, Any]:
     """The metadata of an ONNX file (weights not loaded) or of a loaded ModelProto."""
     import onnx
 
     where = str(model) if isinstance(model, str | Path) else "ONNX model"
     proto = onnx.load(where, load_external_data=False) if isinstance(model, str | Path) else model
+    if isinstance(model, str | Path):
+        missing = missing_external_data(proto, Path(model).parent)
+        if missing:
+            raise error(f"{model}: its weights file {missing} (ONNX external data) is missing beside it; copy it "
+                        f"next to the model, or export again")
     raw = next((entry.value for entry in proto.metadata_props if entry.key == METADATA_KEY), None)
     return parse_metadata(raw, where, error=error)
 

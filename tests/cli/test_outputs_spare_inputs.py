@@ -119,3 +119,26 @@ def test_library_warnings_fold_into_the_one_error_line(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == ["warning: an unrelated library note",
                    "error: m.onnx: no backend could run it: onnxruntime: BackendError: m.onnx: cannot open it"]
+
+
+def test_a_missing_onnx_external_data_file_is_named(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mtlkd.errors import MetadataError
+    from mtlkd.metadata import read_onnx_metadata
+
+    graph = helper.make_graph([helper.make_node("Mul", ["image", "w"], ["depth"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [numpy_helper.from_array(np.ones((1, 3, 1, 1), np.float32), "w")])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"), save_as_external_data=True,
+              location="m.weights", size_threshold=0)
+    (tmp_path / "m.weights").unlink()
+    with pytest.raises(MetadataError, match="m.weights"):
+        read_onnx_metadata(tmp_path / "m.onnx")
+    (tmp_path / "img.png").write_bytes(b"x")
+    result = runner.invoke(importlib.import_module("mtlkd.cli.infer").app,
+                           [str(tmp_path / "m.onnx"), str(tmp_path / "img.png"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "m.weights" in result.output
