@@ -244,7 +244,9 @@ STORAGE_ERRNOS = {
 }
 # the same refusals as the Rust and C++ libraries word them (safetensors, OpenVINO) when they do not raise OSError
 STORAGE_TEXTS = {"os error 28": errno.ENOSPC, "no space left": errno.ENOSPC, "os error 30": errno.EROFS,
-                 "read-only file system": errno.EROFS, "os error 13": errno.EACCES, "basic_ios::clear": errno.ENOSPC}
+                 "read-only file system": errno.EROFS, "os error 13": errno.EACCES}
+# what a C++ writer says for any failed stream (OpenVINO's save_model): a full disk only when the disk is full
+STREAM_FAILURES = ("basic_ios::clear", "iostream error")
 
 
 def storage_errno(exc: BaseException) -> int | None:
@@ -256,6 +258,15 @@ def storage_errno(exc: BaseException) -> int | None:
         return None
     text = str(exc).lower()
     return next((code for words, code in STORAGE_TEXTS.items() if words in text), None)
+
+
+def written_where(path: str | Path, exc: BaseException) -> str | None:
+    """`storage_message` for a writer into the folder `path` that may word a full disk only as a failed
+    stream (C++ libraries): that counts as a full disk when the disk holding `path` has no room left."""
+    message = storage_message(path, exc)
+    if message is None and any(words in str(exc) for words in STREAM_FAILURES) and disk_full(path):
+        message = f"{path}: cannot write it: {STORAGE_ERRNOS[errno.ENOSPC]} ({os.strerror(errno.ENOSPC)})"
+    return message
 
 
 def storage_message(path: str | Path, exc: BaseException) -> str | None:
@@ -275,9 +286,10 @@ def disk_full(path: str | Path, margin: int = 1 << 20) -> bool:
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent
     try:
-        return shutil.disk_usage(folder).free < margin
+        usage = shutil.disk_usage(folder)
     except OSError:
         return False
+    return usage.free < min(margin, usage.total // 20)  # a small disk: 5% of it
 
 
 def check_written(path: str | Path, min_bytes: int = 1) -> None:

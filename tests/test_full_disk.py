@@ -100,3 +100,56 @@ def test_read_only_disk_is_one_line_through_the_command_layer(small_disk, capsys
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {disk / 'out.json'}: ") and "read-only" in err
+
+
+def _nano_checkpoint(path: Path) -> Path:
+    torch = pytest.importorskip("torch")
+    from mtlkd.checkpoint import model_metadata, save_checkpoint
+    from mtlkd.models import create_model, preset_config
+
+    torch.manual_seed(0)
+    config = preset_config("vit-nano", ["seg", "depth"], class_names=["a", "b"])
+    return save_checkpoint(path, create_model(config).state_dict(), model_metadata(config))
+
+
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(small_disk, tmp_path):
+    pytest.importorskip("openvino")
+    from typer.testing import CliRunner
+
+    from mtlkd.cli.export import app
+
+    ckpt = _nano_checkpoint(tmp_path / "model.safetensors")
+    disk = small_disk.mount(f"{ckpt.stat().st_size * 5 // 4 // 1024}k")  # room for the ONNX graph, not the IR
+    result = CliRunner().invoke(app, [str(ckpt), "--out", str(disk / "export"), "--openvino", "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "disk is full" in lines[0] and str(disk / "export") in lines[0]
+    assert "Traceback" not in result.output
+    assert list(disk.iterdir()) == []  # no staging, no half export
+
+
+def test_training_onto_a_full_disk_is_one_line_and_keeps_what_was_committed(small_disk, tmp_path):
+    from typer.testing import CliRunner
+
+    from mtlkd.cli.main import app
+    from mtlkd.data.synthetic import write_synthetic
+
+    data = write_synthetic(tmp_path / "syn", 8, 4, size=(32, 32), seed=3, progress=False)
+    disk = small_disk.mount("1m")  # the run's first checkpoints fit, not the state of its optimiser too
+    result = CliRunner().invoke(app, ["train", "synthetic", "--data-dir", str(data), "--out", str(disk / "run"),
+                                      "--preset", "vit-nano", "--epochs", "3", "--batch-size", "4",
+                                      "--max-steps", "1", "--select-fraction", "0", "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "disk is full" in lines[0] and str(disk / "run") in lines[0], result.output
+    run = disk / "run"
+    committed = (run / "state.safetensors").is_file()
+    for path in run.iterdir():
+        assert ".tmp" not in path.name, path  # no temporaries left
+        empty_allowed = {".lock"} | (set() if committed else {"history.jsonl"})  # a run not yet committed
+        assert path.name in empty_allowed or path.stat().st_size > 0, path  # nothing empty under a final name
+    subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # space freed: resume
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    history = [json.loads(line)["epoch"] for line in (run / "history.jsonl").read_text().splitlines()]
+    assert history == [1, 2, 3]

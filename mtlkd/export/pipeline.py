@@ -127,6 +127,9 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
         except ValidationError as err:
             err.result = ExportResult(out, build.artifacts)  # type: ignore[attr-defined]
             raise
+        except Exception as exc:  # a full or read-only disk, however the exporter words it: one line
+            _storage_refusal(out, exc)
+            raise
         result = ExportResult(out, build.artifacts, [p.replace(str(stage), str(out)) for p in build.problems])
         for artifact in result.artifacts:
             if stage in artifact.path.parents:
@@ -147,6 +150,16 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
 
             write_json(out / REPORT_NAME, result.to_dict())
     return result
+
+
+def _storage_refusal(out: Path, exc: Exception) -> None:
+    """Raise StorageError (naming `out`) when `exc` is the disk refusing the export's files; else return."""
+    from mtlkd.errors import StorageError
+    from mtlkd.files import written_where
+
+    message = written_where(out, exc)
+    if message is not None:
+        raise StorageError(f"{message}; {out} was left as it was") from None
 
 
 def prepare_folder(out: Path) -> Path:
