@@ -84,17 +84,19 @@ def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selec
         "scheduler": scheduler.state_dict(),
         "history": history,
     }
-    _commit(out / STATE_FILE, tensors, meta)
+    commit_state(out / STATE_FILE, tensors, meta)
     publish(out, meta)
 
 
-def _commit(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def commit_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                 kind: str = "training") -> None:
+    """Write `tensors` with `meta` (JSON scalars) in the header, atomically: the one rename of a commit."""
     from safetensors.torch import save_file
 
     from mtlkd.files import atomic_write
     from mtlkd.metadata import checkpoint_header
 
-    header = checkpoint_header({"state": "training"}) | {STATE_HEADER: json.dumps(meta)}
+    header = checkpoint_header({"state": kind}) | {STATE_HEADER: json.dumps(meta)}
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=header))
 
