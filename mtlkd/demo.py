@@ -15,7 +15,7 @@ from mtlkd.ui import console
 
 
 def run_demo(out: Path, epochs: int, train_images: int, val_images: int, batch_size: int) -> dict:
-    from mtlkd.data.synthetic import write_synthetic
+    from mtlkd.data import create_synthetic
     from mtlkd.runtime.infer import InferOptions, infer
     from mtlkd.train.trainer import TrainOptions, train
 
@@ -24,7 +24,7 @@ def run_demo(out: Path, epochs: int, train_images: int, val_images: int, batch_s
     started = time.perf_counter()
     if not (data / "meta.json").exists():
         console.rule("1/4  synthetic scenes")
-        write_synthetic(data, train_images, val_images, size=(96, 128), seed=0)
+        create_synthetic(data, train_images, val_images, size=(96, 128), seed=0)
     timings["data_s"] = time.perf_counter() - started
 
     console.rule("2/4  training the vit-micro multi-task model")

@@ -47,6 +47,10 @@ class CudaError(BackendError):
     """A CUDA runtime call failed; the message keeps CUDA's own error name."""
 
 
+class StorageError(UserError):
+    """The disk refused a write: full (ENOSPC, EDQUOT), read-only (EROFS) or not ours (EACCES, EPERM)."""
+
+
 class MediaError(UserError):
     """An image, video or camera that cannot be read or written."""
 
@@ -65,6 +69,15 @@ class EngineBuildError(ExportError):
 
 class ValidationError(ExportError):
     """An exported graph disagrees with its reference beyond the documented tolerance."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes and `kill` send), raised where Ctrl-C would be, so that both stop a
+    command the same way: a training says how to resume, an export removes its staging folder."""
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 # The OS's own errors about a path the user gave: their message already names the file.

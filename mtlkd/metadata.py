@@ -263,12 +263,27 @@ def set_onnx_metadata(proto: Any, meta: dict[str, Any]) -> None:
     entry.key, entry.value = METADATA_KEY, to_json(meta)
 
 
+def missing_external_data(proto: Any, folder: Path) -> str | None:
+    """The first external-data file an ONNX graph names that is not in `folder`, or None."""
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == 1:  # TensorProto.EXTERNAL
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if location and not (folder / location).is_file():
+                return location
+    return None
+
+
 def read_onnx_metadata(model: str | Path | Any, error: type[UserError] = MetadataError) -> dict[str, Any]:
     """The metadata of an ONNX file (weights not loaded) or of a loaded ModelProto."""
     import onnx
 
     where = str(model) if isinstance(model, str | Path) else "ONNX model"
     proto = onnx.load(where, load_external_data=False) if isinstance(model, str | Path) else model
+    if isinstance(model, str | Path):
+        missing = missing_external_data(proto, Path(model).parent)
+        if missing:
+            raise error(f"{model}: its weights file {missing} (ONNX external data) is missing beside it; copy it "
+                        f"next to the model, or export again")
     raw = next((entry.value for entry in proto.metadata_props if entry.key == METADATA_KEY), None)
     return parse_metadata(raw, where, error=error)
 
@@ -276,6 +291,45 @@ def read_onnx_metadata(model: str | Path | Any, error: type[UserError] = Metadat
 def set_openvino_metadata(model: Any, meta: dict[str, Any]) -> None:
     """Store `meta` in an OpenVINO model's rt_info (saved in the IR's .xml)."""
     model.set_rt_info(to_json(meta), OPENVINO_RT_INFO)
+
+
+# rt_info entry holding the sha256 of the IR's .bin, which ties the weights to the .xml and its metadata: an
+# IR is saved with WEIGHTS_PENDING there, and `seal_openvino_weights` writes the hash of the saved .bin in.
+OPENVINO_WEIGHTS_RT_INFO = [METADATA_KEY, "weights_sha256"]
+WEIGHTS_PENDING = "mtlkd-weights-sha256-pending"
+
+
+def mark_openvino_weights(model: Any) -> None:
+    """Leave the place for the .bin's hash in a model's rt_info, before `openvino.save_model`."""
+    model.set_rt_info(WEIGHTS_PENDING, OPENVINO_WEIGHTS_RT_INFO)
+
+
+def seal_openvino_weights(xml: str | Path) -> str:
+    """Write the sha256 of a saved IR's .bin into its .xml (where `mark_openvino_weights` left the place);
+    returns the hash. The IR is in a staging folder: written in place."""
+    from mtlkd.checkpoint import sha256_of
+
+    xml = Path(xml)
+    digest = sha256_of(xml.with_suffix(".bin"))
+    text = xml.read_text()
+    if text.count(WEIGHTS_PENDING) != 1:
+        raise ValueError(f"{xml}: no single place for the weights hash (was mark_openvino_weights called?)")
+    xml.write_text(text.replace(WEIGHTS_PENDING, digest))
+    return digest
+
+
+def check_openvino_weights(model: Any, xml: str | Path, error: type[UserError] = MetadataError) -> None:
+    """Refuse an IR whose .bin is not the one its .xml was saved with (another model's of the same
+    architecture predicts garbage); IRs from before the hash existed are taken as they are."""
+    from mtlkd.checkpoint import sha256_of
+
+    xml = Path(xml)
+    if not model.has_rt_info(OPENVINO_WEIGHTS_RT_INFO):
+        return
+    recorded = model.get_rt_info(OPENVINO_WEIGHTS_RT_INFO).astype(str)
+    if sha256_of(xml.with_suffix(".bin")) != recorded:
+        raise error(f"{xml.with_suffix('.bin')}: these weights are not the ones {xml.name} was exported with (its "
+                    f"recorded sha256 differs); export the model again, or put the matching .bin beside it")
 
 
 def read_openvino_metadata(model: str | Path | Any, error: type[UserError] = MetadataError,

@@ -27,7 +27,15 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from mtlkd.errors import EXIT_USER_ERROR, TRACEBACK_ENV, USER_OS_ERRORS, UserError
+from mtlkd.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USER_ERROR,
+    TRACEBACK_ENV,
+    USER_OS_ERRORS,
+    Terminated,
+    UserError,
+)
 
 console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # a log keeps one line per line
 TRAIN_EXTRA = {"torch", "timm", "onnx", "onnxscript", "onnxconverter_common", "torchvision"}
@@ -141,23 +149,79 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     sys.exit(code)
 
 
+def _warnings_folded(caught: list, error: str = "") -> None:
+    """Library warnings of a command as one `warning:` line each, without Python's source line, after the
+    work; those an error line repeats (the auto backend's reasons) are left to it."""
+    for entry in dict.fromkeys(str(w.message).strip() for w in caught):
+        if entry and entry.split(": ", 2)[-1] not in error:
+            print(f"warning: {entry}", file=sys.stderr)
+    caught.clear()
+
+
 def tracebacks_always() -> bool:
     """`MTLKD_TRACEBACK=1`: show the traceback of user errors too (for bug reports)."""
     return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
 
 
+def _raise_terminated(signum: int, frame: Any) -> NoReturn:
+    raise Terminated(f"signal {signum}")
+
+
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the user-error family (mtlkd.errors) and the OS's refusals of a user's path into one line
-    and exit 2. Any other exception, a ValueError from numpy or torch included, is a bug: it propagates
-    with its traceback."""
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread for the block, so every `finally`
+    and every Ctrl-C handler runs for it as for Ctrl-C; the previous handler is put back after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
-    except (UserError, *USER_OS_ERRORS) as exc:
-        if tracebacks_always():
-            raise
-        fail(str(exc))
-    except ModuleNotFoundError as exc:
-        if exc.name not in TRAIN_EXTRA or tracebacks_always():
-            raise
-        fail(f"{exc.name} is not installed: this needs the training stack, pip install 'mtlkd[train,cpu]'")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_code(exc: BaseException) -> int:
+    """The exit status a shell reports for the signal behind `exc`: 143 for SIGTERM, 130 for Ctrl-C."""
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the user-error family (mtlkd.errors) and the OS's refusals of a user's path (a full or read-only
+    disk included) into one line and exit 2; Ctrl-C and SIGTERM into one line and exit 130 or 143. Any other
+    exception, a ValueError from numpy or torch included, is a bug: it propagates with its traceback.
+    Library warnings become one `warning:` line each after the work (`_warnings_folded`)."""
+    import warnings
+
+    from mtlkd.files import storage_message
+
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            with sigterm_as_interrupt():
+                yield
+        except (UserError, *USER_OS_ERRORS) as exc:
+            if tracebacks_always():
+                raise
+            _warnings_folded(caught, str(exc))
+            fail(str(exc))
+        except KeyboardInterrupt as exc:
+            if tracebacks_always():
+                raise
+            _warnings_folded(caught)
+            fail("interrupted", code=interrupted_code(exc))
+        except OSError as exc:  # ENOSPC, EROFS, EDQUOT from anywhere: the path and what to do
+            message = storage_message(exc.filename, exc) if exc.filename else None
+            if message is None or tracebacks_always():
+                raise
+            _warnings_folded(caught)
+            fail(message)
+        except ModuleNotFoundError as exc:
+            if exc.name not in TRAIN_EXTRA or tracebacks_always():
+                raise
+            fail(f"{exc.name} is not installed: this needs the training stack, pip install 'mtlkd[train,cpu]'")
+        finally:
+            _warnings_folded(caught)

@@ -73,8 +73,8 @@ def plot_result(result: dict[str, Any], path: str | Path) -> Path:
     ax2.set_xticks(x, labels, rotation=25, ha="right", fontsize=8)
     ax2.legend(fontsize=8, loc="upper right")
     ax2.grid(axis="y", alpha=0.3)
+    from mtlkd.train.plots import save_figure
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

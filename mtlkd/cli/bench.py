@@ -113,8 +113,11 @@ def command(
                                         ("torch", "onnxruntime", "tensorrt")):  # fmt: skip
             raise ConfigError("--device cuda: no backend here can run on a CUDA GPU (none found, or no GPU build "
                               "of torch/onnxruntime/TensorRT installed); use --device cpu")
-        check_json_target(json_out)  # before the run, so that the measurements are not lost at its end
-        check_json_target(out / "bench.json" if out is not None else None, "--out")
+        # before the run, so that the measurements are not lost at its end, and never onto a model it reads
+        models, folders = [*([model] if model else []), *stl], [data_dir] if data_dir else []
+        check_json_target(json_out, inputs=models, input_folders=folders)
+        for name in ("bench.json", "bench.png"):
+            check_json_target(out / name if out is not None else None, "--out", models, folders)
         if data_dir is not None and not data_dir.is_dir():
             raise ConfigError(f"--data-dir {data_dir}: no such folder")
         result = _run(options, quiet)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +58,44 @@ def optional_values(argv: Sequence[str], options: Sequence[str] = OPTIONAL_VALUE
     return out
 
 
-def check_json_target(target: str | Path | None, option: str = "--json") -> None:
+def check_json_target(target: str | Path | None, option: str = "--json", inputs: Iterable[str | Path] = (),
+                      input_folders: Iterable[str | Path] = ()) -> None:
     """One ConfigError line when a JSON output (`--json PATH`, `--out DIR`'s report) cannot be written (a
-    folder, a read-only parent); commands call it before their run, so that its result is not lost at the
-    end. None and stdout ("-") always pass."""
+    folder, a read-only parent) or would replace one of the command's `inputs` (files) or land inside one
+    of its `input_folders` (`check_not_input`); commands call it before their run, so that its result is
+    not lost at the end and nothing it read is. None and stdout ("-") always pass."""
     from mtlkd.files import cannot_write
 
-    why = cannot_write(target) if target is not None and str(target) != JSON_STDOUT else None
+    if target is None or str(target) == JSON_STDOUT:
+        return
+    check_not_input(target, option, inputs, input_folders)
+    why = cannot_write(target)
     if why:
         raise ConfigError(f"{option} {target}: {why}")
+
+
+def check_not_input(target: str | Path | None, option: str, inputs: Iterable[str | Path] = (),
+                    input_folders: Iterable[str | Path] = ()) -> None:
+    """The one check that no output of a command (`--json`, `--out`, `--triton`, a picture) replaces what the
+    command reads: one ConfigError line naming the input, before anything runs."""
+    from mtlkd.files import lands_on_input
+
+    if target is None or str(target) == JSON_STDOUT:
+        return
+    inputs, input_folders = list(inputs), list(input_folders)
+    hit = lands_on_input(target, inputs, input_folders)
+    if hit is not None:
+        where = "is inside" if any(Path(f) == hit for f in input_folders) else "is"
+        raise ConfigError(f"{option} {target}: {where} one of this command's inputs ({hit}); writing it would "
+                          f"replace what the command reads; pass another path")
+
+
+def model_files(model: str | Path) -> list[Path]:
+    """A model file and the files read with it (an IR's .bin, an engine's .json sidecar): the inputs a
+    command's outputs must not land on."""
+    model = Path(model)
+    companions = {".xml": [model.with_suffix(".bin")], ".engine": [model.with_name(model.name + ".json")]}
+    return [model, *companions.get(model.suffix.lower(), [])]
 
 
 class HouseCommand(TyperCommand):

@@ -46,20 +46,26 @@ def synthetic(
       mtl-data synthetic --out data/big --train 5000 --val 1000 --img-size 192x256 --seed 1
     """
     from mtlkd.cli.common import parse_hw
-    from mtlkd.data.synthetic import write_synthetic
+    from mtlkd.data import create_synthetic
     from mtlkd.errors import ConfigError
     from mtlkd.files import cannot_write
+    from mtlkd.metadata import MAX_SIDE
     from mtlkd.ui import user_errors
 
     with user_errors():
         height, width = parse_hw(img_size)
+        if max(height, width) > MAX_SIDE:
+            raise ConfigError(f"--img-size {img_size}: at most {MAX_SIDE} pixels a side (the largest network "
+                              f"input a model may have)")
         if train < 0 or val < 0 or train + val == 0:
             raise ConfigError(f"--train {train} --val {val}: nothing to generate; ask for at least one image")
         problem = "is a file, not a folder" if out.is_file() else cannot_write(out / "meta.json")
+        if not problem and out.is_dir() and any(out.iterdir()):
+            problem = "holds files already (an earlier dataset's would mix into this one); pass a new folder"
         if problem:
             raise ConfigError(f"--out {out}: {problem}; pass another folder")
-    started = time.perf_counter()
-    write_synthetic(out, train, val, size=(height, width), seed=seed, progress=not quiet)
+        started = time.perf_counter()
+        create_synthetic(out, train, val, size=(height, width), seed=seed, progress=not quiet)
     seconds = time.perf_counter() - started
     rate = (train + val) / max(seconds, 1e-9) * 60
     console.print(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, model_files
 from mtlkd.ui import console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -52,7 +52,8 @@ def command(
     from mtlkd.eval.evaluate import EvalOptions, evaluate_model
 
     with user_errors():
-        check_json_target(json_out)  # before the run, so that its result is not lost at the end
+        # before the run, so that its result is not lost at the end, and never onto the model or the dataset
+        check_json_target(json_out, inputs=model_files(model), input_folders=[data_dir] if data_dir else [])
         options = EvalOptions(data_dir=data_dir, split=split, backend=backend, device=device, batch_size=batch_size,
                               tasks=tasks, progress=not quiet)
         scores = evaluate_model(model, dataset, options)

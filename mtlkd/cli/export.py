@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, check_not_input, emit_json
 from mtlkd.errors import BackendUnavailable, ConfigError, ValidationError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.tensorrt import DEFAULT_WORKSPACE_MB
@@ -107,8 +107,13 @@ def command(
     )  # fmt: skip
     progress = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     with user_errors():
-        check_json_target(json_out)  # before the export, so that its result is not lost at the end
         out_dir = out or model.parent / "export"
+        # before the export, so that its result is not lost at the end; no output onto the checkpoint or the
+        # calibration images
+        folders = [calib_data] if calib_data else []
+        check_json_target(json_out, inputs=[model], input_folders=folders)
+        for option, target in (("--out", out_dir), ("--triton", triton)):
+            check_not_input(target, option, [model], folders)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # exporter/converter chatter; real problems raise

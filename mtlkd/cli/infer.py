@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json
+from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, model_files
 from mtlkd.ui import user_errors
 
 
@@ -54,10 +54,11 @@ def command(
 
       mtl-infer runs/demo/mtl/model.safetensors 0 --max-frames 300      # camera 0
     """
-    from mtlkd.runtime.infer import STAGES, InferOptions, infer, parse_depth_range
+    from mtlkd.runtime.infer import STAGES, InferOptions, infer, input_files, parse_depth_range
 
     with user_errors():
-        check_json_target(json_out)  # before the run, so that its result is not lost at the end
+        # before the run, so that its result is not lost at the end, and never onto the model or an image
+        check_json_target(json_out, inputs=[*model_files(model), *input_files(sources)])
         options = InferOptions(tasks=tasks, backend=backend, device=device, save_raw=save_raw,
                                batch_size=batch_size, max_frames=max_frames, progress=not quiet,
                                depth_range=parse_depth_range(depth_range) if depth_range else None)

@@ -43,7 +43,7 @@ def command(
     """
     name = LAST_METRICS_FILE if last else METRICS_FILE
     with user_errors():
-        check_json_target(json_out)
+        check_json_target(json_out, inputs=metrics_inputs([baseline, *runs]))  # never onto a run it reads
         from mtlkd.eval.seeds import load_rows
 
         groups = load_rows([baseline, *runs], name)
@@ -68,6 +68,16 @@ def command(
     from rich.console import Console
 
     render_table(rows, Console(), baseline=base[0])
+
+
+def metrics_inputs(paths: list[Path]) -> list[Path]:
+    """Every metrics file the report may read from these arguments: files as given, a run folder's
+    metrics.json and last_metrics.json, and those of a row folder's seedN/ runs."""
+    files = []
+    for path in paths:
+        runs = [path, *sorted(path.glob("seed*/"))] if path.is_dir() else []
+        files += [run / name for run in runs for name in (METRICS_FILE, LAST_METRICS_FILE)] or [path]
+    return files
 
 
 app.command(cls=HouseCommand)(command)

@@ -22,7 +22,7 @@ from mtlkd.models.presets import PRESETS
 from mtlkd.train.method_options import METHOD_OPTIONS, method_flags
 from mtlkd.train.options import flag
 from mtlkd.train.run_options import TrainOptions
-from mtlkd.ui import user_errors
+from mtlkd.ui import interrupted_code, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 Dataset = enum.Enum("Dataset", {name: name for name in DATASET_NAMES}, type=str)  # a choice in --help
@@ -142,8 +142,8 @@ def command(
             options = _resumed(ctx, options)
         try:
             run = train(options)
-        except KeyboardInterrupt:
-            _interrupted(Path(options.out))
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from a scheduler (ui.user_errors turns it into this)
+            _interrupted(Path(options.out), interrupted_code(exc))
     typer.echo(f"run folder: {run}")
 
 
@@ -215,18 +215,18 @@ def _resumed(ctx: typer.Context, options):
     return resumed_options(TrainOptions, Path(options.out), options, typed, MAY_DIFFER)
 
 
-def _interrupted(out: Path) -> NoReturn:
-    """Ctrl-C: say how to continue (from the last saved epoch) and exit 130, as a shell does."""
+def _interrupted(out: Path, code: int) -> NoReturn:
+    """Ctrl-C or SIGTERM: say how to continue (from the last saved epoch) and exit 130 or 143, as a shell does."""
     import shlex
     import sys
 
-    if (out / "state.json").is_file():
+    if (out / "state.safetensors").is_file() or (out / "run.json").is_file():
         print(f"interrupted; continue from the last saved epoch with: mtl-train --resume --out {shlex.quote(str(out))}",
               file=sys.stderr)
     else:
         print("interrupted before the first epoch ended; nothing was saved to resume: run the same command again",
               file=sys.stderr)
-    raise typer.Exit(130)
+    raise typer.Exit(code)
 
 
 def _parse_weights(text: str) -> dict[str, float]:

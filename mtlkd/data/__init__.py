@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from mtlkd.data.mtan import (
@@ -32,6 +31,7 @@ __all__ = [
     "DatasetSpec",
     "MTANDataset",
     "cache_dir",
+    "create_synthetic",
     "ensure_synthetic",
     "get_spec",
     "open_dataset",
@@ -57,28 +57,30 @@ def ensure_synthetic(
     Rendering goes to a temporary sibling folder that is renamed into place only when complete, so an
     interrupted run never leaves a half dataset, and two processes racing both end up with a whole one.
     """
-    from mtlkd.data.synthetic import write_synthetic
-
     base = Path(cache) if cache is not None else cache_dir()
     target = base / f"synthetic-{size[0]}x{size[1]}-s{seed}-n{n_train}-{n_val}"
     if (target / "meta.json").is_file():
         return target
-    base.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=base))
-    partial.chmod(0o755)  # mkdtemp makes it private; the cache is ordinary data
+    if target.exists() and not (target / "meta.json").is_file():
+        shutil.rmtree(target)  # a leftover of the cache's own without meta.json cannot be trusted
     try:
-        write_synthetic(partial, n_train, n_val, size=size, seed=seed, progress=progress)
-        if target.exists() and not (target / "meta.json").is_file():
-            shutil.rmtree(target)  # a leftover without meta.json cannot be trusted
-        try:
-            partial.rename(target)
-        except OSError:
-            if not (target / "meta.json").is_file():  # not someone else's finished copy: a real failure
-                raise
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+        return create_synthetic(target, n_train, n_val, size=size, seed=seed, progress=progress)
+    except OSError:
+        if not (target / "meta.json").is_file():  # not someone else's finished copy: a real failure
+            raise
     return target
+
+
+def create_synthetic(out: str | Path, n_train: int, n_val: int, size: tuple[int, int] = (96, 128), seed: int = 0,
+                     progress: bool = True) -> Path:
+    """Render the synthetic set into a new folder `out` (absent or empty): built beside it and renamed into
+    place when complete, so `out` is a whole dataset or nothing. An `out` holding files is refused
+    (FileExistsError naming it): files of an earlier set would mix into this one."""
+    from mtlkd.data.synthetic import write_synthetic
+    from mtlkd.files import build_folder
+
+    return build_folder(out, lambda stage: write_synthetic(stage, n_train, n_val, size=size, seed=seed,
+                                                           progress=progress))
 
 
 def open_dataset(

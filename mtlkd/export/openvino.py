@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from mtlkd.errors import BackendUnavailable, ConfigError
-from mtlkd.metadata import OPENVINO_RT_INFO, read_openvino_metadata, set_openvino_metadata
+from mtlkd.metadata import (
+    OPENVINO_RT_INFO,
+    mark_openvino_weights,
+    read_openvino_metadata,
+    seal_openvino_weights,
+    set_openvino_metadata,
+)
 
 __all__ = ["INT8_SOURCE", "OPENVINO_RT_INFO", "export_openvino", "nncf_quantize",
            "read_openvino_metadata", "require_openvino"]
@@ -81,8 +87,10 @@ def export_openvino(
     meta.update(precision=precision, format="openvino-ir", openvino_version=ov.get_version(),
                 openvino_config={"INFERENCE_PRECISION_HINT": "f32"}, **extra)  # fmt: skip
     set_openvino_metadata(model, meta)
+    mark_openvino_weights(model)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(xml_path), compress_to_fp16=(precision == "fp16"))
+    seal_openvino_weights(xml_path)  # the .bin's hash in the .xml: a .bin of another model is refused on load
     return xml_path
 
 

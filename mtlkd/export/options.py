@@ -123,6 +123,12 @@ def check_options(options: ExportOptions, meta: dict[str, Any], out: Path) -> li
             raise option_error("names", key, f"not an artifact (known: {', '.join(DEFAULT_NAMES)})")
         if Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).suffix:
             raise option_error("names", name, "give a relative file name with a suffix, inside the output folder")
+    if options.triton is not None:  # checked now, not after the export is built
+        from mtlkd.files import cannot_write
+
+        why = cannot_write(Path(options.triton) / "README.md")
+        if why or (Path(options.triton).exists() and not Path(options.triton).is_dir()):
+            raise option_error("triton", options.triton, why or "exists and is not a folder")
     if out.exists() and not out.is_dir():
         raise option_error("out", out, "exists and is not a folder")
     existing = out

@@ -14,9 +14,7 @@ result. With `reuse=True` a file already at its name in `out` is taken as it is 
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -114,12 +112,13 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
 
         require_openvino()
     from mtlkd.export import steps
+    from mtlkd.models import check_device
 
+    check_device(options.device)
     model, meta, sha, label = _load(source, options.device)
     say = progress or (lambda _line: None)
     say(f"exporting {label} ({', '.join(tasks)}) -> {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    stage = prepare_folder(out)
     build = steps.Build(model, meta, sha, tasks, options, stage, out, say)
     was_training = model.training
     try:
@@ -128,20 +127,50 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
         except ValidationError as err:
             err.result = ExportResult(out, build.artifacts)  # type: ignore[attr-defined]
             raise
-        moved = _move_into_place(stage, out)
+        except Exception as exc:  # a full or read-only disk, however the exporter words it: one line
+            _storage_refusal(out, exc)
+            raise
+        result = ExportResult(out, build.artifacts, [p.replace(str(stage), str(out)) for p in build.problems])
+        for artifact in result.artifacts:
+            if stage in artifact.path.parents:
+                artifact.path = out / artifact.path.relative_to(stage)
+        if options.report:  # in the stage: export.json changes together with the files it describes
+            from mtlkd.checkpoint import write_json
+
+            write_json(stage / REPORT_NAME, result.to_dict())
+            result.report = out / REPORT_NAME
+        _move_into_place(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         model.train(was_training)  # the checks ran it in eval mode; a caller's network is left as it came
-    result = ExportResult(out, build.artifacts, [p.replace(str(stage), str(out)) for p in build.problems])
-    for artifact in result.artifacts:
-        artifact.path = moved.get(artifact.path, artifact.path)
     if options.triton is not None:
         result.artifacts += steps.triton(result, options, meta)
-    if options.report:
-        from mtlkd.checkpoint import write_json
+        if options.report:
+            from mtlkd.checkpoint import write_json
 
-        result.report = write_json(out / REPORT_NAME, result.to_dict())
+            write_json(out / REPORT_NAME, result.to_dict())
     return result
+
+
+def _storage_refusal(out: Path, exc: Exception) -> None:
+    """Raise StorageError (naming `out`) when `exc` is the disk refusing the export's files; else return."""
+    from mtlkd.errors import StorageError
+    from mtlkd.files import written_where
+
+    message = written_where(out, exc)
+    if message is not None:
+        raise StorageError(f"{message}; {out} was left as it was") from None
+
+
+def prepare_folder(out: Path) -> Path:
+    """Before an export into `out`: finish a swap a kill interrupted, remove the staging folders of killed
+    exports, and return a new staging folder beside `out`."""
+    from mtlkd.files import clean_stale_folders, finish_swap, folder_beside
+
+    if out.is_dir():
+        finish_swap(out)
+    clean_stale_folders(out)
+    return folder_beside(out)
 
 
 def _metadata(source: Source) -> dict[str, Any]:
@@ -170,16 +199,12 @@ def _load(source: Source, device: str) -> tuple[Any, dict[str, Any], str | None,
     return source[0].to(device), meta, meta.get("source_sha256"), type(source[0]).__name__
 
 
-def _move_into_place(stage: Path, out: Path) -> dict[Path, Path]:
-    """Move every file built in `stage` to the same place under `out` (weights before the files that name
-    them: .bin before .xml, sidecars before engines); other files of `out` stay. Returns staged -> final."""
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Move every file built in `stage` to the same place under `out`, as one swap (`files.swap_in`: a kill
+    midway is finished by the next export or refused by the runtime); other files of `out` stay."""
+    from mtlkd.files import swap_in
+
     files = sorted((p for p in stage.rglob("*") if p.is_file()),
                    key=lambda p: (p.suffix in (".xml", ".engine", ".plan", ".onnx"), str(p)))  # fmt: skip
-    moved = {}
-    for path in files:
-        target = out / path.relative_to(stage)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-        moved[path] = target
-    return moved
+    swap_in(stage, out, files)
 

@@ -25,6 +25,8 @@ from mtlkd.errors import BackendUnavailable, EngineBuildError
 from mtlkd.export.options import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, option_error
 from mtlkd.metadata import engine_sidecar, engine_sidecar_text, read_onnx_metadata
 
+MAX_BATCH = 2**31 - 1  # int32: Triton's model_config max_batch_size, a TensorRT dimension
+
 
 def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
     """'1,4,8' -> (1, 4, 8): the min, opt and max batch of the optimisation profile (1 = min <= opt <= max).
@@ -48,6 +50,9 @@ def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[i
     low, opt, high = values
     if not low <= opt <= high:
         raise option_error("batch_profile", text, "need MIN <= OPT <= MAX")
+    if high > MAX_BATCH:
+        raise option_error("batch_profile", text, f"MAX must be at most {MAX_BATCH} (Triton's max_batch_size and "
+                                                 f"TensorRT's dimensions are 32-bit integers)")
     if low != 1:
         raise option_error("batch_profile", text, f"MIN must be 1 (one image, or the last part of a batch, is sent as "
                                                  f"a smaller batch by the Predictor and by Triton); use 1,{opt},{high}")

@@ -166,8 +166,10 @@ def write_triton_model(
 
 
 def write_triton_readme(repo: str | Path, models: dict[str, str], metadata: dict[str, Any],
-                        gpu: bool = False, backend: str = "native") -> Path:  # fmt: skip
-    """REPO/README.md: the server command and a Python HTTP client call. `models`: name -> kind."""
+                        gpu: bool = False, backend: str = "native",
+                        into: str | Path | None = None) -> Path:  # fmt: skip
+    """REPO/README.md: the server command and a Python HTTP client call. `models`: name -> kind. `into`:
+    the folder the file goes to when it is not REPO (a staging folder that becomes REPO)."""
     repo = Path(repo)
     height, width = (int(v) for v in metadata["input_size"])
     tasks = list(metadata["tasks"])
@@ -238,8 +240,9 @@ result = client.infer("{first}", inputs=[request], outputs=wanted)
 outputs = {{name: result.as_numpy(name) for name in {tasks!r}}}
 ```
 """
-    path = repo / "README.md"
-    repo.mkdir(parents=True, exist_ok=True)
+    folder = Path(into or repo)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "README.md"
     path.write_text(text)
     return path
 
@@ -250,12 +253,35 @@ def write_triton_repo(repo: str | Path, artifacts: dict[str, str | Path], metada
     """One Triton model per artifact (`kind -> path`, kinds: onnx, openvino, tensorrt) plus the README;
     returns model name -> model folder. `gpu`: the export has a GPU (it built an engine), so the ONNX
     model gets a GPU instance too. `backend`: "native" or "python" (TRITON_BACKENDS)."""
-    folders = {}
-    for kind, artifact in artifacts.items():
-        name = f"{prefix}_{kind}"
-        device = "KIND_GPU" if gpu and kind in GPU_CAPABLE else None
-        folders[name] = write_triton_model(repo, kind, artifact, metadata, name, max_batch_size, device=device,
-                                           backend=backend)
-    write_triton_readme(repo, {name: kind for name, kind in zip(folders, artifacts, strict=True)}, metadata, gpu,
-                        backend)
+    from mtlkd.files import clean_stale_folders, finish_swap, folder_beside
+
+    repo = Path(repo)
+    if repo.is_dir():
+        finish_swap(repo)  # a swap a kill interrupted: completed before this one
+    clean_stale_folders(repo)
+    stage = folder_beside(repo)
+    try:
+        folders = {}
+        for kind, artifact in artifacts.items():
+            name = f"{prefix}_{kind}"
+            device = "KIND_GPU" if gpu and kind in GPU_CAPABLE else None
+            write_triton_model(stage, kind, artifact, metadata, name, max_batch_size, device=device, backend=backend)
+            folders[name] = repo / name
+        write_triton_readme(repo, {name: kind for name, kind in zip(folders, artifacts, strict=True)}, metadata,
+                            gpu, backend, into=stage)
+        swap_whole_repo(stage, repo, prefix, set(folders))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return folders
+
+
+def swap_whole_repo(stage: Path, repo: Path, prefix: str, models: set[str]) -> None:
+    """Replace the repository's models with the staged ones as one swap (`files.swap_in`): a full disk or a
+    kill never leaves one model's ONNX beside another's IR, and an earlier export's `prefix_*` model that
+    this one does not have (other formats) goes, so Triton never serves it; other models stay. Each model's
+    config.pbtxt moves after its files (Triton may poll the repository)."""
+    from mtlkd.files import swap_in
+
+    files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: (p.name == "config.pbtxt", str(p)))
+    stale = sorted(p.name for p in repo.glob(f"{prefix}_*") if p.is_dir() and p.name not in models)
+    swap_in(stage, repo, files, remove=stale)

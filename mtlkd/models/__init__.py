@@ -110,6 +110,21 @@ def explicit_attention(model: nn.Module) -> Iterator[None]:
             module.fused_attn = True
 
 
+def check_device(name: str, option: str = "--device") -> None:
+    """One ConfigError line when `name` is a CUDA device this machine lacks (no GPU, or cuda:N past the last
+    one), before a tensor is sent there and torch fails with its own traceback."""
+    import torch
+
+    if not str(name).startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{option} {name}: no CUDA GPU is visible on this machine; use --device cpu")
+    index = str(name).partition(":")[2]
+    count = torch.cuda.device_count()
+    if index and (not index.isdigit() or int(index) >= count):
+        raise ConfigError(f"{option} {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+
+
 def load_model(path: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A network and its metadata from an mtlkd checkpoint (safetensors; never a pickle)."""
     from mtlkd.checkpoint import load_checkpoint, read_metadata

@@ -133,7 +133,7 @@ def infer(predictor_or_path: Any, sources: list[str | Path], out: str | Path,
                InferResult(out=out, model=str(predictor.path), backend=predictor.backend_name,
                            device=predictor.device, load_seconds=load_seconds))
     expanded = expand_sources([str(s) for s in sources])
-    run.stems = _Stems(out, {_resolved(Path(s.path)) for s in expanded if s.kind in ("image", "video")})
+    run.stems = _Stems(out, {_resolved(p) for p in [*input_files(sources), Path(str(predictor.path))]})
     for source in expanded:
         if source.kind == "missing":
             run.fail(f"{source.path}: no such file, folder, glob match or camera")
@@ -146,6 +146,11 @@ def infer(predictor_or_path: Any, sources: list[str | Path], out: str | Path,
         if source.kind in ("video", "camera"):
             run.video(source)
     return run.result
+
+
+def input_files(sources: list[str | Path]) -> list[Path]:
+    """The image and video files `sources` name (folders and globs expanded): what outputs must spare."""
+    return [Path(s.path) for s in expand_sources([str(s) for s in sources]) if s.kind in ("image", "video")]
 
 
 def _predictor(predictor_or_path: Any, options: InferOptions) -> tuple[Any, float]:

@@ -92,7 +92,9 @@ def expand_sources(items: list[str | Path]) -> list[Source]:
             continue
         path = Path(text)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and classify(p) != "other")
+            # hidden files are not the user's pictures: a killed writer's `.x.png.123.0.tmp.png` among them
+            files = sorted(p for p in path.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and classify(p) != "other")
             sources.extend(Source(classify(p), str(p)) for p in files)
         elif path.is_file():
             kind = classify(path)
@@ -204,15 +206,39 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
-        """Finish the file and move it into place (a video with no frame leaves nothing behind)."""
+        """Finish the file, check it holds every frame written, and move it into place (a video with no
+        frame leaves nothing behind). OpenCV reports no write error: a full disk gives a truncated file
+        without its index, which the check finds, so the earlier video of that name stays."""
         if self.writer is not None:
             self.writer.release()
             self.writer = None
         if self.tmp is not None and self.tmp.exists():
             import os
 
-            os.replace(self.tmp, self.path)
+            try:
+                self._check_frames()
+                os.replace(self.tmp, self.path)
+            finally:
+                self.tmp.unlink(missing_ok=True)
         self.tmp = None
+
+    def _check_frames(self) -> None:
+        import errno
+
+        import cv2
+
+        from mtlkd.files import disk_full
+
+        capture = cv2.VideoCapture(str(self.tmp))
+        try:
+            found = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+        finally:
+            capture.release()
+        if found != self.frames:
+            why = f"the video written holds {found} of its {self.frames} frames"
+            if disk_full(self.tmp):
+                raise OSError(errno.ENOSPC, f"No space left on device ({why})", str(self.path))
+            raise MediaError(f"{self.path}: {why}; nothing was replaced, write it again or elsewhere")
 
     def __enter__(self) -> VideoWriter:
         return self

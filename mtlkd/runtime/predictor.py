@@ -33,6 +33,17 @@ def default_device(path: str | Path) -> str:
     return "cuda" if Path(path).suffix.lower() in GPU_SUFFIXES else "cpu"
 
 
+def refuse_half_swapped(path: Path) -> None:
+    """A model in an export folder whose replacement a kill interrupted (its .swap.json is still there) may
+    mix two exports' files: refused in one line until the next export into that folder finishes the swap."""
+    from mtlkd.files import SWAP_JOURNAL
+
+    for folder in (path.parent, path.parent.parent):
+        if (folder / SWAP_JOURNAL).is_file():
+            raise BackendError(f"{path}: an export into {folder} was interrupted while it replaced the files "
+                               f"there ({folder / SWAP_JOURNAL}); run the same mtl-export again to finish it")
+
+
 class Predictor:
     """One loaded model plus the shared pre- and postprocessing."""
 
@@ -60,6 +71,7 @@ class Predictor:
         if not path.is_file():
             hint = " (a folder: pass the model file inside it)" if path.is_dir() else ""
             raise BackendError(f"{path}: no such model file{hint}")
+        refuse_half_swapped(path)
         if backend == "auto":
             from mtlkd.runtime.auto import select_backend
 

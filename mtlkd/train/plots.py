@@ -105,6 +105,23 @@ def _save(fig, path: Path) -> Path:
         if ax.get_xlabel() == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.2, 1.4
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
+
+
+def save_figure(fig, path: Path) -> None:
+    """Beside, checked, then renamed: a full disk never leaves a 0-byte picture under the final name (matplotlib
+    can report nothing when the disk fills); the figure is closed either way."""
+    from mtlkd.files import atomic_write, check_written
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, dpi=110, format="png")
+        check_written(tmp, min_bytes=len(PNG_SIGNATURE) + 1)
+
+    try:
+        atomic_write(path, write, suffix=".png")
+    finally:
+        plt.close(fig)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -41,7 +41,7 @@ from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import ModelConfig, model_config
 from mtlkd.models.nets import build_backbone
 from mtlkd.train.run_options import PretrainOptions
-from mtlkd.train.state import STATE_FILE, STATE_JSON, optimizer_state, restore_optimizers
+from mtlkd.train.state import STATE_FILE, STATE_JSON, commit_state, committed, optimizer_state, restore_optimizers
 from mtlkd.ui import console, progress_bar
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -177,11 +177,11 @@ def pretrain(options: PretrainOptions) -> Path:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=options.lr, total_steps=options.epochs * steps,
                                                     pct_start=0.1)
     start, history = 0, []
-    if options.resume and (out / STATE_JSON).is_file():
+    if options.resume and (out / STATE_FILE).is_file():
         start, history = _load_state(out, model, optimizer, scheduler)
         if not options.quiet:
             console.print(f"resuming {out} after epoch {start}")
-    elif (out / BACKBONE_FILE).exists() or (out / STATE_JSON).exists():
+    elif any((out / name).exists() for name in (BACKBONE_FILE, STATE_FILE, STATE_JSON)):
         raise ConfigError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another "
                           "--out")
     out.mkdir(parents=True, exist_ok=True)
@@ -222,23 +222,27 @@ def pretrain(options: PretrainOptions) -> Path:
 
 
 def _save_state(out: Path, model: nn.Module, optimizer, scheduler, epochs_done: int, history: list) -> None:
-    """Like a training run's state (mtlkd.train.state): tensors in safetensors, the rest in JSON."""
+    """Like a training run's state (mtlkd.train.state): one rename commits the tensors with the scalars and
+    the history in their header; state.json is a readable copy."""
     optim_tensors, scalars, groups = optimizer_state([optimizer])
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | optim_tensors
-    save_checkpoint(out / STATE_FILE, tensors, {"state": "pretraining"})
-    write_json(out / STATE_JSON, {"epochs_done": epochs_done, "history": history, "optim_scalars": scalars,
-                                  "param_groups": groups, "scheduler": scheduler.state_dict()})
+    meta = {"epochs_done": epochs_done, "history": history, "optim_scalars": scalars, "param_groups": groups,
+            "scheduler": scheduler.state_dict()}
+    commit_state(out / STATE_FILE, tensors, meta, kind="pretraining")
+    write_json(out / STATE_JSON, meta)
 
 
 def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int, list]:
     from safetensors.torch import load_file
 
     tensors = load_file(str(out / STATE_FILE), device=str(next(model.parameters()).device))
-    try:
-        meta = json.loads((out / STATE_JSON).read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new "
-                              "--out") from None
+    meta = committed(out)  # the commit itself; a state from before commits carried it: its state.json
+    if meta is None:
+        try:
+            meta = json.loads((out / STATE_JSON).read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new "
+                                  "--out") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizers([optimizer], tensors, meta["optim_scalars"], meta["param_groups"])
     scheduler.load_state_dict(meta["scheduler"])
@@ -253,6 +257,8 @@ def _plot(out: Path, history: list[dict[str, Any]], preset: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from mtlkd.train.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o")
     ax.set_xlabel("epoch")
@@ -261,5 +267,4 @@ def _plot(out: Path, history: list[dict[str, Any]], preset: str) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "pretrain.png")
-    plt.close(fig)
+    save_figure(fig, out / "pretrain.png")

@@ -2,8 +2,11 @@
 options a run was started with, and the checks on options that would otherwise fail deep in the loop.
 
 * Training into a folder that already holds a run (saved state, checkpoints, metrics or history) is
-  refused unless it continues it (`resume`) or replaces it (`overwrite`, which first deletes the files a
-  training writes; nothing else in the folder).
+  refused unless it continues it (`resume`) or replaces it (`overwrite`, which deletes the files a
+  training writes, nothing else in the folder, and only once the dataset, the network and the options
+  all proved usable: `check_run_folder` returns them, `clear_run` deletes them).
+* `resume` continues after the last committed epoch (mtlkd.train.state), or starts again from epoch 1
+  with run.json's options when a kill came before the first commit.
 * One training per folder: an exclusive `flock` on RUN/.lock, held for the whole run; a second one gets
   one line naming the first one's process id. The lock dies with its process, so a crash never leaves
   a folder locked.
@@ -30,6 +33,19 @@ RUN_FILES = ("run.json", "history.jsonl", "state.json", "state.safetensors", "me
 RUN_MARKERS = ("state.json", "metrics.json", "history.jsonl")
 
 
+# AdamW moves every weight by about lr each step whatever the gradient's scale: above 1, weights of scale 0.02
+# to 1 jump past their own size every step and overflow float32 within a few; that is divergence, not a run.
+MAX_LR = 1.0
+MAX_SEED = 2**32 - 1  # numpy's and torch's common range; the trainer derives per-epoch seeds from it
+
+
+def diverged(loss: float, epoch: int, step: int, options: Any) -> UserError:
+    """The one line for a loss that became inf or NaN: where, and what to change (the run up to the last
+    committed epoch is kept)."""
+    return UserError(f"the loss became {loss} at epoch {epoch + 1} step {step + 1} with --lr {options.lr:g}; "
+                     f"lower --lr and train again (the epochs committed before are kept in {options.out})")
+
+
 def holds_run(out: Path) -> bool:
     """Whether `out` holds something a training made that would be lost: saved state, metrics, a non-empty
     history or a checkpoint. (A run.json with an empty history, from a run stopped before its first epoch
@@ -43,30 +59,37 @@ def holds_run(out: Path) -> bool:
     return any(out.glob("*.safetensors"))
 
 
-def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse what would destroy a run or cannot work, in one line each; with `overwrite`, delete the
-    earlier run's files (only those a training writes)."""
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Refuse what would destroy a run or cannot work, in one line each. Returns, with `overwrite`, the
+    earlier run's files (only those a training writes), for `clear_run` once everything else is checked."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the run")
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it; pass one")
+    stale: list[Path] = []
     if resume:
-        if not (out / "state.json").is_file() or not (out / "state.safetensors").is_file():
-            raise UserError(f"--resume: {out} has no saved training state (state.json and state.safetensors); "
+        if not (out / "state.safetensors").is_file() and not (out / "run.json").is_file():
+            raise UserError(f"--resume: {out} has no saved training state (state.safetensors or run.json); "
                             f"nothing to resume. Train without --resume (and --overwrite to replace it)")
-        return
+        return stale
     if holds_run(out):
         if not overwrite:
             raise UserError(f"--out {out} holds a run already; continue it with --resume, replace it with "
                             f"--overwrite, or pass another --out")
-        for path in [*(out / n for n in RUN_FILES), *out.glob("*.safetensors")]:
-            if path.is_file():
-                path.unlink()
+        stale = [p for p in [*(out / n for n in RUN_FILES), *out.glob("*.safetensors")] if p.is_file()]
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {existing} is not writable; pass another --out")
+    return stale
+
+
+def clear_run(stale: list[Path]) -> None:
+    """Delete what `check_run_folder` found of an earlier run (`--overwrite`), the tensor state last, so
+    that a kill midway leaves a folder that still says what it held."""
+    for path in sorted(stale, key=lambda p: p.name == "state.safetensors"):
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -133,8 +156,11 @@ def check_options(options: Any) -> None:
         raise bad("batch-size", options.batch_size, "must be 1 or more")
     if not isinstance(options.epochs, int) or options.epochs < 1:
         raise bad("epochs", options.epochs, "must be 1 or more")
-    if not (isinstance(options.lr, int | float) and math.isfinite(options.lr) and options.lr > 0):
-        raise bad("lr", options.lr, "the learning rate must be a positive number, e.g. 1e-3")
+    if not (isinstance(options.lr, int | float) and math.isfinite(options.lr) and 0 < options.lr <= MAX_LR):
+        raise bad("lr", options.lr, f"the learning rate must be a number in (0, {MAX_LR:g}], e.g. 1e-3")
+    for option, seed in (("seed", options.seed), ("select-seed", getattr(options, "select_seed", 0))):
+        if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+            raise bad(option, seed, f"a seed is a whole number from 0 to {MAX_SEED}")
     if not (math.isfinite(options.weight_decay) and options.weight_decay >= 0):
         raise bad("weight-decay", options.weight_decay, "must be 0 or more")
     if options.workers < 0:
@@ -146,8 +172,14 @@ def check_options(options: Any) -> None:
         raise bad("select-fraction", fraction, "must be in [0, 1)")
     if options.img_size is not None and (len(options.img_size) != 2 or min(options.img_size) < 8):
         raise bad("img-size", "x".join(map(str, options.img_size)), "expected HxW of at least 8x8, e.g. 96x128")
+    from mtlkd.metadata import MAX_SIDE
+
+    if options.img_size is not None and max(options.img_size) > MAX_SIDE:  # before 20 GB are allocated for it
+        raise bad("img-size", "x".join(map(str, options.img_size)), f"at most {MAX_SIDE} pixels a side (the "
+                  f"largest network input a model file may record)")
     if options.device not in ("auto", "cpu", "cuda") and not str(options.device).startswith("cuda:"):
         raise bad("device", options.device, "use auto, cpu or cuda")
+    _check_inputs_outside_run(options)
     method = getattr(options, "method", None)
     if method is not None:  # the method and its options, before any data is read (torch-free)
         from mtlkd.train.method_options import METHOD_OPTIONS
@@ -156,6 +188,23 @@ def check_options(options: Any) -> None:
         if method not in METHOD_OPTIONS:
             raise ConfigError(f"--method {method}: unknown method; known methods: {', '.join(METHOD_OPTIONS)}")
         parse_options(METHOD_OPTIONS[method], options.method_options, f"--method {method}")
+
+
+def _check_inputs_outside_run(options: Any) -> None:
+    """A training writes (and `--overwrite` deletes) its files and every *.safetensors in --out: backbone
+    weights kept there would be replaced, and a dataset --out points into would get a run mixed into it."""
+    from mtlkd.files import lands_on_input, resolved
+
+    out = resolved(options.out)
+    weights = getattr(options, "backbone_weights", None)
+    if weights and resolved(weights).parent == out and (Path(weights).suffix == ".safetensors"
+                                                        or Path(weights).name in RUN_FILES):
+        raise UserError(f"--backbone-weights {weights}: lies in --out {options.out}, whose checkpoints the run "
+                        f"writes (and --overwrite deletes); move it out of the run folder or pass another --out")
+    data_dir = getattr(options, "data_dir", None)
+    if data_dir and lands_on_input(out, folders=[data_dir]):
+        raise UserError(f"--out {options.out}: is inside --data-dir {data_dir}; a run mixed into a dataset "
+                        f"folder is read as part of it; pass another --out")
 
 
 def resumed_options(cls: type, out: Path, given: Any, explicit: set[str], may_differ: set[str]) -> Any:

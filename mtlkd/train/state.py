@@ -1,5 +1,12 @@
 """Resumable training state: every tensor (networks, method extras, optimiser moments) in one
-safetensors file, every scalar (optimiser groups, schedule, epoch, best scores) in JSON. No pickle."""
+safetensors file, every scalar (optimiser groups, schedule, epoch, best scores) in JSON. No pickle.
+
+One epoch commits as a whole with one rename: state.safetensors carries its tensors and, in its header, the
+scalars and the history up to that epoch. state.json and history.jsonl are readable copies written after
+it; a kill before they are written (or while they are) is finished by `load` on resume, which rewrites both
+from the committed file. So a kill at any instant resumes after the last committed epoch, with every epoch
+once in the history. Checkpoints of networks an epoch improved are written before its commit: a kill before
+the commit repeats that epoch, which (seeded per epoch) writes the same bytes again."""
 
 from __future__ import annotations
 
@@ -10,12 +17,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from mtlkd.checkpoint import save_checkpoint, write_json
+from mtlkd.checkpoint import write_json
 from mtlkd.errors import CheckpointError
 from mtlkd.train.methods.base import unwrap
 
 STATE_FILE = "state.safetensors"
 STATE_JSON = "state.json"
+HISTORY_FILE = "history.jsonl"
+STATE_HEADER = "mtlkd.training_state"  # the header entry of STATE_FILE holding the scalars and the history
 
 
 def _prefix(k: int) -> str:
@@ -56,23 +65,71 @@ def restore_optimizers(optimizers: list, tensors: dict[str, torch.Tensor], scala
         optimizer.load_state_dict({"state": slots, "param_groups": own})
 
 
-def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selection: dict) -> None:
+def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selection: dict,
+         record: dict[str, Any]) -> None:
+    """Commit epoch `epochs_done` (its history line `record` included) with one rename, then write the
+    readable copies (state.json, history.jsonl)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, net in method.nets.items():
         tensors.update({f"nets.{name}.{k}": v for k, v in unwrap(net).state_dict().items()})
     tensors.update({f"extra.{k}": v for k, v in method.extra.state_dict().items()})
     optim_tensors, scalars, groups = optimizer_state(optimizers)
     tensors.update(optim_tensors)
+    history = [r for r in committed_history(out) if r["epoch"] < epochs_done] + [record]
     meta = {
         "epochs_done": epochs_done,
         "selection": selection,
         "param_groups": groups,
         "optim_scalars": scalars,
         "scheduler": scheduler.state_dict(),
+        "history": history,
     }
-    # The tensor file first, then the JSON that names it done: a crash between them resumes one epoch earlier.
-    save_checkpoint(out / STATE_FILE, tensors, {"state": "training"})
-    write_json(out / STATE_JSON, meta)
+    commit_state(out / STATE_FILE, tensors, meta)
+    publish(out, meta)
+
+
+def commit_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                 kind: str = "training") -> None:
+    """Write `tensors` with `meta` (JSON scalars) in the header, atomically: the one rename of a commit."""
+    from safetensors.torch import save_file
+
+    from mtlkd.files import atomic_write
+    from mtlkd.metadata import checkpoint_header
+
+    header = checkpoint_header({"state": kind}) | {STATE_HEADER: json.dumps(meta)}
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=header))
+
+
+def committed(out: Path) -> dict[str, Any] | None:
+    """The scalars and history of the last committed epoch (from STATE_FILE's header), or None without a
+    state, or for a state written before commits carried them (its state.json holds them then)."""
+    from safetensors import safe_open
+
+    path = out / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get(STATE_HEADER)
+        return json.loads(raw) if raw is not None else None
+    except Exception as exc:  # noqa: BLE001  safetensors raises its own types for a damaged file
+        raise CheckpointError(f"{path}: corrupt training state ({_first_line(exc)}); train again into a new "
+                              f"--out") from None
+
+
+def committed_history(out: Path) -> list[dict[str, Any]]:
+    meta = committed(out)
+    return list(meta["history"]) if meta else []
+
+
+def publish(out: Path, meta: dict[str, Any]) -> None:
+    """state.json (the scalars) and history.jsonl (one line per committed epoch), each written whole, from
+    a commit: after every commit, and again on resume to finish one a kill interrupted."""
+    from mtlkd.files import atomic_write_bytes
+
+    write_json(out / STATE_JSON, {k: v for k, v in meta.items() if k != "history"})
+    atomic_write_bytes(out / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in meta["history"]).encode())
 
 
 def load(out: Path, method, optimizers: list, scheduler) -> tuple[int, dict]:
@@ -84,12 +141,19 @@ def load(out: Path, method, optimizers: list, scheduler) -> tuple[int, dict]:
     except Exception as exc:  # noqa: BLE001  safetensors raises its own types for a damaged file
         raise CheckpointError(f"{state_file}: corrupt training state ({_first_line(exc)}); train again into a new "
                          f"--out") from None
-    try:
-        meta = json.loads(state_json.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{state_json}: corrupt training state ({exc}); train again into a new --out") from None
-    if not isinstance(meta, dict) or not set(meta) >= STATE_KEYS:
-        raise CheckpointError(f"{state_json}: corrupt training state (not what mtl-train writes); "
+    meta = committed(out)
+    if meta is None:  # a state from before commits carried their scalars: they are in state.json
+        try:
+            meta = json.loads(state_json.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{state_json}: corrupt training state ({exc}); train again into a new "
+                                  f"--out") from None
+        if not isinstance(meta, dict) or not set(meta) >= STATE_KEYS:
+            raise CheckpointError(f"{state_json}: corrupt training state (not what mtl-train writes); "
+                                  "train again into a new --out")
+        meta["history"] = _old_history(out, meta["epochs_done"])
+    elif not isinstance(meta, dict) or not set(meta) >= STATE_KEYS | {"history"}:
+        raise CheckpointError(f"{state_file}: corrupt training state (not what mtl-train writes); "
                               "train again into a new --out")
     saved_steps, steps = meta["scheduler"].get("total_steps"), getattr(scheduler, "total_steps", None)
     if saved_steps is not None and steps is not None and saved_steps != steps:
@@ -101,7 +165,7 @@ def load(out: Path, method, optimizers: list, scheduler) -> tuple[int, dict]:
     except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
         raise CheckpointError(f"{state_file}: the saved state does not fit this run's {method.name} networks "
                          f"({_first_line(exc)}); was it written by another method? see {out / 'run.json'}") from None
-    _truncate_history(out, meta["epochs_done"])
+    publish(out, meta)  # finishes a commit a kill interrupted: state.json and history.jsonl as committed
     return meta["epochs_done"], meta["selection"]
 
 
@@ -122,9 +186,8 @@ def _restore(tensors: dict, meta: dict, method, optimizers: list, scheduler) -> 
     scheduler.load_state_dict(meta["scheduler"])
 
 
-def _truncate_history(out: Path, epochs_done: int) -> None:
-    """Drop history lines of an epoch that ran after the last saved state."""
-    path = out / "history.jsonl"
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["epoch"] <= epochs_done))
+def _old_history(out: Path, epochs_done: int) -> list[dict[str, Any]]:
+    """The history lines of a state written before commits carried them, up to its last saved epoch."""
+    path = out / HISTORY_FILE
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+    return [r for r in map(json.loads, lines) if r["epoch"] <= epochs_done]

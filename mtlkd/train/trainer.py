@@ -6,7 +6,6 @@ per epoch, so a resumed run reaches the same weights as an uninterrupted one).""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from mtlkd.train.methods import create_method
 from mtlkd.train.methods.base import MethodContext, Trained, forward, task_losses, unwrap
 from mtlkd.train.options import options_to_json
 from mtlkd.train.run_options import TrainOptions
-from mtlkd.train.runfolder import check_options, check_run_folder, run_lock
+from mtlkd.train.runfolder import check_options, check_run_folder, clear_run, diverged, run_lock
 from mtlkd.train.selection import EpochSelector, holdout_split
 from mtlkd.ui import console, progress_bar
 
@@ -53,8 +52,9 @@ class DistInfo:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked, but no CUDA GPU is visible; use --device cpu")
+    from mtlkd.models import check_device
+
+    check_device(name)
     return torch.device(name)
 
 
@@ -68,11 +68,11 @@ def train(options: TrainOptions) -> Path:
         return _train(options)
     out = Path(options.out)
     with run_lock(out):
-        check_run_folder(out, options.resume, options.overwrite)
-        return _train(options)
+        stale = check_run_folder(out, options.resume, options.overwrite)
+        return _train(options, stale)
 
 
-def _train(options: TrainOptions) -> Path:
+def _train(options: TrainOptions, stale: list[Path] | None = None) -> Path:
     device = resolve_device(options.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -112,6 +112,7 @@ def _train(options: TrainOptions) -> Path:
     optimizers = [optimizer, *method.extra_optimizers()]
     scaler = torch.amp.GradScaler("cuda", enabled=options.amp and device.type == "cuda")
 
+    clear_run(stale or [])  # --overwrite: the old run goes only now that data, network and options all work
     start_epoch, selection = 0, {}
     if (out / train_state.STATE_FILE).exists() and options.resume:
         start_epoch, selection = train_state.load(out, method, optimizers, scheduler)
@@ -151,9 +152,7 @@ def _train(options: TrainOptions) -> Path:
             else:  # nothing held out: keep the last epoch
                 selector.keep_last(epoch + 1, trained)
             _save_selected(out, method, selector, epoch, options)
-            train_state.save(out, method, optimizers, scheduler, epoch + 1, selector.state)
-            with open(out / "history.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            train_state.save(out, method, optimizers, scheduler, epoch + 1, selector.state, record)  # the commit
             if not options.quiet:
                 _print_epoch(record)
             from mtlkd.train.plots import plot_history
@@ -203,7 +202,7 @@ def _train_epoch(method, loader, optimizers, scheduler, scaler, options, device,
             with autocast:
                 loss, logs = method.training_step(batch, epoch * steps + step, epoch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}")
+                raise diverged(loss.item(), epoch, step, options)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -131,3 +131,34 @@ def test_another_input_size_and_quiet(tmp_path, cache, capsys):
         pretrain(_options(tmp_path / "odd", img_size=(20, 48)))
     with pytest.raises(ConfigError, match="--img-size 4x48"):
         _options(tmp_path / "small", img_size=(4, 48))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="forks the killed run")
+def test_a_kill_between_the_state_and_its_json_resumes_exactly(tmp_path, cache):
+    """The pretraining state commits as a training's does (mtlkd.train.state): SIGKILL after epoch 2's tensors
+    are in place but before state.json is rewritten still resumes after epoch 2, not 1 (issue 20, case 4)."""
+    import os
+    import signal
+
+    import mtlkd.files
+
+    straight = pretrain(_options(tmp_path / "a", epochs=3))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            seen = {"n": 0}
+
+            def hook(op, path):
+                if op == "create" and path.name == "state.json":
+                    seen["n"] += 1
+                    if seen["n"] == 2:
+                        os.kill(os.getpid(), signal.SIGKILL)
+            mtlkd.files.file_operation_hook = hook
+            pretrain(_options(tmp_path / "b", epochs=3))
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    resumed = pretrain(_options(tmp_path / "b", epochs=3, resume=True))
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

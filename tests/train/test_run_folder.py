@@ -132,12 +132,12 @@ def test_out_that_is_a_file_is_one_line(tiny_data, tmp_path):
 
 def test_corrupt_or_foreign_state_is_one_line_naming_the_file(tiny_data, tmp_path):
     run = train(_options(tiny_data, tmp_path / "run", epochs=2, select_fraction=0.0))
-    state = run / "state.json"
-    good = state.read_text()
-    state.write_text(good[: len(good) // 2])
+    state = run / "state.safetensors"  # the commit; state.json is its readable copy, rewritten on resume
+    good = state.read_bytes()
+    state.write_bytes(good[: len(good) // 2])
     result = _cli("train", "--resume", "--out", run)
     assert result.exit_code == 2 and str(state) in _one_line(result)
-    state.write_text(good)
+    state.write_bytes(good)
     saved = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**saved, "method": "stl", "method_options": {}}))  # an stl run.json
     result = _cli("train", "--resume", "--out", run)

@@ -136,6 +136,10 @@ def load(path: str | Path, device: str = "cpu", hint: str | None = None, threads
         model = core.read_model(str(path))
     except RuntimeError as exc:
         raise BackendError(f"{path}: OpenVINO cannot read it ({openvino_cause(exc)})") from None
+    if path.suffix.lower() == ".xml":
+        from mtlkd.metadata import check_openvino_weights
+
+        check_openvino_weights(model, path, error=BackendError)
     return OpenVinoBackend(path, device, core, model, read_metadata(model, path), config, ov_device)
 
 
