@@ -81,9 +81,10 @@ MIN_DECISION_MARGIN = 3.0  # median top-two margin, in logit-error units, below 
 
 def agreement_upper_bound(share: float, pixels: int, z: float = AGREEMENT_Z) -> float:
     """The upper end (%, one-sided) of the Wilson score interval of an agreement `share` (%) over `pixels`:
-    the highest true share the observation is consistent with."""
+    the highest true share the observation is consistent with; the share itself when the count is unknown
+    (results recorded before counts were kept)."""
     if pixels <= 0:
-        return 100.0
+        return share
     p, n = share / 100.0, float(pixels)
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))

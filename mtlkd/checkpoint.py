@@ -8,7 +8,6 @@ file that cannot lose its config.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from mtlkd.errors import CheckpointError
 from mtlkd.metadata import METADATA_KEY, checkpoint_header, read_checkpoint_metadata
 
 __all__ = ["METADATA_KEY", "CheckpointError", "load_checkpoint", "model_metadata", "read_metadata", "save_checkpoint",
-           "sha256_of", "tensor_shapes", "write_json"]
+           "tensor_shapes", "write_json"]
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -59,14 +58,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[dict[str, An
     path = _existing(path)
     metadata = read_metadata(path)
     return load_file(str(path), device=device), metadata
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json(path: str | Path, data: Any) -> Path:

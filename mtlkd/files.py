@@ -10,6 +10,7 @@ a serving container running as another user must read would be unreadable. Impor
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -298,3 +299,12 @@ def check_written(path: str | Path, min_bytes: int = 1) -> None:
     size = Path(path).stat().st_size
     if size < min_bytes:
         raise OSError(errno.ENOSPC, f"wrote {size} bytes, expected at least {min_bytes}", str(path))
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks (model files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

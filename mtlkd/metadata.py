@@ -307,7 +307,7 @@ def mark_openvino_weights(model: Any) -> None:
 def seal_openvino_weights(xml: str | Path) -> str:
     """Write the sha256 of a saved IR's .bin into its .xml (where `mark_openvino_weights` left the place);
     returns the hash. The IR is in a staging folder: written in place."""
-    from mtlkd.checkpoint import sha256_of
+    from mtlkd.files import sha256_of
 
     xml = Path(xml)
     digest = sha256_of(xml.with_suffix(".bin"))
@@ -321,7 +321,7 @@ def seal_openvino_weights(xml: str | Path) -> str:
 def check_openvino_weights(model: Any, xml: str | Path, error: type[UserError] = MetadataError) -> None:
     """Refuse an IR whose .bin is not the one its .xml was saved with (another model's of the same
     architecture predicts garbage); IRs from before the hash existed are taken as they are."""
-    from mtlkd.checkpoint import sha256_of
+    from mtlkd.files import sha256_of
 
     xml = Path(xml)
     if not model.has_rt_info(OPENVINO_WEIGHTS_RT_INFO):

@@ -24,7 +24,7 @@ def module_name(path: Path, root: Path) -> str:
 
 def imported_modules(path: Path, root: Path) -> set[str]:
     """Every mtlkd module `path` imports, at any depth of the file; `from a import b` counts as a.b when
-    a.b is a module, else as a."""
+    a.b is a module, else as a (so a submodule taking a sibling from its package is no import of the package)."""
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -37,8 +37,10 @@ def imported_modules(path: Path, root: Path) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            found.add(target)
-            found.update(f"{target}.{a.name}" for a in node.names if _is_module(f"{target}.{a.name}", root))
+            modules = {f"{target}.{a.name}" for a in node.names if _is_module(f"{target}.{a.name}", root)}
+            found.update(modules)
+            if len(modules) < len(node.names):  # names defined in `target` itself, not only its submodules
+                found.add(target)
     return {m for m in found if m == root.name or m.startswith(root.name + ".")}
 
 
@@ -56,6 +58,41 @@ def part(module: str) -> str:
 def import_graph(root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
     """{module: mtlkd modules it imports} for every .py file under `root`."""
     return {module_name(f, root): imported_modules(f, root) for f in sorted(root.rglob("*.py"))}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or through others (strongly connected
+    components of more than one module, Tarjan's algorithm), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph.get(module, ()):
+            if target not in graph:
+                continue
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(cycles)
 
 
 def main() -> None:

@@ -80,6 +80,26 @@ def test_nothing_imports_the_cli(graph):
     assert not found, "\n".join(found)
 
 
+def test_no_import_circles(graph):
+    """No modules import each other, even lazily, even through others: a circle hidden by an import inside
+    a function works only as long as nobody moves that import."""
+    cycles = _house().import_cycles(graph)
+    assert not cycles, "\n".join(" <-> ".join(group) for group in cycles)
+
+
+def test_a_circle_and_a_package_taking_its_submodule_are_told_apart(tmp_path):
+    package = tmp_path / "mtlkd"
+    (package / "export").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "export" / "__init__.py").write_text("from mtlkd.export.pipeline import run\n")
+    (package / "export" / "pipeline.py").write_text("def run():\n    from mtlkd.export import steps\n")
+    (package / "export" / "steps.py").write_text("from mtlkd.export.pipeline import run\n")
+    house = _house()
+    graph = house.import_graph(package)
+    assert "mtlkd.export" not in graph["mtlkd.export.pipeline"]  # a submodule, not the package's own names
+    assert house.import_cycles(graph) == [["mtlkd.export.pipeline", "mtlkd.export.steps"]]
+
+
 def test_the_rules_catch_a_violation(tmp_path):
     """A runtime module importing the trainer, and metadata importing the cli, are both found."""
     package = tmp_path / "mtlkd"

@@ -51,8 +51,8 @@ def user_exports(models: list[Any], paths: dict[tuple[str, str], Path]) -> dict[
     """{benchmarked fp32 .onnx: the user's own export of the same checkpoint}: the `export/model.onnx`
     that mtl-export writes beside a checkpoint, when its metadata names this checkpoint's hash and tasks
     (so the auto-backend winner measured here is written for the file the user will load too)."""
-    from mtlkd.checkpoint import sha256_of
     from mtlkd.export.onnx import read_onnx_metadata
+    from mtlkd.files import sha256_of
 
     found = {}
     for model in models:

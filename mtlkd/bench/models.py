@@ -87,9 +87,10 @@ def trained_checkpoint(folder: Path, preset: str, size: tuple[int, int], steps: 
 
 def _sources(options: BenchOptions) -> list[tuple[Path, Path]]:
     """(checkpoint, cache folder) of the MTL model, then of each STL model."""
-    from mtlkd.checkpoint import read_metadata, sha256_of
+    from mtlkd.checkpoint import read_metadata
     from mtlkd.data.synthetic import CLASS_NAMES
     from mtlkd.export.onnx import DEFAULT_OPSET
+    from mtlkd.files import sha256_of
     from mtlkd.models import preset_config
 
     if options.model is not None:

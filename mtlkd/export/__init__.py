@@ -23,13 +23,13 @@ from mtlkd.export.onnx import (
     read_onnx_metadata,
 )
 from mtlkd.export.openvino import export_openvino, read_openvino_metadata
+from mtlkd.export.options import parse_batch_profile
 from mtlkd.export.pipeline import DEFAULT_NAMES, FORMATS, Artifact, ExportOptions, ExportResult, export_model
 from mtlkd.export.precision import PRECISIONS, convert_fp16, load_calibration_images, quantize_int8
 from mtlkd.export.tensorrt import (
     BackendUnavailable,
     EngineBuildError,
     build_engine,
-    parse_batch_profile,
     profile_shapes,
 )
 from mtlkd.export.triton import write_triton_repo

@@ -85,7 +85,6 @@ class ExportOptions:
 
 def check_options(options: ExportOptions, meta: dict[str, Any], out: Path) -> list[str]:
     """Refuse options that cannot work, in one line each, before anything is built; returns the task list."""
-    from mtlkd.export.tensorrt import parse_batch_profile
     from mtlkd.tasks import parse_tasks
 
     unknown = [f for f in options.formats if f not in FORMATS]
@@ -142,3 +141,37 @@ def check_options(options: ExportOptions, meta: dict[str, Any], out: Path) -> li
         return parse_tasks(list(options.tasks), available=list(meta["tasks"]))
     except ValueError as err:  # the task registry's own message says which name and why
         raise option_error("tasks", ",".join(options.tasks), str(err)) from None
+
+
+MAX_PROFILE_BATCH = 2**31 - 1  # int32: Triton's model_config max_batch_size, a TensorRT dimension
+
+
+def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
+    """'1,4,8' -> (1, 4, 8): the min, opt and max batch of the optimisation profile (1 = min <= opt <= max).
+    A single number N means 1,N,N.
+
+    The minimum must be 1: the Predictor sends the remainder of a folder (or one image) as a smaller batch,
+    and Triton's dynamic batcher sends whatever has queued, so an engine whose profile starts above 1 would
+    refuse them. The runtime pads the batch for engines built elsewhere with a larger minimum."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise option_error("batch_profile", text, "expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
+    else:
+        values = [int(v) for v in text]
+    if len(values) == 1:
+        values = [1, values[0], values[0]]
+    if len(values) != 3:
+        raise option_error("batch_profile", text, "expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
+    low, opt, high = values
+    if not low <= opt <= high:
+        raise option_error("batch_profile", text, "need MIN <= OPT <= MAX")
+    if high > MAX_PROFILE_BATCH:
+        raise option_error("batch_profile", text, f"MAX must be at most {MAX_PROFILE_BATCH} (Triton's "
+                                                 f"max_batch_size and TensorRT's dimensions are 32-bit integers)")
+    if low != 1:
+        raise option_error("batch_profile", text, f"MIN must be 1 (one image, or the last part of a batch, is sent as "
+                                                 f"a smaller batch by the Predictor and by Triton); use 1,{opt},{high}")
+    return low, opt, high

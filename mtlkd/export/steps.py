@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from mtlkd.export import validate as val
-from mtlkd.export.pipeline import DEFAULT_NAMES, Artifact, ExportOptions, ExportResult, artifact_key
-from mtlkd.export.tensorrt import parse_batch_profile
+from mtlkd.export.options import DEFAULT_NAMES, ExportOptions, artifact_key, parse_batch_profile
+from mtlkd.export.result import Artifact, ExportResult
 
 
 class Build:

@@ -22,41 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mtlkd.errors import BackendUnavailable, EngineBuildError
-from mtlkd.export.options import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, option_error
+from mtlkd.export.options import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, parse_batch_profile
 from mtlkd.metadata import engine_sidecar, engine_sidecar_text, read_onnx_metadata
-
-MAX_BATCH = 2**31 - 1  # int32: Triton's model_config max_batch_size, a TensorRT dimension
-
-
-def parse_batch_profile(text: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
-    """'1,4,8' -> (1, 4, 8): the min, opt and max batch of the optimisation profile (1 = min <= opt <= max).
-    A single number N means 1,N,N.
-
-    The minimum must be 1: the Predictor sends the remainder of a folder (or one image) as a smaller batch,
-    and Triton's dynamic batcher sends whatever has queued, so an engine whose profile starts above 1 would
-    refuse them. The runtime pads the batch for engines built elsewhere with a larger minimum."""
-    if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise option_error("batch_profile", text, "expected MIN,OPT,MAX integers, e.g. 1,4,8") from None
-    else:
-        values = [int(v) for v in text]
-    if len(values) == 1:
-        values = [1, values[0], values[0]]
-    if len(values) != 3:
-        raise option_error("batch_profile", text, "expected three numbers MIN,OPT,MAX, e.g. 1,4,8")
-    low, opt, high = values
-    if not low <= opt <= high:
-        raise option_error("batch_profile", text, "need MIN <= OPT <= MAX")
-    if high > MAX_BATCH:
-        raise option_error("batch_profile", text, f"MAX must be at most {MAX_BATCH} (Triton's max_batch_size and "
-                                                 f"TensorRT's dimensions are 32-bit integers)")
-    if low != 1:
-        raise option_error("batch_profile", text, f"MIN must be 1 (one image, or the last part of a batch, is sent as "
-                                                 f"a smaller batch by the Predictor and by Triton); use 1,{opt},{high}")
-    return low, opt, high
 
 
 def profile_shapes(batch: tuple[int, int, int], input_size: tuple[int, int] | list[int],
@@ -110,7 +77,7 @@ def build_engine(
     neither is left without the other. Raises BackendUnavailable without TensorRT or GPU,
     EngineBuildError when the build fails.
     """
-    from mtlkd.checkpoint import sha256_of
+    from mtlkd.files import sha256_of
 
     trt = require_tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)

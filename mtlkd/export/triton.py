@@ -16,7 +16,7 @@ Every model serves every batch from 1 to max_batch_size:
   accepts HINT_BF16=YES but has no f32 setting, so the CPU plugin computes in bf16 on CPUs with
   avx512_bf16/AMX and in f32 elsewhere; the config and the README say so.
 - ONNX: the graph's batch axis is dynamic.
-- TensorRT: mtl-export builds profiles starting at batch 1 (mtlkd.export.tensorrt.parse_batch_profile).
+- TensorRT: mtl-export builds profiles starting at batch 1 (mtlkd.export.options.parse_batch_profile).
 
 With `backend="python"` (`mtl-export --triton-backend python`) every model is the same but runs in
 Triton's Python backend: `<name>/1/model.py` (mtlkd/runtime/triton_model.py) runs mtlkd's Predictor on the

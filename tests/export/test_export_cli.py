@@ -16,8 +16,9 @@ from mtlkd.cli.export import app
 from mtlkd.errors import BackendUnavailable
 from mtlkd.export import validate as val
 from mtlkd.export.onnx import read_onnx_metadata
+from mtlkd.export.options import parse_batch_profile
 from mtlkd.export.precision import load_calibration_images
-from mtlkd.export.tensorrt import parse_batch_profile, profile_shapes, require_tensorrt
+from mtlkd.export.tensorrt import profile_shapes, require_tensorrt
 from mtlkd.models import create_model, preset_config
 
 runner = CliRunner()

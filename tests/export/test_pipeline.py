@@ -11,9 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mtlkd.checkpoint import model_metadata, save_checkpoint, sha256_of
+from mtlkd.checkpoint import model_metadata, save_checkpoint
 from mtlkd.errors import ConfigError, ExportError
 from mtlkd.export.pipeline import DEFAULT_NAMES, ExportOptions, export_model, flag_message
+from mtlkd.files import sha256_of
 from mtlkd.metadata import SCHEMA_VERSION, read_metadata
 from mtlkd.models import create_model, preset_config
 
