@@ -71,6 +71,14 @@ class ValidationError(ExportError):
     """An exported graph disagrees with its reference beyond the documented tolerance."""
 
 
+class InferError(UserError):
+    """A Triton server answered a request with an error: its HTTP status and the server's message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message = status, message
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what Slurm, Kubernetes and `kill` send), raised where Ctrl-C would be, so that both stop a
     command the same way: a training says how to resume, an export removes its staging folder."""

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from mtlkd.accuracy import compare_outputs, verdict
-from mtlkd.errors import ConfigError
-from mtlkd.serve.client import HttpClient, InferError, send_half_and_close
+from mtlkd.errors import ConfigError, InferError
+from mtlkd.serve.client import HttpClient, send_half_and_close
 from mtlkd.serve.options import ServeOptions
 from mtlkd.serve.server import KIND_OF_SUFFIX, TritonServer, prepare_repository
 

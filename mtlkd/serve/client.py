@@ -16,15 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mtlkd.errors import InferError
+
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT32": np.int32, "UINT8": np.uint8}
-
-
-class InferError(Exception):
-    """The server answered a request with an error: its HTTP status and Triton's message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.message = status, message
 
 
 class HttpClient:

@@ -79,9 +79,10 @@ README_CLIENT = re.compile(r"```python\n(.*?)```", re.S)
 def test_python_backend_repository_answers_http_and_grpc_like_the_predictor(exported, serve_environment, tmp_path):
     import tritonclient.grpc as grpcclient
 
+    from mtlkd.errors import InferError
     from mtlkd.runtime import Predictor
     from mtlkd.serve import TritonServer
-    from mtlkd.serve.client import HttpClient, InferError, send_half_and_close
+    from mtlkd.serve.client import HttpClient, send_half_and_close
 
     files = {"mtlkd_onnx": (exported["onnx"], "onnxruntime"), "mtlkd_openvino": (exported["openvino"], "openvino")}
     rng = np.random.default_rng(0)
