@@ -100,6 +100,7 @@ def test_a_kill_at_every_commit_operation_resumes_exactly(tiny_data, tmp_path, m
         _resume(options)
         got = _result(out)
         where = f"killed before {operations[index]}"
+        assert [p.name for p in out.iterdir() if ".tmp" in p.name] == [], where  # the killed writer's are gone
         assert [r["epoch"] for r in got["history"]] == [1, 2], where
         assert got["history"] == expected["history"], where
         assert got["state"] == expected["state"], where

@@ -102,3 +102,19 @@ def test_synthetic_refuses_an_image_size_no_model_takes(tmp_path):
     result = _cli("data", "synthetic", "--out", tmp_path / "big", "--img-size", "100000x100000")
     assert result.exit_code == 2 and "--img-size" in _one_line(result)
     assert not (tmp_path / "big").exists()
+
+
+def test_a_killed_writers_temporaries_are_removed_and_others_kept(tmp_path):
+    import subprocess
+
+    from mtlkd.files import clean_stale_temporaries
+
+    child = subprocess.Popen(["true"])  # a finished child: its pid belongs to no process
+    child.wait()
+    stale = tmp_path / f".model.safetensors.{child.pid}.0.tmp"
+    live = tmp_path / f".curves.png.{__import__('os').getpid()}.0.tmp.png"
+    mine = tmp_path / ".notes.tmp"
+    for path in (stale, live, mine):
+        path.write_bytes(b"x")
+    assert clean_stale_temporaries(tmp_path) == [stale]
+    assert live.exists() and mine.exists()
