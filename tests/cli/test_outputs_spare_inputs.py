@@ -161,3 +161,18 @@ def test_export_on_cuda_without_a_gpu_is_one_line(tmp_path):
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.exit_code == 2 and lines == [lines[0]] and "--device cuda" in lines[0], result.output
     assert not (tmp_path / "e").exists()
+
+
+def test_an_unusable_triton_folder_is_one_line_before_the_export(tmp_path):
+    torch = pytest.importorskip("torch")
+    from mtlkd.checkpoint import model_metadata, save_checkpoint
+    from mtlkd.models import preset_config
+
+    config = preset_config("vit-nano", ["seg", "depth"], class_names=["a", "b"])
+    save_checkpoint(tmp_path / "ckpt.safetensors", {"w": torch.zeros(1)}, model_metadata(config))  # header only
+    (tmp_path / "repo").write_text("a file, not a folder")
+    result = runner.invoke(importlib.import_module("mtlkd.cli.export").app,
+                           [str(tmp_path / "ckpt.safetensors"), "--triton", str(tmp_path / "repo"),
+                            "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "--triton" in result.output, result.output
+    assert not (tmp_path / "e").exists()
