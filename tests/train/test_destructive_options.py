@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from mtlkd.cli.main import app
 from mtlkd.data.synthetic import write_synthetic
+from mtlkd.errors import StorageError
 from mtlkd.train.trainer import TrainOptions, train
 
 runner = CliRunner()
@@ -73,7 +74,7 @@ def test_a_failed_render_leaves_no_folder(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(synthetic, "render_scene", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="disk is full"):
         create_synthetic(tmp_path / "set", 2, 1, size=(16, 16), progress=False)
     assert list(tmp_path.iterdir()) == []
 
