@@ -61,7 +61,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
             _step("write", path)
             write(str(tmp))
         except Exception as exc:  # a full or read-only disk, however the writer words it: one line naming `path`
-            message = storage_message(path, exc)
+            message = written_where(path, exc)
             if message is None:
                 raise
             from mtlkd.errors import StorageError
@@ -104,7 +104,15 @@ def build_folder(target: str | Path, build: Callable[[Path], object]) -> Path:
         raise FileExistsError(errno.EEXIST, "holds files already", str(target))
     stage = folder_beside(target)
     try:
-        build(stage)
+        try:
+            build(stage)
+        except Exception as exc:  # a full or read-only disk midway: one line naming the folder
+            message = written_where(target, exc)
+            if message is None:
+                raise
+            from mtlkd.errors import StorageError
+
+            raise StorageError(f"{message}; nothing was written") from None
         os.replace(stage, target)  # onto an empty folder too; a folder filled meanwhile: ENOTEMPTY, nothing lost
     finally:
         if stage.exists():
@@ -164,6 +172,20 @@ def clean_stale_folders(out: Path, label: str = "building") -> list[Path]:
         if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
+    return removed
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files (`temporary_beside`) a killed writer left in `folder`: a checkpoint's can be
+    as large as the checkpoint. Those of live processes (a write under way) stay. Returns those removed."""
+    removed = []
+    for path in folder.glob(".*.tmp*") if folder.is_dir() else []:
+        parts = path.name.split(".")
+        pid = next((parts[i - 2] for i, part in enumerate(parts)
+                    if part == "tmp" and i >= 3 and parts[i - 1].isdigit()), "")
+        if path.is_file() and pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 
@@ -262,10 +284,12 @@ def storage_errno(exc: BaseException) -> int | None:
 
 
 def written_where(path: str | Path, exc: BaseException) -> str | None:
-    """`storage_message` for a writer into the folder `path` that may word a full disk only as a failed
-    stream (C++ libraries): that counts as a full disk when the disk holding `path` has no room left."""
+    """`storage_message` for a writer into `path` that may word a full disk only as a failed stream (C++
+    libraries) or a short write without errno (numpy): that counts as a full disk when the disk holding `path`
+    has no room left."""
     message = storage_message(path, exc)
-    if message is None and any(words in str(exc) for words in STREAM_FAILURES) and disk_full(path):
+    vague = any(words in str(exc) for words in STREAM_FAILURES) or (isinstance(exc, OSError) and exc.errno is None)
+    if message is None and vague and disk_full(path):  # numpy: "3072 requested and 3040 written"
         message = f"{path}: cannot write it: {STORAGE_ERRNOS[errno.ENOSPC]} ({os.strerror(errno.ENOSPC)})"
     return message
 

@@ -75,9 +75,10 @@ def check_json_target(target: str | Path | None, option: str = "--json", inputs:
 
 
 def check_not_input(target: str | Path | None, option: str, inputs: Iterable[str | Path] = (),
-                    input_folders: Iterable[str | Path] = ()) -> None:
+                    input_folders: Iterable[str | Path] = (), what: str = "inputs") -> None:
     """The one check that no output of a command (`--json`, `--out`, `--triton`, a picture) replaces what the
-    command reads: one ConfigError line naming the input, before anything runs."""
+    command reads (or, `what="outputs"`, another of its results): one ConfigError line naming it, before
+    anything runs."""
     from mtlkd.files import lands_on_input
 
     if target is None or str(target) == JSON_STDOUT:
@@ -86,8 +87,9 @@ def check_not_input(target: str | Path | None, option: str, inputs: Iterable[str
     hit = lands_on_input(target, inputs, input_folders)
     if hit is not None:
         where = "is inside" if any(Path(f) == hit for f in input_folders) else "is"
-        raise ConfigError(f"{option} {target}: {where} one of this command's inputs ({hit}); writing it would "
-                          f"replace what the command reads; pass another path")
+        reads = "what the command reads" if what == "inputs" else "another of its results"
+        raise ConfigError(f"{option} {target}: {where} one of this command's {what} ({hit}); writing it would "
+                          f"replace {reads}; pass another path")
 
 
 def model_files(model: str | Path) -> list[Path]:

@@ -114,6 +114,7 @@ def command(
         check_json_target(json_out, inputs=[model], input_folders=folders)
         for option, target in (("--out", out_dir), ("--triton", triton)):
             check_not_input(target, option, [model], folders)
+        check_not_input(json_out, "--json", export_outputs(out_dir), what="outputs")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # exporter/converter chatter; real problems raise
@@ -130,6 +131,17 @@ def command(
     emit_json(result.to_dict(), json_out)
     if result.problems:
         fail("; ".join(result.problems), code=EXIT_FAILED)
+
+
+def export_outputs(out_dir: Path) -> list[Path]:
+    """The model files an export may write (every format and precision, with an IR's .bin and an engine's
+    sidecar): what `--json` must not land on (export.json may: it holds the same result)."""
+    from mtlkd.export.options import DEFAULT_NAMES
+
+    files = [out_dir / name for name in DEFAULT_NAMES.values()]
+    files += [path.with_suffix(".bin") for path in files if path.suffix == ".xml"]
+    files += [Path(f"{path}.json") for path in files if path.suffix in (".engine", ".plan")]
+    return files
 
 
 def _table(result, title: str | None = None) -> None:

@@ -108,10 +108,11 @@ def _storage_refusal(out: Path, exc: Exception) -> None:
 def prepare_folder(out: Path) -> Path:
     """Before an export into `out`: finish a swap a kill interrupted, remove the staging folders of killed
     exports, and return a new staging folder beside `out`."""
-    from mtlkd.files import clean_stale_folders, finish_swap, folder_beside
+    from mtlkd.files import clean_stale_folders, clean_stale_temporaries, finish_swap, folder_beside
 
     if out.is_dir():
         finish_swap(out)
+        clean_stale_temporaries(out)
     clean_stale_folders(out)
     return folder_beside(out)
 

@@ -64,6 +64,9 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> list[Path]:
     earlier run's files (only those a training writes), for `clear_run` once everything else is checked."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the run")
+    from mtlkd.files import clean_stale_temporaries
+
+    clean_stale_temporaries(out)  # what a killed training left half-written (under the lock: none is ours)
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it; pass one")
     stale: list[Path] = []

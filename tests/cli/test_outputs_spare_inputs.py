@@ -27,6 +27,8 @@ def _files(tmp_path):
     for run in ("R", "B"):
         (tmp_path / run).mkdir()
         (tmp_path / run / "metrics.json").write_text(json.dumps({"depth": {"abs_err": 0.5}}))
+    (tmp_path / "E").mkdir()
+    (tmp_path / "E" / "model.onnx").write_bytes(b"an earlier export")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "meta.json").write_text("{}")
 
@@ -43,6 +45,7 @@ CASES = [  # module, words (paths relative to tmp_path), the input that must sur
     ("mtlkd.cli.report", ["R", "--baseline", "R", "--json=R/metrics.json"], "R/metrics.json"),
     ("mtlkd.cli.report", ["R", "--baseline", "B", "--json=./B/../B/metrics.json"], "B/metrics.json"),
     ("mtlkd.cli.bench", ["ckpt.safetensors", "--json=ckpt.safetensors"], "ckpt.safetensors"),
+    ("mtlkd.cli.export", ["ckpt.safetensors", "--out", "E", "--json=E/model.onnx"], "E/model.onnx"),  # its own
 ]
 
 
@@ -53,7 +56,7 @@ def test_an_output_onto_an_input_is_refused_and_the_input_kept(tmp_path, monkeyp
     before = (tmp_path / survivor).read_bytes()
     result = runner.invoke(importlib.import_module(module).app, words)
     assert result.exit_code == 2, result.output
-    assert "one of this command's inputs" in result.output and "Traceback" not in result.output
+    assert "one of this command's" in result.output and "Traceback" not in result.output
     assert (tmp_path / survivor).read_bytes() == before
 
 
@@ -142,3 +145,34 @@ def test_a_missing_onnx_external_data_file_is_named(tmp_path):
     result = runner.invoke(importlib.import_module("mtlkd.cli.infer").app,
                            [str(tmp_path / "m.onnx"), str(tmp_path / "img.png"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "m.weights" in result.output
+
+
+def test_export_on_cuda_without_a_gpu_is_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from mtlkd.checkpoint import model_metadata, save_checkpoint
+    from mtlkd.models import preset_config
+
+    config = preset_config("vit-nano", ["seg", "depth"], class_names=["a", "b"])
+    save_checkpoint(tmp_path / "ckpt.safetensors", {"w": torch.zeros(1)}, model_metadata(config))  # header only
+    result = runner.invoke(importlib.import_module("mtlkd.cli.export").app,
+                           [str(tmp_path / "ckpt.safetensors"), "--device", "cuda", "--out", str(tmp_path / "e")])
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and lines == [lines[0]] and "--device cuda" in lines[0], result.output
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_unusable_triton_folder_is_one_line_before_the_export(tmp_path):
+    torch = pytest.importorskip("torch")
+    from mtlkd.checkpoint import model_metadata, save_checkpoint
+    from mtlkd.models import preset_config
+
+    config = preset_config("vit-nano", ["seg", "depth"], class_names=["a", "b"])
+    save_checkpoint(tmp_path / "ckpt.safetensors", {"w": torch.zeros(1)}, model_metadata(config))  # header only
+    (tmp_path / "repo").write_text("a file, not a folder")
+    result = runner.invoke(importlib.import_module("mtlkd.cli.export").app,
+                           [str(tmp_path / "ckpt.safetensors"), "--triton", str(tmp_path / "repo"),
+                            "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "--triton" in result.output, result.output
+    assert not (tmp_path / "e").exists()

@@ -2,10 +2,11 @@
 uninterrupted run ends with, every epoch once in its history (issue 20, case 4).
 
 The kill comes from `mtlkd.files.file_operation_hook`, called before each step of every atomic write (create
-the temporary file, write it, rename it) and after it; the killed training runs in a forked child, so torch
-is imported once. The kill points are every operation from the first epoch's checkpoints to the last
-epoch's plots: a kill before the first commit, between a checkpoint and the state, between the state and
-its readable copies (state.json, history.jsonl), and during the plots."""
+the temporary file, write it, rename it) and after it; the killed trainings are forked from one spawned
+helper (train_helpers.killed_at_each), so torch is imported twice, not once per kill. The kill points are
+every operation from the first epoch's checkpoints to the last epoch's plots: a kill before the first
+commit, between a checkpoint and the state, between the state and its readable copies (state.json,
+history.jsonl), and during the plots."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import killed_at_each
 
 import mtlkd.files
 from mtlkd.data.synthetic import write_synthetic
@@ -44,24 +46,6 @@ def _operations(options: TrainOptions, monkeypatch) -> list[tuple[str, str]]:
     train(options)
     monkeypatch.setattr(mtlkd.files, "file_operation_hook", None)
     return seen
-
-
-def _killed_at(options: TrainOptions, index: int) -> None:
-    """Train in a child that SIGKILLs itself just before file operation `index`."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            count = iter(range(1 << 30))
-            def hook(op, path):
-                if next(count) == index:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            mtlkd.files.file_operation_hook = hook
-            torch.set_num_threads(1)
-            train(options)
-        finally:
-            os._exit(3)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
 
 
 def _resume(options: TrainOptions) -> None:
@@ -93,13 +77,16 @@ def test_a_kill_at_every_commit_operation_resumes_exactly(tiny_data, tmp_path, m
     last = max(i for i, (_, name) in enumerate(operations) if name.endswith(".png"))
     names = {name for _, name in operations[first:last + 1]}
     assert {"model.safetensors", "state.safetensors", "state.json", "history.jsonl", "curves.png"} <= names
-    for index in [0, *range(first, last + 1)]:  # 0: before run.json exists
-        out = tmp_path / f"kill{index}"
-        options = dataclasses.replace(reference, out=str(out))
-        _killed_at(options, index)
+    indices = [0, *range(first, last + 1)]  # 0: before run.json exists
+    runs = [dataclasses.replace(reference, out=str(tmp_path / f"kill{index}")) for index in indices]
+    statuses = killed_at_each(train, list(zip(runs, indices, strict=True)))
+    for index, options, status in zip(indices, runs, statuses, strict=True):
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (index, status)
+        out = Path(options.out)
         _resume(options)
         got = _result(out)
         where = f"killed before {operations[index]}"
+        assert [p.name for p in out.iterdir() if ".tmp" in p.name] == [], where  # the killed writer's are gone
         assert [r["epoch"] for r in got["history"]] == [1, 2], where
         assert got["history"] == expected["history"], where
         assert got["state"] == expected["state"], where

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from mtlkd.cli.main import app
 from mtlkd.data.synthetic import write_synthetic
+from mtlkd.errors import StorageError
 from mtlkd.train.trainer import TrainOptions, train
 
 runner = CliRunner()
@@ -73,7 +74,7 @@ def test_a_failed_render_leaves_no_folder(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(synthetic, "render_scene", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="disk is full"):
         create_synthetic(tmp_path / "set", 2, 1, size=(16, 16), progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -102,3 +103,19 @@ def test_synthetic_refuses_an_image_size_no_model_takes(tmp_path):
     result = _cli("data", "synthetic", "--out", tmp_path / "big", "--img-size", "100000x100000")
     assert result.exit_code == 2 and "--img-size" in _one_line(result)
     assert not (tmp_path / "big").exists()
+
+
+def test_a_killed_writers_temporaries_are_removed_and_others_kept(tmp_path):
+    import subprocess
+
+    from mtlkd.files import clean_stale_temporaries
+
+    child = subprocess.Popen(["true"])  # a finished child: its pid belongs to no process
+    child.wait()
+    stale = tmp_path / f".model.safetensors.{child.pid}.0.tmp"
+    live = tmp_path / f".curves.png.{__import__('os').getpid()}.0.tmp.png"
+    mine = tmp_path / ".notes.tmp"
+    for path in (stale, live, mine):
+        path.write_bytes(b"x")
+    assert clean_stale_temporaries(tmp_path) == [stale]
+    assert live.exists() and mine.exists()

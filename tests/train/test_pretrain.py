@@ -134,30 +134,22 @@ def test_another_input_size_and_quiet(tmp_path, cache, capsys):
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="forks the killed run")
-def test_a_kill_between_the_state_and_its_json_resumes_exactly(tmp_path, cache):
+def test_a_kill_between_the_state_and_its_json_resumes_exactly(tmp_path, cache, monkeypatch):
     """The pretraining state commits as a training's does (mtlkd.train.state): SIGKILL after epoch 2's tensors
     are in place but before state.json is rewritten still resumes after epoch 2, not 1 (issue 20, case 4)."""
     import os
-    import signal
+    from pathlib import Path
+
+    from train_helpers import killed_at_each
 
     import mtlkd.files
 
+    seen: list[tuple[str, str]] = []
+    monkeypatch.setattr(mtlkd.files, "file_operation_hook", lambda op, path: seen.append((op, Path(path).name)))
     straight = pretrain(_options(tmp_path / "a", epochs=3))
-    pid = os.fork()
-    if pid == 0:
-        try:
-            seen = {"n": 0}
-
-            def hook(op, path):
-                if op == "create" and path.name == "state.json":
-                    seen["n"] += 1
-                    if seen["n"] == 2:
-                        os.kill(os.getpid(), signal.SIGKILL)
-            mtlkd.files.file_operation_hook = hook
-            pretrain(_options(tmp_path / "b", epochs=3))
-        finally:
-            os._exit(3)
-    _, status = os.waitpid(pid, 0)
+    monkeypatch.setattr(mtlkd.files, "file_operation_hook", None)
+    index = [i for i, step in enumerate(seen) if step == ("create", "state.json")][1]  # epoch 2's copy
+    [status] = killed_at_each(pretrain, [(_options(tmp_path / "b", epochs=3), index)])
     assert os.WIFSIGNALED(status)
     resumed = pretrain(_options(tmp_path / "b", epochs=3, resume=True))
     a, b = load_file(str(straight)), load_file(str(resumed))

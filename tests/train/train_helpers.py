@@ -45,3 +45,43 @@ def run_steps(method, batch, steps: int, epoch: int = 0, lr: float = 2e-3) -> li
         method.after_optimizer_step()
         logs.append({"loss": loss.item(), **log})
     return logs
+
+
+def killed_at_each(run, cases: list) -> list[int]:
+    """For each (argument, index) of `cases`: `run(argument)` in a process SIGKILLed just before its file
+    operation number `index` (mtlkd.files.file_operation_hook); returns the wait statuses. The processes are
+    forked from one freshly spawned helper that never ran autograd: a process whose autograd threads ran
+    (the test session's, after other tests trained) cannot run backward in a forked child."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_fork_each, (run, cases))
+
+
+def _fork_each(run, cases: list) -> list[int]:
+    import importlib
+    import os
+    import signal
+
+    import mtlkd.files
+
+    torch.set_num_threads(1)
+    for module in (run.__module__, "mtlkd.train.plots", "mtlkd.train.methods", "mtlkd.models.nets",
+                   "mtlkd.eval.evaluate", "matplotlib.pyplot", "safetensors.torch"):  # imported once, not per child
+        importlib.import_module(module)
+    statuses = []
+    for argument, index in cases:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the helper's loop
+            try:
+                count = iter(range(1 << 30))
+
+                def hook(op, path, index=index, count=count):
+                    if next(count) == index:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                mtlkd.files.file_operation_hook = hook
+                run(argument)
+            finally:
+                os._exit(3)
+        statuses.append(os.waitpid(pid, 0)[1])
+    return statuses
