@@ -27,7 +27,6 @@ class ForeignBackend(Backend):
         if spec.classes:
             meta.update(num_classes=len(spec.classes), class_names=list(spec.classes))
         super().__init__(path, device, meta)
-        self.name = "onnxruntime" if path.suffix.lower() == ".onnx" else "openvino"
         self.run_graph = run_graph
         self.mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -62,13 +61,22 @@ def _task_outputs(spec: Any, names: list[str], where: str) -> dict[str, str]:
                       f"{', '.join(spec.tasks)}; give output=NAME (one per task, in order, separated by /)")
 
 
+FOREIGN_BACKENDS = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",)}
+
+
 def load_foreign(path: str | Path, spec: Any, device: str = "cpu", threads: int | None = None) -> ForeignBackend:
-    """Open a foreign .onnx (ONNX Runtime) or .xml (OpenVINO) with the settings in `spec` (a TeacherSpec)."""
+    """Open a foreign .onnx (ONNX Runtime, or OpenVINO with backend=openvino) or .xml (OpenVINO) with the
+    settings in `spec` (a TeacherSpec)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    names = FOREIGN_BACKENDS.get(suffix, ())
+    backend = names[0] if names and spec.backend == "auto" else spec.backend
+    if names and backend not in names:
+        raise BackendError(f"{path}: the {backend} backend cannot run a foreign {suffix} file; use "
+                           f"{' or '.join(names)}")
+    if backend == "onnxruntime":
         return _onnx(path, spec, device, threads)
-    if suffix == ".xml":
+    if backend == "openvino":
         return _openvino(path, spec, device, threads)
     raise BackendError(f"{path}: a model without mtlkd metadata must be an .onnx file or an OpenVINO .xml "
                        f"(a TensorRT engine needs the sidecar mtl-export writes)")
@@ -93,7 +101,9 @@ def _onnx(path: Path, spec: Any, device: str, threads: int | None) -> ForeignBac
     def run_graph(batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         return session.run(outputs, {first.name: batch})
 
-    return ForeignBackend(path, device, spec, run_graph, list(first.shape), [o.name for o in session.get_outputs()])
+    backend = ForeignBackend(path, device, spec, run_graph, list(first.shape), [o.name for o in session.get_outputs()])
+    backend.name = "onnxruntime"
+    return backend
 
 
 def _openvino(path: Path, spec: Any, device: str, threads: int | None) -> ForeignBackend:
@@ -118,4 +128,6 @@ def _openvino(path: Path, spec: Any, device: str, threads: int | None) -> Foreig
         results = request.infer({0: batch})
         return [results[compiled.output(name)] for name in outputs]
 
-    return ForeignBackend(path, device, spec, run_graph, shape, names)
+    backend = ForeignBackend(path, device, spec, run_graph, shape, names)
+    backend.name = "openvino"
+    return backend

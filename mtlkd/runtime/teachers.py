@@ -313,9 +313,10 @@ class Teacher:
                                       f"{sums.min():.3g}..{sums.max():.3g}); use seg=logits")
 
 
-def load_teacher(spec: TeacherSpec, device: str | None = None) -> Teacher:
+def load_teacher(spec: TeacherSpec, device: str | None = None, threads: int | None = None) -> Teacher:
     """Open a teacher through mtlkd's runtime: an mtlkd file with its own backend and metadata, a foreign
-    ONNX file or OpenVINO IR with `spec`'s settings (refused in one line naming the missing ones)."""
+    ONNX file or OpenVINO IR with `spec`'s settings (refused in one line naming the missing ones).
+    `threads`: the backend's CPU threads (default: its own, the physical cores)."""
     path = Path(spec.path)
     if not path.is_file():
         raise ConfigError(f"teacher {spec.label}: no such model file")
@@ -324,17 +325,18 @@ def load_teacher(spec: TeacherSpec, device: str | None = None) -> Teacher:
     except MetadataError as exc:
         raise BackendError(str(exc)) from None
     if meta is not None:
-        return _own_teacher(spec, path, meta, device)
+        return _own_teacher(spec, path, meta, device, threads)
     missing = missing_settings(spec)
     if missing:
         raise ConfigError(f"teacher {spec.label}: a model without mtlkd metadata needs "
                           f"{', '.join(s + '=' for s in missing)} (see mtl-distill --help)")
     from mtlkd.runtime.foreign import load_foreign
 
-    return Teacher(spec, load_foreign(path, spec, device or "cpu"), foreign=True)
+    return Teacher(spec, load_foreign(path, spec, device or "cpu", threads), foreign=True)
 
 
-def _own_teacher(spec: TeacherSpec, path: Path, meta: dict[str, Any], device: str | None) -> Teacher:
+def _own_teacher(spec: TeacherSpec, path: Path, meta: dict[str, Any], device: str | None,
+                 threads: int | None) -> Teacher:
     from mtlkd.runtime.predictor import Predictor
 
     missing = [t for t in spec.tasks if t not in meta["tasks"]]
@@ -345,7 +347,7 @@ def _own_teacher(spec: TeacherSpec, path: Path, meta: dict[str, Any], device: st
     if given:
         raise ConfigError(f"teacher {spec.label}: an mtlkd file describes itself; drop "
                           f"{', '.join(n + '=' for n in given)}")
-    predictor = Predictor.load(path, backend=spec.backend, device=device)
+    predictor = Predictor.load(path, backend=spec.backend, device=device, **({"threads": threads} if threads else {}))
     names = meta.get("class_names") or [f"class {i}" for i in range(meta.get("num_classes") or 0)]
     own_depth = TEACHER_DEPTH.get(meta.get("depth_meaning", "metric"), "metric")
     filled = replace(spec, size=tuple(meta["input_size"]), seg="logits" if "seg" in spec.tasks else None,
