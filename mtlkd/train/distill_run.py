@@ -150,7 +150,7 @@ class FrameTargets:
         item = {"image": torch.from_numpy(np.asarray(self.images[index], dtype=np.float32) / 255.0),
                 TEACHER_BATCH: torch.ones(())}
         for task, values in self.targets.items():
-            item[task] = torch.from_numpy(np.asarray(values[index], dtype=np.float32))
+            item[task] = torch.from_numpy(np.array(values[index], dtype=np.float32))
         return item
 
 

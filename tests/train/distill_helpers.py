@@ -27,7 +27,8 @@ def foreign_onnx(path: Path, channels: int, size: tuple[int, int] = (32, 32), ac
     if activation:
         nodes.append(helper.make_node(activation, [last], ["act"]))
         last = "act"
-    nodes += [helper.make_node("Mul", [last, "scale"], ["scaled"]), helper.make_node("Add", ["scaled", "shift"], [output])]
+    nodes += [helper.make_node("Mul", [last, "scale"], ["scaled"]),
+              helper.make_node("Add", ["scaled", "shift"], [output])]
     graph = helper.make_graph(
         nodes, "foreign",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, *size])],

@@ -1,0 +1,197 @@
+"""README "Replace three models with one": three single-task teachers in three guises, one student distilled
+on unlabeled frames, measured against them.
+
+1. Teachers: `mtl-train synthetic --method stl` (vit-micro, pretrained backbone) trains one network per task.
+2. Their guises (what a user gets from elsewhere):
+   - seg: exported to ONNX, then stripped of mtlkd's metadata, input and output renamed (`pixel_values`,
+     `logits`): a foreign model, described to mtl-distill by its settings and a class-name file;
+   - normal: exported as an OpenVINO IR (it describes itself);
+   - depth: exported to ONNX, its metric output replaced by inverse depth under an affine map the student is
+     not told (a / depth + b), metadata stripped: declared as `depth=inverse`, like most monocular models.
+3. Frames: the synthetic training images as 8-bit PNGs (only `train/image/` is read; no label file).
+4. `mtl-distill` on those frames (vit-micro student, pretrained backbone), true metrics on the labelled val
+   split for the student and each teacher (`--val-data synthetic`).
+5. `mtl-bench STUDENT --stl ...` on one backend (OpenVINO opens all three files and the student's ONNX),
+   one thread: the student's pass against the teachers' sum, and agreement.
+
+    PYTHONPATH=. .venv/bin/python scripts/replace_three.py --out runs/replace
+
+Every step is skipped when its output exists (the teachers' run, the exports, the student's run), so the
+script can be stopped and started again. Prints the README table and writes OUT/replace_three.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+INVERSE_SCALE, INVERSE_SHIFT = 2.5, 0.1  # the depth teacher's hidden affine map of 1 / depth
+GOAL_METRIC_SHARE = 0.10  # the student within 10% of each teacher's own metric
+GOAL_LATENCY_RATIO = 0.45  # at most this share of the teachers' summed latency
+HEADLINE = {"seg": ("miou", True), "depth": ("abs_err", False), "normal": ("mean", False)}
+
+
+def run(argv: list[str], log: Path) -> None:
+    """One mtlkd command, one thread, its output in `log`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, "-m", *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        sys.exit(f"{' '.join(argv)} failed (exit {done.returncode}); see {log}")
+    print(f"{argv[0]}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def strip_metadata(model) -> None:
+    for i in reversed(range(len(model.metadata_props))):
+        del model.metadata_props[i]
+
+
+def rename(model, old: str, new: str) -> None:
+    """Rename a graph input or output everywhere it is used."""
+    for node in model.graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name == old:
+            value.name = new
+
+
+def foreign_seg(onnx_path: Path, target: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    strip_metadata(model)
+    rename(model, model.graph.input[0].name, "pixel_values")
+    rename(model, "seg", "logits")
+    onnx.save(model, str(target))
+
+
+def inverse_depth(onnx_path: Path, target: Path) -> None:
+    """depth (metres) -> INVERSE_SCALE / depth + INVERSE_SHIFT, named `predicted_inverse_depth`."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    strip_metadata(model)
+    rename(model, "depth", "metric_depth")
+    model.graph.output[0].name = "predicted_inverse_depth"
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(INVERSE_SCALE, np.float32), "inv_scale"),
+                                    numpy_helper.from_array(np.array(INVERSE_SHIFT, np.float32), "inv_shift")])
+    model.graph.node.extend([
+        helper.make_node("Reciprocal", ["metric_depth"], ["inv"]),
+        helper.make_node("Mul", ["inv", "inv_scale"], ["inv_scaled"]),
+        helper.make_node("Add", ["inv_scaled", "inv_shift"], ["predicted_inverse_depth"]),
+    ])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+
+
+def write_frames(data: Path, out: Path) -> int:
+    """The training split's images as PNGs; nothing but train/image/ is opened."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted((data / "train" / "image").glob("*.npy"), key=lambda p: int(p.stem))
+    for path in files:
+        target = out / f"{int(path.stem):05d}.png"
+        if not target.is_file():
+            image = np.clip(np.load(path) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(target)
+    return len(files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/replace"))
+    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--student-epochs", type=int, default=8)
+    parser.add_argument("--preset", default="vit-micro")
+    args = parser.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    from mtlkd.data import SYNTHETIC_DEFAULTS, ensure_synthetic
+
+    data = ensure_synthetic(**SYNTHETIC_DEFAULTS)
+    teachers = out / "teachers"
+    if not (teachers / "metrics.json").is_file():
+        run(["mtlkd.cli.train", "synthetic", "--method", "stl", "--preset", args.preset, "--pretrained",
+             "--epochs", str(args.teacher_epochs), "--out", str(teachers)]
+            + (["--resume"] if (teachers / "state.json").is_file() else []), out / "teachers.log")
+    exports = out / "exports"
+    for task, flag in (("seg", "--onnx"), ("depth", "--onnx"), ("normal", "--openvino")):
+        if not (exports / task / "export.json").is_file():
+            run(["mtlkd.cli.export", str(teachers / f"stl_{task}.safetensors"), flag, "--out", str(exports / task)],
+                out / f"export_{task}.log")
+    guises = out / "guises"
+    guises.mkdir(exist_ok=True)
+    foreign_seg(exports / "seg" / "model.onnx", guises / "seg_foreign.onnx")
+    inverse_depth(exports / "depth" / "model.onnx", guises / "depth_inverse.onnx")
+    meta = json.loads((data / "meta.json").read_text())
+    (guises / "classes.txt").write_text("\n".join(meta["classes"]) + "\n")
+    h, w = meta["size"]
+    normal_ir = next((exports / "normal").rglob("*.xml"))
+    teacher_args = [
+        f"seg={guises / 'seg_foreign.onnx'},size={h}x{w},mean=0/0/0,std=1/1/1,seg=logits,"
+        f"classes={guises / 'classes.txt'}",
+        f"normal={normal_ir}",
+        f"depth={guises / 'depth_inverse.onnx'},size={h}x{w},mean=0/0/0,std=1/1/1,depth=inverse",
+    ]
+    frames = out / "frames"
+    count = write_frames(data, frames)
+    student = out / "student"
+    if not (student / "replace.json").is_file():
+        resume = ["--resume"] if (student / "state.json").is_file() else []
+        run(["mtlkd.cli.distill", str(frames), *[a for t in teacher_args for a in ("--teacher", t)],
+             "--preset", args.preset, "--pretrained", "--epochs", str(args.student_epochs), "--val-data", "synthetic",
+             "--cache", str(out / "cache"), "--out", str(student), *resume], out / "distill.log")
+    if not (exports / "student" / "export.json").is_file():
+        run(["mtlkd.cli.export", str(student / "model.safetensors"), "--onnx", "--out", str(exports / "student")],
+            out / "export_student.log")
+    bench = out / "bench.json"
+    if not bench.is_file():
+        run(["mtlkd.cli.bench", str(exports / "student" / "model.onnx"),
+             *[a for t in teacher_args for a in ("--stl", t)], "--backends", "openvino", "--threads", "1",
+             "--data-dir", str(data), "--accuracy-images", "64", "--json", str(bench)], out / "bench.log")
+    report(out, count, json.loads((student / "replace.json").read_text()), json.loads(bench.read_text()))
+
+
+def report(out: Path, frames: int, replace: dict, bench: dict) -> None:
+    """The README table: true metrics (val split), agreement, latency; and whether each goal is met."""
+    teachers = {entry["tasks"][0]: entry for entry in replace["teachers"].values()}
+    agreement = {entry["tasks"][0]: values
+                 for entry, values in zip(bench["teachers"], bench["agreement"].values(), strict=True)}
+    rows = []
+    lines = ["| task | metric | teacher | student | student vs teacher | within 10% | agreement (val images) |",
+             "|---|---|---|---|---|---|---|"]
+    for task, (metric, higher) in HEADLINE.items():
+        teacher = teachers[task]["metrics"][task][metric]
+        student = replace["student"][task][metric]
+        worse = (teacher - student) / teacher if higher else (student - teacher) / teacher
+        rows.append({"task": task, "metric": metric, "teacher": teacher, "student": student, "worse_share": worse,
+                     "within_goal": worse <= GOAL_METRIC_SHARE})
+        text = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in agreement[task][task].items())
+        lines.append(f"| {task} | {metric} | {teacher:.3f} | {student:.3f} | {100 * worse:+.1f}% worse | "
+                     f"{'yes' if worse <= GOAL_METRIC_SHARE else 'no'} | {text} |")
+    ratio = bench["ratio"]
+    print("\n".join(lines))
+    print("\n| model | backend | p50 ms (batch 1, 1 thread) |\n|---|---|---|")
+    for entry in [bench["student"], *bench["teachers"]]:
+        print(f"| {entry['label'].split(',')[0]} | {entry['chosen']['backend']} | {entry['chosen']['p50_ms']:.2f} |")
+    print(f"\nstudent {bench['student_p50_ms']:.2f} ms / teachers' sum {bench['teachers_sum_p50_ms']:.2f} ms = "
+          f"{ratio:.3f} (goal <= {GOAL_LATENCY_RATIO}: {'met' if ratio <= GOAL_LATENCY_RATIO else 'not met'}); "
+          f"metric goals met: {sum(r['within_goal'] for r in rows)} of {len(rows)}; frames: {frames}")
+    summary = {"rows": rows, "latency_ratio": ratio, "latency_goal_met": ratio <= GOAL_LATENCY_RATIO,
+               "frames": frames, "agreement": agreement, "bench": bench, "replace": replace}
+    (out / "replace_three.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
