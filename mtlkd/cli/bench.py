@@ -23,7 +23,7 @@ def command(
                                              "trained briefly on synthetic scenes)."),
     stl: list[Path] = typer.Option([], "--stl", metavar="CKPT", show_default=False,
                                    help="A single-task model.safetensors, once per task (default: random-weight "
-                                        "ones of MODEL's architecture); or TASKS=MODEL[,settings] (as mtl-distill's "
+                                        "ones of MODEL's architecture); or TASKS=MODEL\\[,settings] (as mtl-distill's "
                                         "--teacher, any format): then MODEL, a distilled student, is timed against "
                                         "those models' sum, each on its fastest accurate backend, with agreement."),
     preset: str = typer.Option("vit-tiny", "--preset", metavar="NAME", help="The model when no MODEL is given."),

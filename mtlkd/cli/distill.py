@@ -17,11 +17,11 @@ from mtlkd.train.run_options import TrainOptions
 from mtlkd.ui import user_errors
 
 TEACHER_HELP = (
-    "TASKS=MODEL[,KEY=VALUE...], once per model: e.g. depth=depth.onnx, seg=seg.xml, normal=run/model.safetensors, "
-    "seg,depth=mtl.onnx. A model without mtlkd metadata needs size=HxW, mean=R/G/B, std=R/G/B (for RGB in [0, 1]) "
-    "and per task seg=logits|probs with classes=FILE (one name a line), depth=metric|relative|inverse (inverse: "
-    "inverse depth up to scale and shift), normal=AXES (its x,y,z in mtlkd's frame, e.g. x,-y,-z); output=NAME[/NAME] "
-    "picks its outputs, backend=NAME its runtime backend.")
+    "TASKS=MODEL\\[,KEY=VALUE...], once per model: e.g. depth=depth.onnx, seg=seg.xml, "
+    "normal=run/model.safetensors, seg,depth=mtl.onnx. A model without mtlkd metadata needs size=HxW, mean=R/G/B, "
+    "std=R/G/B (for RGB in [0, 1]) and per task seg=logits|probs with classes=FILE (one name a line), "
+    "depth=metric|relative|inverse (inverse: inverse depth up to scale and shift), normal=AXES (its x,y,z in "
+    "mtlkd's frame, e.g. x,-y,-z); output=NAME\\[/NAME] picks its outputs, backend=NAME its runtime backend.")
 
 
 def command(
