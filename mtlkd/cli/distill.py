@@ -85,7 +85,7 @@ def command(
         if pretrained:
             from mtlkd.models.pretrained import pretrained_backbone
 
-            backbone = pretrained_backbone(preset)
+            backbone = str(pretrained_backbone(preset))
         if task_weighting == "otw":
             raise UserError("--task-weighting otw needs single-task losses the student does not have; use equal, "
                             "dwa, uw, gradnorm or rlw")

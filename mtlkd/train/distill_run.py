@@ -52,8 +52,10 @@ class DistillRunOptions:
             raise ConfigError(f"--cache-limit {self.cache_limit_gb}: must be > 0 (GB)")
         if self.frame_step < 1:
             raise ConfigError(f"--frame-step {self.frame_step}: must be 1 or more")
-        if self.train.method != "distill":
-            self.train = dataclasses.replace(self.train, method="distill")
+        if self.train.method != "distill" or isinstance(self.train.backbone_weights, Path):
+            weights = self.train.backbone_weights
+            self.train = dataclasses.replace(self.train, method="distill",
+                                             backbone_weights=str(weights) if weights else None)  # run.json is JSON
         if self.train.tasks is not None:
             raise ConfigError("the student's tasks are the teachers' tasks; drop --tasks")
 
