@@ -204,3 +204,15 @@ def test_the_benchmark_finds_a_teacher_agrees_with_itself(world):
     agreement = result["agreement"][f"normal={normal}"]["normal"]
     assert agreement["mean_angle_to_teacher"] < 0.05  # identical outputs: float32 rounding of unit vectors
     assert result["ratio"] > 0 and result["student"]["chosen"]["kept_accuracy"]
+
+
+def test_normals_in_another_axis_convention_come_out_in_mtlkds_frame():
+    from mtlkd.runtime.teachers import make_spec, to_mtlkd_normals
+
+    ours = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    ours /= np.linalg.norm(ours, axis=1, keepdims=True)
+    theirs = np.stack([ours[:, 2], -ours[:, 0], -ours[:, 1]], axis=1)  # their x = our z, y = -our x, z = -our y
+    np.testing.assert_allclose(to_mtlkd_normals(theirs, "z,-x,-y"), ours, atol=1e-6)
+    assert make_spec(("normal",), "n.onnx", {"normal": "z-x-y"}).normal == "z,-x,-y"  # commas optional
+    with pytest.raises(ConfigError, match="name each of x, y, z once"):
+        make_spec(("normal",), "n.onnx", {"normal": "x,x,z"})
