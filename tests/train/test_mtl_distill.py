@@ -216,3 +216,35 @@ def test_normals_in_another_axis_convention_come_out_in_mtlkds_frame():
     assert make_spec(("normal",), "n.onnx", {"normal": "z-x-y"}).normal == "z,-x,-y"  # commas optional
     with pytest.raises(ConfigError, match="name each of x, y, z once"):
         make_spec(("normal",), "n.onnx", {"normal": "x,x,z"})
+
+
+def test_an_interrupted_teacher_pass_continues_where_it_stopped(world, tmp_path, monkeypatch):
+    import mtlkd.train.teacher_cache as cache_module
+    from mtlkd.runtime import teachers as teachers_module
+    from mtlkd.runtime.teachers import load_teachers, parse_teacher
+    from mtlkd.train.teacher_cache import TeacherCache, fill_cache, list_frames
+
+    frames = list_frames([world["frames"]])
+    spec = world["teachers"][1]
+    monkeypatch.setattr(cache_module, "CHUNK", 4)  # the same batches in both passes: the same numbers, bit for bit
+    whole = fill_cache(TeacherCache(tmp_path / "whole", 10**9), frames, load_teachers([parse_teacher(spec)]),
+                       (32, 32), quiet=True)
+    seen: list[int] = []
+    original = teachers_module.Teacher.run
+
+    def run(self, batch):
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # the third chunk never finishes
+        seen.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(teachers_module.Teacher, "run", run)
+    cache = TeacherCache(tmp_path / "parts", 10**9)
+    with pytest.raises(KeyboardInterrupt):
+        fill_cache(cache, frames, load_teachers([parse_teacher(spec)]), (32, 32), quiet=True)
+    monkeypatch.setattr(teachers_module.Teacher, "run", lambda self, batch: seen.append(len(batch)) or
+                        original(self, batch))
+    resumed = fill_cache(cache, frames, load_teachers([parse_teacher(spec)]), (32, 32), quiet=True)
+    assert seen == [4, 4, 4, 4]  # 8 frames before the interruption, only the other 8 after it
+    np.testing.assert_array_equal(np.array(resumed.targets["depth"]), np.array(whole.targets["depth"]))
+    np.testing.assert_array_equal(np.array(resumed.images), np.array(whole.images))
