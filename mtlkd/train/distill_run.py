@@ -56,6 +56,9 @@ class DistillRunOptions:
             weights = self.train.backbone_weights
             self.train = dataclasses.replace(self.train, method="distill",
                                              backbone_weights=str(weights) if weights else None)  # run.json is JSON
+        if self.train.select_fraction == 0 and not self.val_data:
+            raise ConfigError("--select-fraction 0 without --val-data leaves nothing to score the student on; hold "
+                              "frames out (the default 0.1) or give a labelled --val-data")
         if self.train.tasks is not None:
             raise ConfigError("the student's tasks are the teachers' tasks; drop --tasks")
 
