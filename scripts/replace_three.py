@@ -161,6 +161,49 @@ def main() -> None:
              *[a for t in teacher_args for a in ("--stl", t)], "--backends", "openvino", "--threads", "1",
              "--data-dir", str(data), "--accuracy-images", "64", "--json", str(bench)], out / "bench.log")
     report(out, count, json.loads((student / "replace.json").read_text()), json.loads(bench.read_text()))
+    print(f"picture: {picture(out, data, teacher_args, exports / 'student' / 'model.onnx')}")
+
+
+def picture(out: Path, data: Path, teacher_args: list[str], student: Path, count: int = 3) -> Path:
+    """Rows of val images: the image, then per task the teacher's map beside the student's (depth of both
+    aligned to the ground truth, as scored), saved as OUT/replace_three.png."""
+    from PIL import Image
+
+    from mtlkd.eval.align import aligned_depth
+    from mtlkd.runtime.processing import resize_raw
+    from mtlkd.runtime.teachers import STUDENT_DEPTH, load_teacher, make_spec, parse_teacher, read_own_metadata
+    from mtlkd.tasks import colourise_depth, colourise_normal, colourise_seg
+
+    teachers = [load_teacher(parse_teacher(t), threads=1) for t in teacher_args]
+    meta = read_own_metadata(student)
+    pupil = load_teacher(make_spec(tuple(meta["tasks"]), student, {}), threads=1)
+    rows = []
+    for i in range(count):
+        image = np.load(data / "val" / "image" / f"{i}.npy")
+        size = image.shape[:2]
+        depth = np.load(data / "val" / "depth" / f"{i}.npy").reshape(1, 1, *size)  # the scoring's ground truth
+        cells = [np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)]
+        mine = resize_raw(pupil.targets([image]), size)
+        for teacher in teachers:
+            theirs = resize_raw(teacher.targets([image]), size)
+            for task in teacher.spec.tasks:
+                pair = []
+                for source, meaning in ((theirs, STUDENT_DEPTH.get(teacher.meaning("depth"))),
+                                        (mine, meta.get("depth_meaning", "metric"))):
+                    value = source[task]
+                    if task == "seg":
+                        pair.append(colourise_seg(value[0].argmax(axis=0), num_classes=value.shape[1]))
+                    elif task == "depth":
+                        metres = aligned_depth(value, depth, meaning)[0, 0]
+                        pair.append(colourise_depth(metres, vmin=0.5, vmax=float(depth.max())))
+                    else:
+                        pair.append(colourise_normal(np.moveaxis(value[0], 0, -1)))
+                cells += pair
+        rows.append(np.concatenate(cells, axis=1))
+    path = out / "replace_three.png"
+    Image.fromarray(np.concatenate(rows, axis=0)).resize((rows[0].shape[1] * 2, len(rows) * size[0] * 2),
+                                                         Image.NEAREST).save(path)
+    return path
 
 
 def report(out: Path, frames: int, replace: dict, bench: dict) -> None:
