@@ -159,7 +159,8 @@ def main() -> None:
     if not bench.is_file():
         run(["mtlkd.cli.bench", str(exports / "student" / "model.onnx"),
              *[a for t in teacher_args for a in ("--stl", t)], "--backends", "openvino", "--threads", "1",
-             "--data-dir", str(data), "--accuracy-images", "64", "--json", str(bench)], out / "bench.log")
+             "--rounds", "5", "--data-dir", str(data), "--accuracy-images", "64", "--json", str(bench)],
+            out / "bench.log")
     report(out, count, json.loads((student / "replace.json").read_text()), json.loads(bench.read_text()))
     print(f"picture: {picture(out, data, teacher_args, exports / 'student' / 'model.onnx')}")
 
@@ -227,7 +228,8 @@ def report(out: Path, frames: int, replace: dict, bench: dict) -> None:
     print("\n".join(lines))
     print("\n| model | backend | p50 ms (batch 1, 1 thread) |\n|---|---|---|")
     for entry in [bench["student"], *bench["teachers"]]:
-        print(f"| {entry['label'].split(',')[0]} | {entry['chosen']['backend']} | {entry['chosen']['p50_ms']:.2f} |")
+        name = "student" if entry is bench["student"] else entry["label"].split(",")[0]
+        print(f"| {name} | {entry['chosen']['backend']} | {entry['chosen']['p50_ms']:.2f} |")
     print(f"\nstudent {bench['student_p50_ms']:.2f} ms / teachers' sum {bench['teachers_sum_p50_ms']:.2f} ms = "
           f"{ratio:.3f} (goal <= {GOAL_LATENCY_RATIO}: {'met' if ratio <= GOAL_LATENCY_RATIO else 'not met'}); "
           f"metric goals met: {sum(r['within_goal'] for r in rows)} of {len(rows)}; frames: {frames}")

@@ -3,8 +3,9 @@
 Every model (the student and each teacher, any format the runtime reads, foreign ones with their settings)
 is opened on each backend that can run it here (or those of `backends`), timed at batch 1 on its network
 call (mtlkd.bench.stats: warm-up, then repeats until the median's 95% interval is within +-2% or the budget
-is spent), and checked against its first backend's outputs with mtlkd.accuracy's fp32 policy; each model
-then counts on its fastest backend that kept the accuracy. The answer: the student's one pass against the
+is spent; `rounds` rounds in alternating order, samples pooled), and checked against the outputs of the
+runtime's first choice for the file with mtlkd.accuracy's fp32 policy; each model then counts on its
+fastest backend that kept the accuracy. The answer: the student's one pass against the
 teachers' summed latency, and the student's agreement with each teacher on the same images.
 """
 
@@ -33,13 +34,14 @@ class ReplaceBenchOptions:
     repeats: int = 10
     budget: float = 3.0
     rel_ci: float = 0.02
+    rounds: int = 3
     quiet: bool = False
 
     def __post_init__(self) -> None:
         if not self.teachers:
             raise ConfigError("--stl TASKS=MODEL: name at least one teacher")
-        if self.images < 1 or self.repeats < 1:
-            raise ConfigError("--accuracy-images and --repeats must be at least 1")
+        if self.images < 1 or self.repeats < 1 or self.rounds < 1:
+            raise ConfigError("--accuracy-images, --repeats and --rounds must be at least 1")
 
 
 @dataclass
@@ -69,7 +71,6 @@ def candidate_backends(path: Path, foreign: bool, wanted: list[str] | None, devi
 def run_replace_benchmark(options: ReplaceBenchOptions) -> dict[str, Any]:
     """Latency of the student against the teachers' sum, each on its fastest accurate backend, and agreement."""
     from mtlkd.accuracy import compare_outputs, verdict
-    from mtlkd.bench.stats import measure
     from mtlkd.eval.agreement import Agreement
     from mtlkd.runtime.processing import preprocess, resize_raw
 
@@ -79,28 +80,31 @@ def run_replace_benchmark(options: ReplaceBenchOptions) -> dict[str, Any]:
     student_spec = make_spec(tuple(meta["tasks"]), options.student, {}, "student")
     frames = _images(options)
     results: dict[str, ModelRows] = {}
-    loaded: dict[str, Teacher] = {}
+    jobs: list[tuple[str, dict[str, Any], Teacher, np.ndarray]] = []
     for spec in [student_spec, *options.teachers]:
         foreign = read_own_metadata(Path(spec.path)) is None
-        entry = ModelRows(spec.label, list(spec.tasks))
-        reference = None
+        entry = results[spec.label] = ModelRows(spec.label, list(spec.tasks))
+        # the reference is the runtime's first choice for the file, also when --backends leaves it out
+        first = candidate_backends(Path(spec.path), foreign, None, options.device)[0]
+        judge = _load(spec, first, options)
+        reference = judge.run(preprocess(frames, judge.input_size)[0])
         for name in candidate_backends(Path(spec.path), foreign, options.backends, options.device):
-            model = load_teacher(dataclasses.replace(spec, backend=name), options.device, options.threads)
-            batch, _ = preprocess(frames, model.input_size)
-            raw = model.run(batch)
-            reference = reference if reference is not None else raw
-            kept = verdict(compare_outputs(reference, raw), "fp32", trained=True)
-            one, _ = preprocess(frames[:1], model.input_size)
-            timing = measure(lambda m=model, x=one: m.run(x), options.repeats, options.budget, options.rel_ci)
-            entry.rows.append({"backend": name, "p50_ms": round(timing.p50, 3), "p90_ms": round(timing.p90, 3),
-                               "runs": len(timing.samples_ms), "converged": timing.converged,
-                               "kept_accuracy": kept.kept, "failures": kept.failures})
-            if kept.kept and (entry.chosen is None or timing.p50 < entry.chosen["p50_ms"]):
-                entry.chosen = entry.rows[-1]
-                loaded[spec.label] = model
+            model = _load(spec, name, options)
+            kept = verdict(compare_outputs(reference, model.run(preprocess(frames, model.input_size)[0])), "fp32",
+                           trained=True)
+            row = {"backend": name, "kept_accuracy": kept.kept, "failures": kept.failures, "samples_ms": []}
+            entry.rows.append(row)
+            jobs.append((spec.label, row, model, preprocess(frames[:1], model.input_size)[0]))
+    _time(jobs, options)
+    loaded: dict[str, Teacher] = {}
+    for label, row, model, _ in jobs:
+        entry = results[label]
+        if row["kept_accuracy"] and (entry.chosen is None or row["p50_ms"] < entry.chosen["p50_ms"]):
+            entry.chosen, loaded[label] = row, model
+    for entry in results.values():
         if entry.chosen is None:
-            raise BackendError(f"{spec.label}: no backend kept its accuracy ({entry.rows})")
-        results[spec.label] = entry
+            raise BackendError(f"{entry.label}: no backend kept its accuracy "
+                               f"({'; '.join(f for r in entry.rows for f in r['failures'])})")
     student = loaded[student_spec.label]
     size = tuple(frames[0].shape[:2])
     student_targets = resize_raw(student.targets(frames), size)
@@ -122,8 +126,27 @@ def run_replace_benchmark(options: ReplaceBenchOptions) -> dict[str, Any]:
         "student_p50_ms": student_ms, "teachers_sum_p50_ms": round(teachers_ms, 3),
         "ratio": round(student_ms / teachers_ms, 4) if teachers_ms else None,
         "agreement": agreement, "agreement_images": len(frames), "threads": options.threads,
-        "device": options.device, "batch": 1,
+        "device": options.device, "batch": 1, "rounds": options.rounds,
     }
+
+
+def _load(spec: TeacherSpec, backend: str, options: ReplaceBenchOptions) -> Teacher:
+    return load_teacher(dataclasses.replace(spec, backend=backend), options.device, options.threads)
+
+
+def _time(jobs: list[tuple[str, dict[str, Any], Teacher, np.ndarray]], options: ReplaceBenchOptions) -> None:
+    """Every (model, backend) timed in `rounds` rounds, the order reversed every other round so that a slow
+    spell of a shared machine falls on all of them; each row's samples pooled (p50, p90 of all)."""
+    from mtlkd.bench.stats import measure
+
+    for r in range(options.rounds):
+        for _, row, model, one in jobs if r % 2 == 0 else reversed(jobs):
+            timing = measure(lambda m=model, x=one: m.run(x), options.repeats, options.budget, options.rel_ci)
+            row["samples_ms"].extend(timing.samples_ms)
+    for _, row, _, _ in jobs:
+        samples = row.pop("samples_ms")
+        row.update(p50_ms=round(float(np.median(samples)), 3), p90_ms=round(float(np.percentile(samples, 90)), 3),
+                   runs=len(samples))
 
 
 def _images(options: ReplaceBenchOptions) -> list[np.ndarray]:

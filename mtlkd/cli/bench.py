@@ -100,7 +100,7 @@ def command(
         with user_errors():
             check_json_target(json_out)
             result = _replace(model, stl, backends, threads, device, data_dir, accuracy_images, repeats, budget,
-                              quiet)
+                              rounds, quiet)
         _render_replace(result, json_out)
         emit_json(result, json_out)
         if out is not None:
@@ -166,7 +166,8 @@ def _run(options: Any, quiet: bool) -> dict[str, Any]:
 
 
 def _replace(model: Path | None, stl: list[Path], backends: str | None, threads: int | None, device: str,
-             data_dir: Path | None, images: int, repeats: int, budget: float, quiet: bool) -> dict[str, Any]:
+             data_dir: Path | None, images: int, repeats: int, budget: float, rounds: int,
+             quiet: bool) -> dict[str, Any]:
     from mtlkd.bench.replace import ReplaceBenchOptions, run_replace_benchmark
     from mtlkd.runtime.teachers import parse_teacher
 
@@ -178,7 +179,7 @@ def _replace(model: Path | None, stl: list[Path], backends: str | None, threads:
     return run_replace_benchmark(ReplaceBenchOptions(
         student=model, teachers=[parse_teacher(str(p)) for p in stl], backends=parse_list(backends, "--backends"),
         threads=threads, device=device, data_dir=data_dir, images=images, repeats=repeats, budget=budget,
-        quiet=quiet))
+        rounds=rounds, quiet=quiet))
 
 
 def _render_replace(result: dict[str, Any], json_out: str | None) -> None:

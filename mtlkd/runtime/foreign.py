@@ -118,7 +118,9 @@ def _openvino(path: Path, spec: Any, device: str, threads: int | None) -> Foreig
         model = core.read_model(str(path))
     except RuntimeError as exc:
         raise BackendError(f"{path}: OpenVINO cannot read it ({str(exc).splitlines()[0][:200]})") from None
-    config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})}
+    # f32 as mtlkd's OpenVINO backend: the CPU plugin otherwise computes in bf16 where the CPU has it
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+              **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})}
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     names = [port.get_any_name() for port in compiled.outputs]
