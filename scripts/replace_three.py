@@ -9,8 +9,9 @@ on unlabeled frames, measured against them.
    - depth: exported to ONNX, its metric output replaced by inverse depth under an affine map the student is
      not told (a / depth + b), metadata stripped: declared as `depth=inverse`, like most monocular models.
 3. Frames: the synthetic training images as 8-bit PNGs (only `train/image/` is read; no label file).
-4. `mtl-distill` on those frames (vit-micro student, pretrained backbone), true metrics on the labelled val
-   split for the student and each teacher (`--val-data synthetic`).
+4. `mtl-distill` on those frames, once per student preset (vit-micro: the teachers' own architecture with
+   three heads; vit-micro-lite: the same backbone with one-layer heads), pretrained backbone, true metrics
+   on the labelled val split for the student and each teacher (`--val-data synthetic`).
 5. `mtl-bench STUDENT --stl ...` on one backend (OpenVINO opens all three files and the student's ONNX),
    one thread: the student's pass against the teachers' sum, and agreement.
 
@@ -113,7 +114,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/replace"))
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--student-epochs", type=int, default=8)
-    parser.add_argument("--preset", default="vit-micro")
+    parser.add_argument("--teacher-preset", default="vit-micro")
+    parser.add_argument("--students", default="vit-micro,vit-micro-lite", help="Student presets, comma-separated.")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +124,7 @@ def main() -> None:
     data = ensure_synthetic(**SYNTHETIC_DEFAULTS)
     teachers = out / "teachers"
     if not (teachers / "metrics.json").is_file():
-        run(["mtlkd.cli.train", "synthetic", "--method", "stl", "--preset", args.preset, "--pretrained",
+        run(["mtlkd.cli.train", "synthetic", "--method", "stl", "--preset", args.teacher_preset, "--pretrained",
              "--epochs", str(args.teacher_epochs), "--out", str(teachers)]
             + (["--resume"] if (teachers / "state.json").is_file() else []), out / "teachers.log")
     exports = out / "exports"
@@ -146,28 +148,30 @@ def main() -> None:
     ]
     frames = out / "frames"
     count = write_frames(data, frames)
-    student = out / "student"
-    if not (student / "replace.json").is_file():
-        resume = ["--resume"] if (student / "state.json").is_file() else []
-        run(["mtlkd.cli.distill", str(frames), *[a for t in teacher_args for a in ("--teacher", t)],
-             "--preset", args.preset, "--pretrained", "--epochs", str(args.student_epochs), "--val-data", "synthetic",
-             "--cache", str(out / "cache"), "--out", str(student), *resume], out / "distill.log")
-    if not (exports / "student" / "export.json").is_file():
-        run(["mtlkd.cli.export", str(student / "model.safetensors"), "--onnx", "--out", str(exports / "student")],
-            out / "export_student.log")
-    bench = out / "bench.json"
-    if not bench.is_file():
-        run(["mtlkd.cli.bench", str(exports / "student" / "model.onnx"),
-             *[a for t in teacher_args for a in ("--stl", t)], "--backends", "openvino", "--threads", "1",
-             "--rounds", "5", "--data-dir", str(data), "--accuracy-images", "64", "--json", str(bench)],
-            out / "bench.log")
-    report(out, count, json.loads((student / "replace.json").read_text()), json.loads(bench.read_text()))
-    print(f"picture: {picture(out, data, teacher_args, exports / 'student' / 'model.onnx')}")
+    results = {}
+    for preset in args.students.split(","):
+        student, exported = out / f"student-{preset}", exports / f"student-{preset}"
+        if not (student / "replace.json").is_file():
+            resume = ["--resume"] if (student / "state.json").is_file() else []
+            run(["mtlkd.cli.distill", str(frames), *[a for t in teacher_args for a in ("--teacher", t)],
+                 "--preset", preset, "--pretrained", "--epochs", str(args.student_epochs), "--val-data", "synthetic",
+                 "--cache", str(out / "cache"), "--out", str(student), *resume], out / f"distill-{preset}.log")
+        if not (exported / "export.json").is_file():
+            run(["mtlkd.cli.export", str(student / "model.safetensors"), "--onnx", "--out", str(exported)],
+                out / f"export-{preset}.log")
+        bench = out / f"bench-{preset}.json"
+        if not bench.is_file():
+            run(["mtlkd.cli.bench", str(exported / "model.onnx"), *[a for t in teacher_args for a in ("--stl", t)],
+                 "--backends", "openvino", "--threads", "1", "--rounds", "5", "--data-dir", str(data),
+                 "--accuracy-images", "64", "--json", str(bench)], out / f"bench-{preset}.log")
+        results[preset] = (json.loads((student / "replace.json").read_text()), json.loads(bench.read_text()))
+        print(f"picture: {picture(out / f'replace_three-{preset}.png', data, teacher_args, exported / 'model.onnx')}")
+    report(out, count, results)
 
 
-def picture(out: Path, data: Path, teacher_args: list[str], student: Path, count: int = 3) -> Path:
+def picture(path: Path, data: Path, teacher_args: list[str], student: Path, count: int = 3) -> Path:
     """Rows of val images: the image, then per task the teacher's map beside the student's (depth of both
-    aligned to the ground truth, as scored), saved as OUT/replace_three.png."""
+    aligned to the ground truth, as scored), saved as `path`."""
     from PIL import Image
 
     from mtlkd.eval.align import aligned_depth
@@ -201,41 +205,52 @@ def picture(out: Path, data: Path, teacher_args: list[str], student: Path, count
                         pair.append(colourise_normal(np.moveaxis(value[0], 0, -1)))
                 cells += pair
         rows.append(np.concatenate(cells, axis=1))
-    path = out / "replace_three.png"
     Image.fromarray(np.concatenate(rows, axis=0)).resize((rows[0].shape[1] * 2, len(rows) * size[0] * 2),
                                                          Image.NEAREST).save(path)
     return path
 
 
-def report(out: Path, frames: int, replace: dict, bench: dict) -> None:
-    """The README table: true metrics (val split), agreement, latency; and whether each goal is met."""
-    teachers = {entry["tasks"][0]: entry for entry in replace["teachers"].values()}
-    agreement = {entry["tasks"][0]: values
-                 for entry, values in zip(bench["teachers"], bench["agreement"].values(), strict=True)}
-    rows = []
-    lines = ["| task | metric | teacher | student | student vs teacher | within 10% | agreement (val images) |",
-             "|---|---|---|---|---|---|---|"]
+def report(out: Path, frames: int, results: dict[str, tuple[dict, dict]]) -> None:
+    """The README tables: true metrics (val split) of the teachers and each student, agreement, latency; and
+    whether each goal is met."""
+    first = next(iter(results.values()))[0]
+    teachers = {entry["tasks"][0]: entry for entry in first["teachers"].values()}
+    presets = list(results)
+    head = " | ".join(f"student {p} | vs teacher | agreement" for p in presets)
+    lines = [f"| task | metric | teacher | {head} |", "|---|---|---|" + "---|---|---|" * len(presets)]
+    summary: dict[str, dict] = {}
     for task, (metric, higher) in HEADLINE.items():
         teacher = teachers[task]["metrics"][task][metric]
-        student = replace["student"][task][metric]
-        worse = (teacher - student) / teacher if higher else (student - teacher) / teacher
-        rows.append({"task": task, "metric": metric, "teacher": teacher, "student": student, "worse_share": worse,
-                     "within_goal": worse <= GOAL_METRIC_SHARE})
-        text = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in agreement[task][task].items())
-        lines.append(f"| {task} | {metric} | {teacher:.3f} | {student:.3f} | {100 * worse:+.1f}% worse | "
-                     f"{'yes' if worse <= GOAL_METRIC_SHARE else 'no'} | {text} |")
-    ratio = bench["ratio"]
+        cells = []
+        for preset, (replace, bench) in results.items():
+            student = replace["student"][task][metric]
+            worse = (teacher - student) / teacher if higher else (student - teacher) / teacher
+            agree = next(v for e, v in zip(bench["teachers"], bench["agreement"].values(), strict=True)
+                         if e["tasks"] == [task])[task]
+            entry = summary.setdefault(preset, {"rows": [], "agreement": {}})
+            entry["rows"].append({"task": task, "metric": metric, "teacher": teacher, "student": student,
+                                  "worse_share": worse, "within_goal": worse <= GOAL_METRIC_SHARE})
+            entry["agreement"][task] = agree
+            text = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in agree.items())
+            cells.append(f"{student:.3f} | {100 * worse:+.1f}% {'(within 10%)' if worse <= GOAL_METRIC_SHARE else ''}"
+                         f" | {text}")
+        lines.append(f"| {task} | {metric} | {teacher:.3f} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     print("\n| model | backend | p50 ms (batch 1, 1 thread) |\n|---|---|---|")
-    for entry in [bench["student"], *bench["teachers"]]:
-        name = "student" if entry is bench["student"] else entry["label"].split(",")[0]
-        print(f"| {name} | {entry['chosen']['backend']} | {entry['chosen']['p50_ms']:.2f} |")
-    print(f"\nstudent {bench['student_p50_ms']:.2f} ms / teachers' sum {bench['teachers_sum_p50_ms']:.2f} ms = "
-          f"{ratio:.3f} (goal <= {GOAL_LATENCY_RATIO}: {'met' if ratio <= GOAL_LATENCY_RATIO else 'not met'}); "
-          f"metric goals met: {sum(r['within_goal'] for r in rows)} of {len(rows)}; frames: {frames}")
-    summary = {"rows": rows, "latency_ratio": ratio, "latency_goal_met": ratio <= GOAL_LATENCY_RATIO,
-               "frames": frames, "agreement": agreement, "bench": bench, "replace": replace}
-    (out / "replace_three.json").write_text(json.dumps(summary, indent=2) + "\n")
+    bench = next(iter(results.values()))[1]
+    for entry in bench["teachers"]:
+        print(f"| teacher {entry['label'].split(',')[0]} | {entry['chosen']['backend']} | "
+              f"{entry['chosen']['p50_ms']:.2f} |")
+    for preset, (_, bench) in results.items():
+        ratio = bench["ratio"]
+        summary[preset].update(latency_ratio=ratio, latency_goal_met=ratio <= GOAL_LATENCY_RATIO, bench=bench,
+                               replace=results[preset][0])
+        print(f"| student {preset} | {bench['student']['chosen']['backend']} | {bench['student_p50_ms']:.2f} "
+              f"(teachers' sum in the same run {bench['teachers_sum_p50_ms']:.2f}: ratio {ratio:.3f}, goal <= "
+              f"{GOAL_LATENCY_RATIO} {'met' if ratio <= GOAL_LATENCY_RATIO else 'not met'}) |")
+    print(f"\nframes: {frames}; metric goals met: " + ", ".join(
+        f"{p} {sum(r['within_goal'] for r in summary[p]['rows'])} of {len(summary[p]['rows'])}" for p in presets))
+    (out / "replace_three.json").write_text(json.dumps({"frames": frames, "students": summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
