@@ -21,7 +21,8 @@ TEACHER_HELP = (
     "normal=run/model.safetensors, seg,depth=mtl.onnx. A model without mtlkd metadata needs size=HxW, mean=R/G/B, "
     "std=R/G/B (for RGB in [0, 1]) and per task seg=logits|probs with classes=FILE (one name a line), "
     "depth=metric|relative|inverse (inverse: inverse depth up to scale and shift), normal=AXES (its x,y,z in "
-    "mtlkd's frame, e.g. x,-y,-z); output=NAME\\[/NAME] picks its outputs, backend=NAME its runtime backend.")
+    "mtlkd's frame, e.g. x-y-z: x kept, y and z flipped); output=NAME\\[/NAME] picks its outputs, backend=NAME "
+    "its runtime backend.")
 
 
 def command(

@@ -10,8 +10,8 @@ the user's, and every one a task needs must be given: `size` (HxW), `mean` and `
 for RGB in [0, 1]; mean 0/0/0 and std 1/1/1 when the graph normalises itself), and per task what the output
 means: `seg=logits|probs` with `classes=FILE` (one class name a line), `depth=metric|relative|inverse`
 (metres, or depth / inverse depth known only up to scale and shift), `normal=AXES` (the teacher's x, y, z
-in mtlkd's frame, e.g. `x,-y,-z`). `output=NAME[/NAME...]` picks the graph outputs, in task order, when
-their names are not the task names.
+in mtlkd's frame, e.g. `x-y-z`: x kept, y and z flipped; on the command line without commas).
+`output=NAME[/NAME...]` picks the graph outputs, in task order, when their names are not the task names.
 
 Targets are what a student learns: segmentation as class probabilities (softmax of logits), depth as the
 teacher's values (their meaning is `depth_meaning`), normals as unit vectors in mtlkd's frame. Torch-free.
@@ -179,7 +179,7 @@ def axis_map(text: str, where: str = "normal") -> list[tuple[str, str]]:
         sign, axis = ("-", part[1:]) if part.startswith("-") else ("", part.lstrip("+"))
         result.append((sign, axis))
     if len(result) != 3 or sorted(a for _, a in result) != list(AXES):
-        raise ConfigError(f"{where}: normal={text}: name each of x, y, z once with an optional sign, e.g. x,-y,-z "
+        raise ConfigError(f"{where}: normal={text}: name each of x, y, z once with an optional sign, e.g. x-y-z "
                           f"(the teacher's channels in mtlkd's frame)")
     return result
 
