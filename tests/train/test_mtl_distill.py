@@ -248,3 +248,15 @@ def test_an_interrupted_teacher_pass_continues_where_it_stopped(world, tmp_path,
     assert seen == [4, 4, 4, 4]  # 8 frames before the interruption, only the other 8 after it
     np.testing.assert_array_equal(np.array(resumed.targets["depth"]), np.array(whole.targets["depth"]))
     np.testing.assert_array_equal(np.array(resumed.images), np.array(whole.images))
+
+
+def test_the_benchmark_refuses_mixed_stl_forms_in_one_line(world):
+    from typer.testing import CliRunner
+
+    from mtlkd.cli.bench import app
+
+    normal = world["root"] / "normal" / "model.safetensors"
+    result = CliRunner().invoke(app, [str(normal), "--stl", f"normal={normal}", "--stl", str(normal)])
+    assert result.exit_code == 2 and "give every --stl as TASKS=MODEL" in result.output
+    result = CliRunner().invoke(app, ["--stl", f"normal={normal}"])
+    assert result.exit_code == 2 and "pass the student as MODEL" in result.output
