@@ -231,7 +231,7 @@ def report(out: Path, frames: int, results: dict[str, tuple[dict, dict]]) -> Non
             entry["rows"].append({"task": task, "metric": metric, "teacher": teacher, "student": student,
                                   "worse_share": worse, "within_goal": worse <= GOAL_METRIC_SHARE})
             entry["agreement"][task] = agree
-            text = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in agree.items())
+            text = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in agree.items())
             cells.append(f"{student:.3f} | {100 * worse:+.1f}% {'(within 10%)' if worse <= GOAL_METRIC_SHARE else ''}"
                          f" | {text}")
         lines.append(f"| {task} | {metric} | {teacher:.3f} | " + " | ".join(cells) + " |")
@@ -239,7 +239,8 @@ def report(out: Path, frames: int, results: dict[str, tuple[dict, dict]]) -> Non
     print("\n| model | backend | p50 ms (batch 1, 1 thread) |\n|---|---|---|")
     bench = next(iter(results.values()))[1]
     for entry in bench["teachers"]:
-        print(f"| teacher {entry['label'].split(',')[0]} | {entry['chosen']['backend']} | "
+        print(f"| teacher {entry['tasks'][0]} ({Path(entry['label'].split(',')[0].split('=')[1]).name}) | "
+              f"{entry['chosen']['backend']} | "
               f"{entry['chosen']['p50_ms']:.2f} |")
     for preset, (_, bench) in results.items():
         ratio = bench["ratio"]
