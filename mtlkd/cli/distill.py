@@ -6,6 +6,7 @@ Parses options and prints; the work is `mtlkd.train.distill_run.distill`, whose 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -14,7 +15,7 @@ from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
 from mtlkd.train.method_options import SEG_TARGET_LOSSES, WEIGHTING_NAMES
 from mtlkd.train.run_options import TrainOptions
-from mtlkd.ui import user_errors
+from mtlkd.ui import interrupted_code, user_errors
 
 TEACHER_HELP = (
     "TASKS=MODEL\\[,KEY=VALUE...], once per model: e.g. depth=depth.onnx, seg=seg.xml, "
@@ -102,7 +103,10 @@ def command(
             sources=sources, teachers=list(teacher), train=train_options, val_data=val_data,
             val_dir=str(val_dir) if val_dir else None, cache=str(cache) if cache else None,
             cache_limit_gb=cache_limit, frame_step=frame_step, teacher_device=teacher_device)
-        result = distill(options)
+        try:
+            result = distill(options)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (ui.user_errors turns it into this)
+            _interrupted(out, interrupted_code(exc))
     summary = (result.out / "replace.json").read_text()
     if json_out is not None:
         import json
@@ -112,6 +116,19 @@ def command(
             return
     _print_table(result)
     typer.echo(f"run folder: {result.out}")
+
+
+def _interrupted(out: Path, code: int) -> NoReturn:
+    """Say how to continue (the teacher pass keeps what it computed; training from its last saved epoch)."""
+    import sys
+
+    if (out / "state.safetensors").is_file():
+        print(f"interrupted; continue from the last saved epoch: the same command with --resume (--out {out})",
+              file=sys.stderr)
+    else:
+        print("interrupted before the first epoch ended; the teacher pass keeps what it computed: run the same "
+              "command again", file=sys.stderr)
+    raise typer.Exit(code)
 
 
 def _print_table(result) -> None:
