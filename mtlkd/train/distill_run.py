@@ -122,6 +122,7 @@ def _prepare(options: DistillRunOptions, state: dict[str, Any]):
     from mtlkd.checkpoint import write_json
 
     write_json(Path(train_options.out) / "distill.json", {**record, "cache": cached.folders})
+    (Path(train_options.out) / "replace.json").unlink(missing_ok=True)  # the replaced run's; written at the end
     dataset = FrameTargets(cached.images, cached.targets)
     train_ids, select_ids = holdout_split(len(dataset), train_options.select_fraction, train_options.select_seed)
     select = Subset(dataset, select_ids)
