@@ -117,8 +117,10 @@ def make_spec(tasks: tuple[str, ...] | list[str], path: str | Path, values: dict
                 raise ConfigError(f"{where}: output= names {len(names)} outputs for {len(tasks)} tasks; "
                                   f"give one per task, in task order, separated by /")
             parsed[key] = names
-        else:
-            parsed[key] = str(value)
+        else:  # backend
+            from mtlkd.runtime.backends import BACKEND_NAMES
+
+            parsed[key] = _choice(value, ("auto", *BACKEND_NAMES), key, where)
     spec = TeacherSpec(tasks=tuple(tasks), path=Path(path), **parsed)
     if spec.std is not None and min(spec.std) <= 0:
         raise ConfigError(f"{where}: std= must be three numbers > 0")
