@@ -175,8 +175,14 @@ def picture(path: Path, data: Path, teacher_args: list[str], student: Path, coun
     from PIL import Image
 
     from mtlkd.eval.align import aligned_depth
-    from mtlkd.runtime.processing import resize_raw
-    from mtlkd.runtime.teachers import STUDENT_DEPTH, load_teacher, make_spec, parse_teacher, read_own_metadata
+    from mtlkd.runtime.teachers import (
+        STUDENT_DEPTH,
+        load_teacher,
+        make_spec,
+        parse_teacher,
+        read_own_metadata,
+        targets_at,
+    )
     from mtlkd.tasks import colourise_depth, colourise_normal, colourise_seg
 
     teachers = [load_teacher(parse_teacher(t), threads=1) for t in teacher_args]
@@ -188,9 +194,9 @@ def picture(path: Path, data: Path, teacher_args: list[str], student: Path, coun
         size = image.shape[:2]
         depth = np.load(data / "val" / "depth" / f"{i}.npy").reshape(1, 1, *size)  # the scoring's ground truth
         cells = [np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)]
-        mine = resize_raw(pupil.targets([image]), size)
+        mine = targets_at(pupil.targets([image]), size)
         for teacher in teachers:
-            theirs = resize_raw(teacher.targets([image]), size)
+            theirs = targets_at(teacher.targets([image]), size)
             for task in teacher.spec.tasks:
                 pair = []
                 for source, meaning in ((theirs, STUDENT_DEPTH.get(teacher.meaning("depth"))),

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from mtlkd.errors import BackendError, ConfigError
-from mtlkd.runtime.teachers import STUDENT_DEPTH, Teacher, TeacherSpec, load_teacher, make_spec, read_own_metadata
+from mtlkd.runtime.teachers import (
+    STUDENT_DEPTH,
+    Teacher,
+    TeacherSpec,
+    load_teacher,
+    make_spec,
+    read_own_metadata,
+    targets_at,
+)
 
 
 @dataclass
@@ -72,7 +80,7 @@ def run_replace_benchmark(options: ReplaceBenchOptions) -> dict[str, Any]:
     """Latency of the student against the teachers' sum, each on its fastest accurate backend, and agreement."""
     from mtlkd.accuracy import compare_outputs, verdict
     from mtlkd.eval.agreement import Agreement
-    from mtlkd.runtime.processing import preprocess, resize_raw
+    from mtlkd.runtime.processing import preprocess
 
     meta = read_own_metadata(Path(options.student))
     if meta is None:
@@ -107,7 +115,7 @@ def run_replace_benchmark(options: ReplaceBenchOptions) -> dict[str, Any]:
                                f"({'; '.join(f for r in entry.rows for f in r['failures'])})")
     student = loaded[student_spec.label]
     size = tuple(frames[0].shape[:2])
-    student_targets = resize_raw(student.targets(frames), size)
+    student_targets = targets_at(student.targets(frames), size)
     agreement: dict[str, Any] = {}
     depth_meaning = STUDENT_DEPTH[student.meaning("depth")] if "depth" in student.spec.tasks else None
     for spec in options.teachers:
@@ -116,7 +124,7 @@ def run_replace_benchmark(options: ReplaceBenchOptions) -> dict[str, Any]:
         if missing:
             raise ConfigError(f"--stl {spec.label}: the student has no {', '.join(missing)}")
         meter = Agreement(list(spec.tasks), len(teacher.class_names or ()) or None, depth_meaning)
-        meter.update(student_targets, resize_raw(teacher.targets(frames), size))
+        meter.update(student_targets, targets_at(teacher.targets(frames), size))
         agreement[spec.label] = meter.compute()
     teachers_ms = sum(results[s.label].chosen["p50_ms"] for s in options.teachers)
     student_ms = results[student_spec.label].chosen["p50_ms"]

@@ -204,6 +204,17 @@ def to_mtlkd_normals(raw: np.ndarray, axes: str) -> np.ndarray:
     return out / np.maximum(np.sqrt((out * out).sum(axis=1, keepdims=True)), 1e-6)
 
 
+def targets_at(targets: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Targets resized to `size` for comparing decisions, as the runtime resizes a model's outputs: seg as
+    log-probabilities (a per-pixel shift of the logits, so their bilinear resize picks the class the
+    logits' would; resizing probabilities picks others near boundaries), normals re-normalised."""
+    from mtlkd.runtime.processing import resize_raw
+
+    if "seg" in targets:
+        targets = {**targets, "seg": np.log(np.maximum(targets["seg"].astype(np.float32), 1e-12))}
+    return resize_raw(targets, size)
+
+
 # ------------------------------------------------------------------------------------------- loading
 
 

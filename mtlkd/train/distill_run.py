@@ -203,7 +203,7 @@ def _teacher_scores(options: DistillRunOptions, teachers: TeacherSet, tasks: lis
     from mtlkd.data import open_dataset
     from mtlkd.eval.align import aligned_depth
     from mtlkd.eval.evaluate import metric_arrays
-    from mtlkd.runtime.processing import resize_raw
+    from mtlkd.runtime.teachers import targets_at
     from mtlkd.tasks import get_task
     from mtlkd.ui import progress_bar
 
@@ -217,7 +217,7 @@ def _teacher_scores(options: DistillRunOptions, teachers: TeacherSet, tasks: lis
             job = bar.add_task(f"scoring {Path(teacher.spec.path).name}", total=len(dataset), info="")
             for batch in dataset.batches(options.train.batch_size):
                 frames = list(np.moveaxis(batch["image"], 1, -1))
-                targets = resize_raw(teacher.targets(frames), tuple(batch["image"].shape[2:]))
+                targets = targets_at(teacher.targets(frames), tuple(batch["image"].shape[2:]))
                 for task in teacher.spec.tasks:
                     pred = targets[task]
                     if task == "depth":

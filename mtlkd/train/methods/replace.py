@@ -53,8 +53,10 @@ class DistillStudent(StudentMethod):
         size = tuple(batch["image"].shape[-2:])
         batch = dict(batch)
         for task in preds:
-            target = resize_target(task, batch[task], size)
-            batch[task] = target.argmax(dim=1) if task == "seg" else target
+            if task == "seg":  # log-probabilities resized pick the class resized logits would (targets_at)
+                batch[task] = resize_target(task, batch[task].float().clamp_min(1e-12).log(), size).argmax(dim=1)
+            else:
+                batch[task] = resize_target(task, batch[task], size)
         if relative:  # agreement with the teacher, in the teacher's own space
             target = _numpy(batch["depth"])
             depth = align_batch(_numpy(preds["depth"]), target, valid=target == target)
