@@ -40,10 +40,12 @@ HEADLINE = {"seg": ("miou", True), "depth": ("abs_err", False), "normal": ("mean
 
 
 def run(argv: list[str], log: Path) -> None:
-    """One mtlkd command, one thread, its output in `log`."""
+    """One mtlkd command, one thread, its output appended to `log` (an earlier run's stays above it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     started = time.perf_counter()
-    with open(log, "w") as f:
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(argv)}\n")
+        f.flush()
         done = subprocess.run([sys.executable, "-m", *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
         sys.exit(f"{' '.join(argv)} failed (exit {done.returncode}); see {log}")
