@@ -260,3 +260,19 @@ def test_the_benchmark_refuses_mixed_stl_forms_in_one_line(world):
     assert result.exit_code == 2 and "give every --stl as TASKS=MODEL" in result.output
     result = CliRunner().invoke(app, ["--stl", f"normal={normal}"])
     assert result.exit_code == 2 and "pass the student as MODEL" in result.output
+
+
+def test_resized_targets_decide_classes_as_resized_logits_do():
+    from mtlkd.runtime.processing import resize_raw
+    from mtlkd.runtime.teachers import targets_at
+
+    logits = np.random.default_rng(0).normal(0, 3, (2, 13, 6, 8)).astype(np.float32)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    by_logits = resize_raw({"seg": logits}, (48, 64))["seg"].argmax(axis=1)
+    ours = targets_at({"seg": probs}, (48, 64))["seg"].argmax(axis=1)
+    # the same decision but where two classes tie within float32 rounding of the log (~1e-6): none expected
+    # among 6,144 pixels with logits spread over +-9
+    assert (ours == by_logits).mean() > 0.999
+    by_probs = resize_raw({"seg": probs}, (48, 64))["seg"].argmax(axis=1)
+    assert (by_probs != by_logits).sum() > 0  # resizing probabilities decides otherwise near boundaries
