@@ -96,8 +96,8 @@ def _prepare(options: DistillRunOptions, state: dict[str, Any]):
     """Inside the run's lock: teachers, frames, teacher pass, datasets (mtlkd.train.trainer.RunData)."""
     from torch.utils.data import Subset
 
-    from mtlkd.checkpoint import sha256_of
     from mtlkd.data import cache_dir
+    from mtlkd.files import sha256_of
     from mtlkd.models import input_size, model_config
     from mtlkd.train.selection import holdout_split
     from mtlkd.train.teacher_cache import TeacherCache, fill_cache, frames_key, list_frames

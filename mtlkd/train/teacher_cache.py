@@ -88,7 +88,7 @@ def frames_key(frames: list[Frame], size: tuple[int, int]) -> str:
 
 
 def teacher_key(teacher: Teacher, frames: str) -> str:
-    from mtlkd.checkpoint import sha256_of
+    from mtlkd.files import sha256_of
 
     settings = {k: v for k, v in teacher.spec.settings().items() if k not in ("path", "backend")}
     text = json.dumps({"frames": frames, "sha256": sha256_of(teacher.spec.path), "settings": settings,
