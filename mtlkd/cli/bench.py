@@ -23,7 +23,9 @@ def command(
                                              "trained briefly on synthetic scenes)."),
     stl: list[Path] = typer.Option([], "--stl", metavar="CKPT", show_default=False,
                                    help="A single-task model.safetensors, once per task (default: random-weight "
-                                        "ones of MODEL's architecture)."),
+                                        "ones of MODEL's architecture); or TASKS=MODEL\\[,settings] (as mtl-distill's "
+                                        "--teacher, any format): then MODEL, a distilled student, is timed against "
+                                        "those models' sum, each on its fastest accurate backend, with agreement."),
     preset: str = typer.Option("vit-tiny", "--preset", metavar="NAME", help="The model when no MODEL is given."),
     img_size: str | None = typer.Option(None, "--img-size", metavar="HxW", help="Input size of the preset "
                                         "(default: its own)."),
@@ -94,6 +96,16 @@ def command(
     from mtlkd.bench import BenchOptions
     from mtlkd.runtime.backends import INSTALL_HINTS, available, installed
 
+    if any("=" in str(p) for p in stl):
+        with user_errors():
+            check_json_target(json_out)
+            result = _replace(model, stl, backends, threads, device, data_dir, accuracy_images, repeats, budget,
+                              rounds, quiet)
+        _render_replace(result, json_out)
+        emit_json(result, json_out)
+        if out is not None:
+            emit_json(result, out / "replace_bench.json")
+        return
     with user_errors():
         for path in [p for p in [model, *stl] if p is not None]:
             if not path.is_file():
@@ -151,6 +163,45 @@ def _run(options: Any, quiet: bool) -> dict[str, Any]:
             bar.update(tasks[stage], completed=done, total=total, info=info)
 
         return run_benchmark(options, progress, argv=_argv())
+
+
+def _replace(model: Path | None, stl: list[Path], backends: str | None, threads: int | None, device: str,
+             data_dir: Path | None, images: int, repeats: int, budget: float, rounds: int,
+             quiet: bool) -> dict[str, Any]:
+    from mtlkd.bench.replace import ReplaceBenchOptions, run_replace_benchmark
+    from mtlkd.runtime.teachers import parse_teacher
+
+    if model is None:
+        raise ConfigError("--stl TASKS=MODEL compares a student with its teachers: pass the student as MODEL")
+    plain = [str(p) for p in stl if "=" not in str(p)]
+    if plain:
+        raise ConfigError(f"--stl {plain[0]}: give every --stl as TASKS=MODEL when one is (e.g. seg={plain[0]})")
+    return run_replace_benchmark(ReplaceBenchOptions(
+        student=model, teachers=[parse_teacher(str(p)) for p in stl], backends=parse_list(backends, "--backends"),
+        threads=threads, device=device, data_dir=data_dir, images=images, repeats=repeats, budget=budget,
+        rounds=rounds, quiet=quiet))
+
+
+def _render_replace(result: dict[str, Any], json_out: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    show = Console(stderr=json_out == JSON_STDOUT, soft_wrap=True)
+    table = Table(title=f"one student pass against its teachers (batch 1, {result['threads'] or 'all'} threads)")
+    for col in ("model", "tasks", "backend", "p50 ms", "p90 ms", "other backends (p50 ms)"):
+        table.add_column(col, justify="right" if "ms" in col and "other" not in col else "left")
+    for entry in [result["student"], *result["teachers"]]:
+        chosen = entry["chosen"]
+        others = ", ".join(f"{r['backend']} {r['p50_ms']:.2f}" + ("" if r["kept_accuracy"] else " (accuracy lost)")
+                           for r in entry["rows"] if r is not chosen and r["backend"] != chosen["backend"])
+        table.add_row(entry["label"], ",".join(entry["tasks"]), chosen["backend"], f"{chosen['p50_ms']:.2f}",
+                      f"{chosen['p90_ms']:.2f}", others or "-")
+    show.print(table)
+    show.print(f"student {result['student_p50_ms']:.2f} ms against the teachers' sum "
+               f"{result['teachers_sum_p50_ms']:.2f} ms: ratio {result['ratio']:.3f}")
+    for label, tasks in result["agreement"].items():
+        parts = [f"{k.replace('_', ' ')} {v:.2f}" for values in tasks.values() for k, v in values.items()]
+        show.print(f"agreement with {label} ({result['agreement_images']} images): " + ", ".join(parts))
 
 
 def _argv() -> list[str] | None:

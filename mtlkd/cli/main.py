@@ -15,6 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 COMMANDS = {
     "pretrain": "mtlkd.cli.pretrain",
     "train": "mtlkd.cli.train",
+    "distill": "mtlkd.cli.distill",
     "eval": "mtlkd.cli.evaluate",
     "export": "mtlkd.cli.export",
     "infer": "mtlkd.cli.infer",

@@ -35,6 +35,7 @@ METHOD_HELP = {
     "okd": "online distillation from single-task networks trained alongside (Jacob et al.)",
     "kd-mtl": "frozen single-task teachers through feature adaptors (Li and Bilen)",
     "kdam": "a trained multi-task teacher, Cauchy-Schwarz divergence (Xu et al.)",
+    "distill": "a student of teachers' predictions on unlabeled frames (run it with mtl-distill)",
 }
 
 

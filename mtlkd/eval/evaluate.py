@@ -35,17 +35,24 @@ def evaluate(
     batches: Iterable[dict[str, Any]],
     tasks: list[str],
     num_classes: int | None,
+    depth_meaning: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run `predict(images, tasks)` over every batch and return the metrics.json dict for `tasks`.
 
     Batches are dicts with `image` and one target per task (torch tensors or numpy arrays); predictions
-    may be torch tensors or numpy arrays too.
+    may be torch tensors or numpy arrays too. `depth_meaning` relative or relative-inverse (a student of
+    mtl-distill): depth is aligned to the ground truth per image first (mtlkd.eval.align).
     """
+    from mtlkd.eval.align import aligned_depth
+
     accumulators = {t: get_task(t).metric(num_classes=num_classes) for t in tasks}
     for batch in batches:
         outputs = predict(batch["image"], tasks)
         for task in tasks:
-            pred, target = metric_arrays(task, _numpy(outputs[task]), _numpy(batch[task]))
+            raw = _numpy(outputs[task])
+            if task == "depth" and depth_meaning:
+                raw = aligned_depth(raw, _numpy(batch[task]), depth_meaning)
+            pred, target = metric_arrays(task, raw, _numpy(batch[task]))
             accumulators[task].update(pred, target)
     return {t: acc.compute() for t, acc in accumulators.items()}
 
@@ -130,7 +137,8 @@ def evaluate_model(model: Any, data: Any = "synthetic", options: EvalOptions | N
     def predict(images: np.ndarray, ts: list[str]) -> dict[str, np.ndarray]:
         return predictor.run_raw(images, ts, data_size=True)
 
-    metrics = evaluate(predict, _with_progress(dataset, options), tasks, num_classes)
+    metrics = evaluate(predict, _with_progress(dataset, options), tasks, num_classes,
+                       predictor.metadata.get("depth_meaning"))
     return Scores(metrics=metrics, model=str(predictor.path), backend=predictor.backend_name, precision=precision,
                   dataset=dataset.spec.name, split=dataset.split, samples=len(dataset), tasks=tasks,
                   seconds=time.perf_counter() - started)

@@ -49,6 +49,10 @@ PRESETS: dict[str, Preset] = {
         ViTConfig((96, 128), patch_size=8, embed_dim=128, depth=4, num_heads=4),
         MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=64),
         "the CPU demo: 96x128 input, 8x8 patches (12x16 tokens), 4 blocks of width 128"),
+    "vit-micro-lite": Preset(
+        ViTConfig((96, 128), patch_size=8, embed_dim=128, depth=4, num_heads=4),
+        MaskTransformerConfig(layers=1), QueryRegressionConfig(layers=1, num_queries=64),
+        "vit-micro with one-layer heads: a cheaper multi-task student (mtl-distill), the same backbone"),
     "vit-nano": Preset(
         ViTConfig((32, 32), patch_size=8, embed_dim=32, depth=2, num_heads=2),
         MaskTransformerConfig(layers=1), QueryRegressionConfig(layers=1, num_queries=8),

@@ -16,6 +16,7 @@ from mtlkd.errors import CheckpointError, ConfigError
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 BUNDLED = {
     "vit-micro": "vit-micro-simmim.safetensors",
+    "vit-micro-lite": "vit-micro-simmim.safetensors",  # vit-micro's backbone, lighter heads
     "vit-micro-wide": "vit-micro-wide-simmim.safetensors",
 }
 TIMM_NAMES = {

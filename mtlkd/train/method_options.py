@@ -143,9 +143,27 @@ class KDAMOptions(WeightingOptions):
             raise ConfigError(f"--kd-temperature {self.kd_temperature}: must be > 0")
 
 
+SEG_TARGET_LOSSES = ("kl", "ce")
+
+
+@dataclass
+class DistillOptions(WeightingOptions):
+    """mtl-distill's student (mtlkd.train.methods.replace, losses in mtlkd.train.soft_targets)."""
+
+    seg_loss: str = option("kl", "Segmentation against the teacher: kl (Hinton's soft targets at --seg-temperature) "
+                           "or ce (cross-entropy on the teacher's classes).", choices=SEG_TARGET_LOSSES, metavar="LOSS")
+    seg_temperature: float = option(1.0, "Temperature T of the soft targets (1: the teacher's own distribution; the "
+                                    "loss is scaled by T^2, as Hinton et al.).", metavar="T")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.seg_temperature <= 0:
+            raise ConfigError(f"--seg-temperature {self.seg_temperature}: must be > 0")
+
+
 METHOD_OPTIONS: dict[str, type] = {
     "stl": NoOptions, "mtl": WeightingOptions, "cross-stitch": WeightingOptions, "okd": OKDOptions,
-    "kd-mtl": KDMTLOptions, "kdam": KDAMOptions,
+    "kd-mtl": KDMTLOptions, "kdam": KDAMOptions, "distill": DistillOptions,
 }
 
 

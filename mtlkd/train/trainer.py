@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,21 +59,51 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(options: TrainOptions) -> Path:
+@dataclass
+class RunData:
+    """What a run trains on (`train`), chooses its epoch on (`select`) and is scored on once (`evaluate`),
+    with the tasks and classes its network gets; `teachers` goes to the method (mtl-distill's targets)."""
+
+    train: Any
+    select: Any
+    evaluate: Any
+    tasks: list[str]
+    num_classes: int | None
+    class_names: list[str] | None
+    teachers: dict[str, Any] | None = None
+
+
+def open_run_data(options: TrainOptions) -> RunData:
+    """The dataset's training split, less a held-out share for choosing the epoch, and its evaluation split."""
+    full_train = open_dataset(options.dataset, options.data_dir, "train", options.tasks, augment=options.augment)
+    eval_set = open_dataset(options.dataset, options.data_dir, "val", options.tasks, augment=False)
+    train_ids, select_ids = holdout_split(len(full_train), options.select_fraction, options.select_seed)
+    tasks = parse_tasks(options.tasks, available=list(full_train.tasks))
+    return RunData(
+        train=Subset(full_train, train_ids),
+        select=Subset(open_dataset(options.dataset, options.data_dir, "train", options.tasks), select_ids),
+        evaluate=eval_set, tasks=tasks, num_classes=full_train.num_classes if "seg" in tasks else None,
+        class_names=list(full_train.class_names) if "seg" in tasks else None,
+    )
+
+
+def train(options: TrainOptions, data: Callable[[TrainOptions], RunData] | None = None) -> Path:
     """Train a method; returns the run folder holding checkpoints, metrics.json and history.jsonl.
 
     Options are checked first; a folder holding a run is refused unless `resume` or `overwrite`, and the
-    folder is locked for the whole run (mtlkd.train.runfolder)."""
+    folder is locked for the whole run (mtlkd.train.runfolder). `data`: opens what to train on instead of
+    `options.dataset`, called inside the lock (mtl-distill's teacher pass and targets)."""
     check_options(options)
     if int(os.environ.get("RANK", "0")) != 0:
-        return _train(options)
+        return _train(options, data=data)
     out = Path(options.out)
     with run_lock(out):
         stale = check_run_folder(out, options.resume, options.overwrite)
-        return _train(options, stale)
+        return _train(options, stale, data)
 
 
-def _train(options: TrainOptions, stale: list[Path] | None = None) -> Path:
+def _train(options: TrainOptions, stale: list[Path] | None = None,
+           data: Callable[[TrainOptions], RunData] | None = None) -> Path:
     device = resolve_device(options.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -80,17 +111,10 @@ def _train(options: TrainOptions, stale: list[Path] | None = None) -> Path:
     out = Path(options.out)
     torch.manual_seed(options.seed)
 
-    full_train = open_dataset(options.dataset, options.data_dir, "train", options.tasks, augment=options.augment)
-    eval_set = open_dataset(options.dataset, options.data_dir, "val", options.tasks, augment=False)
-    train_ids, select_ids = holdout_split(len(full_train), options.select_fraction, options.select_seed)
-    train_set = Subset(full_train, train_ids)
-    select_set = Subset(open_dataset(options.dataset, options.data_dir, "train", options.tasks), select_ids)
-    tasks = parse_tasks(options.tasks, available=list(full_train.tasks))
-    config = model_config(
-        options.preset, tasks, full_train.num_classes if "seg" in tasks else None,
-        list(full_train.class_names) if "seg" in tasks else None,
-        img_size=tuple(options.img_size) if options.img_size else None,
-    )
+    run_data = (data or open_run_data)(options)
+    train_set, select_set, eval_set, tasks = run_data.train, run_data.select, run_data.evaluate, run_data.tasks
+    config = model_config(options.preset, tasks, run_data.num_classes, run_data.class_names,
+                          img_size=tuple(options.img_size) if options.img_size else None)
     steps = len(train_set) // (options.batch_size * dinfo.world)
     if options.max_steps_per_epoch:
         steps = min(steps, options.max_steps_per_epoch)
@@ -100,7 +124,7 @@ def _train(options: TrainOptions, stale: list[Path] | None = None) -> Path:
         config=config, tasks=tasks, num_classes=config.num_classes,
         class_names=list(config.class_names) if config.class_names else None,
         device=device, options=dict(options.method_options), epochs=options.epochs, steps_per_epoch=steps,
-        backbone_weights=options.backbone_weights,
+        backbone_weights=options.backbone_weights, teachers=run_data.teachers,
     )
     method = create_method(options.method, ctx).to(device)
     if dinfo.world > 1:
@@ -146,7 +170,7 @@ def _train(options: TrainOptions, stale: list[Path] | None = None) -> Path:
         record.update(method.on_epoch_end(epoch, train_logs))
         if dinfo.main:
             trained = method.trained_networks(epoch)
-            if select_ids:
+            if len(select_set):
                 record["val"] = validate(method, select_loader, device, options.max_val_batches)
                 record["select_delta"] = selector.update(epoch + 1, record["val"], trained)
             else:  # nothing held out: keep the last epoch
@@ -232,7 +256,7 @@ def validate(method, loader, device, max_batches: int | None = None) -> dict[str
             if max_batches is not None and i >= max_batches:
                 break
             batch = {k: v.to(device) for k, v in batch.items()}
-            preds = forward(unwrap(net), batch["image"], tasks)
+            preds, batch = method.metric_inputs(forward(unwrap(net), batch["image"], tasks), batch)
             for t, value in task_losses(preds, batch, tasks).items():
                 loss_sums[t] += value.item()
             for t in tasks:
@@ -251,7 +275,8 @@ def _save_selected(out: Path, method, selector: EpochSelector, epoch: int, optio
             continue
         net = unwrap(trained.net)
         meta = model_metadata(net.config.to_dict(), method=options.method, dataset=options.dataset,
-                              epoch=epoch + 1, preset=options.preset, selection=selector.chosen()[name])
+                              epoch=epoch + 1, preset=options.preset, selection=selector.chosen()[name],
+                              **method.extra_metadata())
         save_checkpoint(out / f"{trained.stem}.safetensors", net.state_dict(), meta)
 
 

@@ -19,7 +19,8 @@ runner = CliRunner()
 CLI = Path(__file__).resolve().parents[2] / "mtlkd" / "cli"
 PLACEHOLDER = re.compile(r"<bool>|<int|<path>|<str>|<float|range>|<text>")
 COMMANDS = [  # (module, subcommand words): every console script of pyproject.toml, and `mtl` itself
-    ("mtlkd.cli.train", []), ("mtlkd.cli.pretrain", []), ("mtlkd.cli.evaluate", []), ("mtlkd.cli.export", []),
+    ("mtlkd.cli.train", []), ("mtlkd.cli.distill", []), ("mtlkd.cli.pretrain", []), ("mtlkd.cli.evaluate", []),
+    ("mtlkd.cli.export", []),
     ("mtlkd.cli.infer", []), ("mtlkd.cli.bench", []), ("mtlkd.cli.report", []), ("mtlkd.cli.data", ["synthetic"]),
     ("mtlkd.cli.data", ["check"]), ("mtlkd.cli.main", []), ("mtlkd.cli.main", ["export"]),
     ("mtlkd.cli.main", ["train"]), ("mtlkd.cli.main", ["data", "check"]),

@@ -157,7 +157,8 @@ def test_runtime_runs_without_torch(tmp_path, nano_onnx, image_factory):
 @pytest.mark.parametrize("module", ["mtlkd.runtime", "mtlkd.cli.infer", "mtlkd.runtime.auto",
                                     "mtlkd.runtime.visualize", "mtlkd.runtime.media", "mtlkd.runtime.infer",
                                     "mtlkd.cli.evaluate", "mtlkd.eval.evaluate", "mtlkd.data",
-                                    "mtlkd.runtime.triton_model", "mtlkd.serve.bench", "mtlkd.cli.serve"])
+                                    "mtlkd.runtime.triton_model", "mtlkd.serve.bench", "mtlkd.cli.serve",
+                                    "mtlkd.runtime.teachers", "mtlkd.runtime.foreign", "mtlkd.eval.agreement"])
 def test_modules_import_without_torch(module):
     script = BLOCK_TORCH + f"import {module}\nimport sys\nassert 'torch' not in sys.modules\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

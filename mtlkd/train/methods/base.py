@@ -37,6 +37,8 @@ class MethodContext:
     epochs: int = 1
     steps_per_epoch: int = 1
     backbone_weights: str | None = None
+    # What the teachers of mtl-distill give ({"depth_meaning": ..., "teachers": [...]}); None for mtl-train.
+    teachers: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.config = as_model_config(self.config)
@@ -147,6 +149,15 @@ class Method:
             return {}
         self.extra["weighting"].epoch_end(epoch_logs.get("mtl_loss", {}))
         return {"task_weights": epoch_logs.get("task_weights", {})}
+
+    def metric_inputs(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(predictions, batch) as the task metrics read them; a student of relative depth aligns its depth
+        first (mtlkd.train.methods.replace)."""
+        return preds, batch
+
+    def extra_metadata(self) -> dict[str, Any]:
+        """Fields the saved checkpoints carry beside the network's (a distilled student's depth meaning)."""
+        return {}
 
     def after_optimizer_step(self) -> None:
         """Hook after each optimiser step (GradNorm renormalises here)."""
