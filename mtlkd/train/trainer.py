@@ -100,7 +100,7 @@ def _train(options: TrainOptions) -> Path:
         config=config, tasks=tasks, num_classes=config.num_classes,
         class_names=list(config.class_names) if config.class_names else None,
         device=device, options=dict(options.method_options), epochs=options.epochs, steps_per_epoch=steps,
-        backbone_weights=options.backbone_weights,
+        backbone_weights=options.backbone_weights, seed=options.seed,
     )
     method = create_method(options.method, ctx).to(device)
     if dinfo.world > 1:
@@ -129,7 +129,8 @@ def _train(options: TrainOptions) -> Path:
                if dinfo.world > 1 else None)
     select_loader = DataLoader(select_set, batch_size=options.batch_size, num_workers=options.workers)
     for epoch in range(start_epoch, options.epochs):
-        torch.manual_seed(options.seed * 100003 + epoch)  # augmentation and random weights, per epoch
+        torch.manual_seed(options.seed * 100003 + epoch)  # random numbers a method draws, per epoch
+        full_train.augment_seed = options.seed * 100003 + epoch  # each sample's augmentation, its own stream
         if sampler is not None:
             sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(options.seed * 100003 + epoch)

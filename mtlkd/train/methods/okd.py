@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkd.errors import ConfigError
-from mtlkd.models import create_model
 from mtlkd.train.method_options import AFD_VARIANTS, OKDOptions
 from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import MethodContext, StudentMethod, Trained, forward, task_losses, unwrap
@@ -129,7 +128,7 @@ class OKDMethod(StudentMethod):
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
         for task in self.tasks:
-            self.nets[f"stl_{task}"] = create_model(ctx.task_config(task), ctx.backbone_weights)
+            self.nets[f"stl_{task}"] = ctx.create_network(ctx.task_config(task), f"stl_{task}")
         self.same_init = self.options.same_init
         if self.same_init and not ctx.backbone_weights:
             # The paper starts every network from the same ImageNet ViT-Ti, so block l of each one speaks the
