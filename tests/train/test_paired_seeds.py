@@ -61,7 +61,7 @@ def _first_steps(data, out, monkeypatch, method: str, seed: int, **method_option
 def test_rows_of_one_seed_share_the_start_and_the_batches(tiny_data, teacher, tmp_path, monkeypatch):
     weights, batches = _first_steps(tiny_data, tmp_path / "mtl", monkeypatch, "mtl", seed=7)
     others = {
-        "okd": {"warmup_epochs": 0},  # builds three single-task networks besides the student
+        "okd": {"warmup": 0},  # builds three single-task networks besides the student
         "kdam": {"teacher": str(teacher)},  # loads a teacher first
         "mtl": {"task_weighting": "rlw"},  # draws random task weights every step, between two batches
     }
