@@ -12,6 +12,11 @@ are computed with `torch.autograd.grad` on the same graph; no random number is d
     OMP_NUM_THREADS=1 python scripts/failure_mechanism.py --seed 44 --out runs/mechanism/seed44
 
 Writes OUT/steps.jsonl (one line a step) beside the run's own files.
+
+    python scripts/failure_mechanism.py --compare runs/mechanism/seed41 runs/mechanism/seed44
+
+prints the measurements of several runs side by side, every 4 steps, and draws them (mechanism.png in
+the first run's parent folder).
 """
 
 from __future__ import annotations
@@ -48,15 +53,65 @@ def _decoder_probe(head, tokens: torch.Tensor) -> dict[str, float]:
             "products_std_over_queries": float(products.std(dim=2).mean())}
 
 
+SERIES = {  # name -> (how to read it from a step's record, label)
+    "normal loss": (lambda r: r["loss"]["normal"], "normal loss (1 - cos)"),
+    "normal grad at backbone": (lambda r: r["grad_backbone"]["normal"], "|grad| of the normal loss at the backbone"),
+    "normal raw std": (lambda r: r["raw_std"]["normal"], "normal head output: std over pixels"),
+    "normal query cos": (lambda r: r["probe"]["normal"]["query_cos"], "normal queries: mean pairwise cosine"),
+    "depth raw std": (lambda r: r["raw_std"]["depth"], "depth head output: std over pixels"),
+    "lr": (lambda r: r["lr"], "learning rate"),
+}
+
+
+def compare(runs: list[Path], every: int = 4) -> None:
+    """Print and plot the measurements of `runs` (folders holding steps.jsonl) side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = {run.name: [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines() if line]
+               for run in runs}
+    print("step  " + "  ".join(f"{name}:{run}" for name in SERIES for run in records))
+    steps = sorted({r["step"] for rs in records.values() for r in rs})
+    for step in steps[::every]:
+        cells = []
+        for read, _ in SERIES.values():
+            for rs in records.values():
+                hit = [r for r in rs if r["step"] == step]
+                cells.append(f"{read(hit[0]):.4g}" if hit else "-")
+        print(f"{step:4d}  " + "  ".join(cells))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), dpi=100)
+    for ax, (name, (read, label)) in zip(axes.flat, SERIES.items(), strict=True):
+        for run, rs in records.items():
+            ax.plot([r["step"] for r in rs], [read(r) for r in rs], label=run, lw=1.2)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step")
+        if name in ("normal grad at backbone", "normal raw std", "depth raw std"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    out = runs[0].parent / "mechanism.png"
+    fig.savefig(out)
+    print(f"written: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--compare", type=Path, nargs="+", help="runs to print and plot side by side")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--data", type=Path, default=Path("runs/experiment/data"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--preset", default="vit-micro")
     parser.add_argument("--every", type=int, default=1, help="measure every N-th step")
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare)
+        return
+    if args.seed is None or args.out is None:
+        parser.error("--seed and --out, or --compare")
 
     from mtlkd.data.synthetic import write_synthetic
     from mtlkd.models.pretrained import pretrained_backbone
@@ -88,7 +143,7 @@ def main() -> None:
             losses = task_losses(preds, batch, self.tasks)
             backbone = [p for p in net.backbone.parameters() if p.requires_grad]
             record = {"step": step, "epoch": epoch, "lr": optimizers[0].param_groups[0]["lr"],
-                      "loss": {t: float(v) for t, v in losses.items()}, "grad_head": {}, "grad_backbone": {},
+                      "loss": {t: float(v.detach()) for t, v in losses.items()}, "grad_head": {}, "grad_backbone": {},
                       "raw_std": {}, "probe": {}}
             for t in self.tasks:
                 head = [p for p in net.heads[t].parameters() if p.requires_grad]
