@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     args.no_pretrained = False
-    args.warmup = None
+    args.teacher_epochs = args.epochs  # the experiment's setting before the teacher had a budget of its own
+    args.train_images = 288
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     seeds = parse_seeds(args.seeds)
     data = args.data or args.out / "data"
@@ -123,7 +124,7 @@ def main() -> None:
 
         write_synthetic(data, 288, 200, size=(96, 128), seed=0)
     jobs = [experiment.Job(row, seed, args.out / row / f"seed{seed}") for seed in seeds for row in rows]
-    experiment._run_jobs(jobs, args, data, 1)
+    experiment._run_jobs(jobs, args, data)
 
     trivial = trivial_scores(data)
     bars = thresholds(trivial)
