@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--teacher-preset", default="vit-micro-wide")
     parser.add_argument("--select-fraction", type=float, default=1 / 9)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--table-only", action="store_true", help="run nothing: tabulate the finished runs")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     args.no_pretrained = False
@@ -124,7 +125,8 @@ def main() -> None:
 
         write_synthetic(data, 288, 200, size=(96, 128), seed=0)
     jobs = [experiment.Job(row, seed, args.out / row / f"seed{seed}") for seed in seeds for row in rows]
-    experiment._run_jobs(jobs, args, data)
+    if not args.table_only:
+        experiment._run_jobs(jobs, args, data)
 
     trivial = trivial_scores(data)
     bars = thresholds(trivial)
