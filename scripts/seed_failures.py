@@ -6,9 +6,12 @@ A run **learned** a task when it closes at least `MARGIN` (10%) of the way from 
 to a perfect score on the evaluation scenes:
 
 - normals: mean angle <= (1 - MARGIN) x the mean angle of predicting, everywhere, the mean training normal;
-- depth: abs. error <= (1 - MARGIN) x the abs. error of predicting the median training depth everywhere;
 - segmentation: mIoU >= base + MARGIN x (100 - base), base the mIoU of predicting the most frequent
   training class everywhere.
+
+A run **fails** when it does not learn one of these two (the issue's definition). Depth is shown beside
+them against the same kind of bar (abs. error <= (1 - MARGIN) x that of predicting the median training
+depth everywhere), as `depth/median`, the ratio of the two errors, without counting as a failure.
 
     OMP_NUM_THREADS=1 python scripts/seed_failures.py --rows mtl,kdam-teacher --seeds 100-109 \
         --out runs/seed-failures
@@ -92,8 +95,6 @@ def failed_tasks(metrics: dict, bars: dict[str, float]) -> list[str]:
     failed = []
     if metrics["seg"]["miou"] < bars["seg_miou_min"]:
         failed.append("seg")
-    if metrics["depth"]["abs_err"] > bars["depth_abs_max"]:
-        failed.append("depth")
     if metrics["normal"]["mean"] > bars["normal_mean_max"]:
         failed.append("normal")
     return failed
@@ -132,9 +133,9 @@ def main() -> None:
     bars = thresholds(trivial)
     lines = [f"trivial predictors on the evaluation split: most frequent class mIoU {trivial['seg']['miou']:.2f}, "
              f"median depth abs {trivial['depth']['abs_err']:.4f} m, mean normal {trivial['normal']['mean']:.2f}°",
-             f"learned = mIoU >= {bars['seg_miou_min']:.2f}, depth abs <= {bars['depth_abs_max']:.4f}, "
-             f"normal mean <= {bars['normal_mean_max']:.2f}°", "",
-             "| row | seed | mIoU | depth abs | normal mean | failed |", "|---|---|---|---|---|---|"]
+             f"learned = mIoU >= {bars['seg_miou_min']:.2f} and normal mean <= {bars['normal_mean_max']:.2f}° "
+             f"(depth's bar, not counted: abs <= {bars['depth_abs_max']:.4f} m)", "",
+             "| row | seed | mIoU | normal mean | failed | depth abs | depth/median |", "|---|---|---|---|---|---|---|"]
     summary: dict[str, dict] = {}
     for row in rows:
         per_seed = {}
@@ -145,8 +146,9 @@ def main() -> None:
             m = json.loads(path.read_text())
             failed = failed_tasks(m, bars)
             per_seed[seed] = failed
-            lines.append(f"| {row} | {seed} | {m['seg']['miou']:.2f} | {m['depth']['abs_err']:.4f} | "
-                         f"{m['normal']['mean']:.2f} | {', '.join(failed) or '-'} |")
+            ratio = m["depth"]["abs_err"] / trivial["depth"]["abs_err"]
+            lines.append(f"| {row} | {seed} | {m['seg']['miou']:.2f} | {m['normal']['mean']:.2f} | "
+                         f"{', '.join(failed) or '-'} | {m['depth']['abs_err']:.4f} | {ratio:.3f} |")
         summary[row] = {"runs": len(per_seed), "failed_runs": sum(bool(f) for f in per_seed.values()),
                         "per_seed": per_seed}
     lines.append("")
