@@ -252,7 +252,10 @@ def _report(out: Path, rows: list[str], seeds: list[int], wall: dict, total: flo
     from mtlkd.eval.report import LAST_METRICS_FILE, METRICS_FILE
     from mtlkd.eval.seeds import aggregate, load_rows, seeds_markdown, split_entries
 
-    present = [out / row for row in ["mtl", *(r for r in rows if r != "mtl")] if (out / row).is_dir()]
+    present = [out / row for row in ["mtl", *(r for r in rows if r != "mtl")] if list((out / row).glob("seed*/"))]
+    if not present or present[0].name != "mtl":
+        print(f"no report: {out / 'mtl'} records no run yet, and every Delta is against it")
+        return
     seconds = {}
     for row in rows:
         per_epoch = []
