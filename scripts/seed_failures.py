@@ -145,11 +145,11 @@ def main() -> None:
                 continue
             m = json.loads(path.read_text())
             failed = failed_tasks(m, bars)
-            per_seed[seed] = failed
+            per_seed[seed] = {"failed": failed, "metrics": m}
             ratio = m["depth"]["abs_err"] / trivial["depth"]["abs_err"]
             lines.append(f"| {row} | {seed} | {m['seg']['miou']:.2f} | {m['normal']['mean']:.2f} | "
                          f"{', '.join(failed) or '-'} | {m['depth']['abs_err']:.4f} | {ratio:.3f} |")
-        summary[row] = {"runs": len(per_seed), "failed_runs": sum(bool(f) for f in per_seed.values()),
+        summary[row] = {"runs": len(per_seed), "failed_runs": sum(bool(f["failed"]) for f in per_seed.values()),
                         "per_seed": per_seed}
     lines.append("")
     lines += [f"{row}: {s['failed_runs']} of {s['runs']} runs failed a task" for row, s in summary.items()]
