@@ -4,16 +4,24 @@
   ship with mtlkd, made by `mtl-pretrain` on scenes that are not the benchmark's; KDAM's wider teacher
   from its own);
 - the papers' optimiser and schedule (AdamW, OneCycle, peak lr 1e-3), OKD's warm-up at the paper's
-  fraction (5 of 200 epochs) rounded up to a whole epoch;
-- every row with several seeds, the epoch chosen on images held out of the training split, the
-  evaluation split scored once by the chosen checkpoint (and by the last epoch, for comparison);
-- the report: mean ± std of every metric, Delta with its 95% interval, above/level/below plain MTL.
+  fraction of the schedule (5 of 200 epochs: 2.5% of the steps), and its ablations without a warm-up and
+  with one whole epoch;
+- KDAM's teacher trained first, as the paper does, for `--teacher-epochs` (outside the student's budget);
+- every row with several seeds, seed i of every row paired with plain MTL's seed i (the same data order,
+  augmentation and initial student weights), the epoch chosen on images held out of the training split,
+  the evaluation split scored once by the chosen checkpoint (and by the last epoch, for comparison);
+- the report: mean ± std of every metric, Delta with its 95% interval against the mean of plain MTL, and
+  each row's paired Delta (seed i against mtl's seed i) with its 95% interval and the verdict from it.
 
-    .venv/bin/python scripts/experiment.py --out runs/experiment
+    .venv/bin/python scripts/experiment.py
 
-Runs go to OUT/ROW/seedN/ (each its own `mtl-train` process, one thread each, `--jobs` at a time, the
-order respecting that kd-mtl needs the same seed's stl run and kdam its teacher). A finished run is
-reused and an interrupted one resumed, so the command can be stopped and started again. Nothing is tuned
+Runs go to OUT/ROW/seedN/ (runs/experiment: weights and all, each its own `mtl-train` process, one thread
+each, `--jobs` at a time, the order respecting that kd-mtl needs the same seed's stl run and kdam its
+teacher). A finished run's small files (metrics, last metrics, selection, history, run options, the CPU
+it ran on: never weights) are copied to RESULTS/ROW/seedN/ (results/experiment, committed), and the
+report is built from RESULTS. A run recorded there is not run again, unless a run still to do needs its
+weights (kd-mtl its stl run, kdam its teacher) and OUT lacks them: then it is rebuilt in OUT (the same
+seed gives the same run) and its recorded files are kept. An interrupted run is resumed. Nothing is tuned
 per method: each runs with its paper's defaults.
 """
 
@@ -21,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -40,9 +48,11 @@ ROWS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "rlw": ("mtl", "student", ["--task-weighting", "rlw"], []),
     "cross-stitch": ("cross-stitch", "student", [], []),
     "kd-mtl": ("kd-mtl", "student", ["--teachers", "{run:stl}"], ["stl"]),
-    "okd": ("okd", "student", ["--warmup-epochs", "{warmup}"], []),
-    "okd-afd": ("okd", "student", ["--warmup-epochs", "{warmup}", "--task-weighting", "equal"], []),
-    "okd-otw": ("okd", "student", ["--warmup-epochs", "{warmup}", "--afd", "none"], []),
+    "okd": ("okd", "student", [], []),  # the warm-up: the paper's 2.5% of the schedule (mtl-train's default)
+    "okd-afd": ("okd", "student", ["--task-weighting", "equal"], []),
+    "okd-otw": ("okd", "student", ["--afd", "none"], []),
+    "okd-warmup-none": ("okd", "student", ["--warmup", "0"], []),
+    "okd-warmup-epoch": ("okd", "student", ["--warmup", "{epoch_steps}"], []),
     "kdam-teacher": ("mtl", "teacher", [], []),
     "kdam": ("kdam", "student", ["--teacher", "{run:kdam-teacher}"], ["kdam-teacher"]),
     "kdam-kl": ("kdam", "student", ["--teacher", "{run:kdam-teacher}", "--kd", "kl"], ["kdam-teacher"]),
@@ -51,33 +61,74 @@ ROWS: dict[str, tuple[str, str, list[str], list[str]]] = {
                      ["kdam-teacher"]),
 }
 # The issue's minimum for a 2-core budget; the other rows with --rows.
-DEFAULT_ROWS = ["stl", "mtl", "dwa", "kd-mtl", "okd", "okd-afd", "okd-otw", "kdam-teacher", "kdam",
-                "kdam-kl", "kdam-dist"]
+DEFAULT_ROWS = ["stl", "mtl", "dwa", "kd-mtl", "okd", "okd-afd", "okd-otw", "okd-warmup-none", "okd-warmup-epoch",
+                "kdam-teacher", "kdam", "kdam-kl", "kdam-dist"]
 # Relative cost of a step (plain mtl = 1), measured in the 10-epoch experiment of the README, for ordering.
 COST = {"stl": 1.8, "mtl": 1.0, "mtl-scratch": 1.0, "dwa": 1.1, "uw": 1.1, "gradnorm": 1.5, "rlw": 1.1,
-        "cross-stitch": 1.9, "kd-mtl": 1.5, "okd": 2.8, "okd-afd": 2.8, "okd-otw": 2.6, "kdam-teacher": 2.5,
+        "cross-stitch": 1.9, "kd-mtl": 1.5, "okd": 2.8, "okd-afd": 2.8, "okd-otw": 2.6, "okd-warmup-none": 2.8,
+        "okd-warmup-epoch": 2.8, "kdam-teacher": 2.5,
         "kdam": 2.1, "kdam-kl": 2.1, "kdam-dist": 2.1, "kdam-channel": 2.1}
-PAPER_WARMUP_FRACTION = 5 / 200
+TEACHER_EPOCHS = 16  # README, "Experiment": at 16 epochs the teacher beat plain MTL on every task, at 8 it did not
+SMALL_FILES = ("metrics.json", "last_metrics.json", "selection.json", "history.jsonl", "run.json")
 
 
 @dataclass
 class Job:
     row: str
     seed: int
-    folder: Path
+    folder: Path  # OUT/ROW/seedN: the run itself
     needs: list[str] = field(default_factory=list)
+    record: Path | None = None  # RESULTS/ROW/seedN: its small files, once finished
 
     @property
     def done(self) -> bool:
+        """Finished here (its weights in OUT)."""
         return (self.folder / "metrics.json").is_file()
+
+    @property
+    def recorded(self) -> bool:
+        return self.record is not None and (self.record / "metrics.json").is_file()
+
+
+def cpu_name() -> str:
+    """The processor's model name, as the results record it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def record_run(job: Job, wall_seconds: float) -> None:
+    """Copy a finished run's small files to its results folder (written beside, then moved into place)."""
+    assert job.record is not None
+    staging = job.record.with_name(f".{job.record.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for name in SMALL_FILES:
+        if (job.folder / name).is_file():
+            shutil.copy2(job.folder / name, staging / name)
+    (staging / "machine.json").write_text(json.dumps(
+        {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": 1, "wall_seconds": round(wall_seconds, 1)},
+        indent=2) + "\n")
+    staging.rename(job.record)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/experiment"))
+    parser.add_argument("--out", type=Path, default=Path("runs/experiment"), help="the runs, weights and all")
+    parser.add_argument("--results", type=Path, default=Path("results/experiment"),
+                        help="each finished run's small files, and the report built from them (committed)")
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS,
+                        help="KDAM's teacher, trained first and outside the student's budget")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--preset", default="vit-micro")
     parser.add_argument("--teacher-preset", default="vit-micro-wide", help="KDAM's teacher: a wider network")
@@ -86,6 +137,7 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=200)
     parser.add_argument("--no-pretrained", action="store_true", help="start from random weights (ablation)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: the report of what is recorded")
     parser.add_argument("--quiet", action="store_true", help="no progress bar: only the report and errors")
     args = parser.parse_args()
 
@@ -96,30 +148,41 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: unknown rows {', '.join(unknown)}; known: {', '.join(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    data = args.out / "data"
-    if not (data / "meta.json").exists():
-        write_synthetic(data, args.train_images, args.eval_images, size=(96, 128), seed=0)
-    warmup = max(1, math.ceil(PAPER_WARMUP_FRACTION * args.epochs))
-    jobs = [Job(row, seed, args.out / row / f"seed{seed}", [n for n in ROWS[row][3] if n in rows])
-            for seed in seeds for row in rows]
     missing = {n for row in rows for n in ROWS[row][3]} - set(rows)
     if missing:
         sys.exit(f"error: rows {', '.join(sorted(missing))} are needed by others; add them to --rows")
     started = time.perf_counter()
-    wall = _run_jobs(jobs, args, data, warmup)
+    wall: dict[str, float] = {}
+    if not args.report_only:
+        data = args.out / "data"
+        if not (data / "meta.json").exists():
+            write_synthetic(data, args.train_images, args.eval_images, size=(96, 128), seed=0)
+        jobs = [Job(row, seed, args.out / row / f"seed{seed}", [n for n in ROWS[row][3] if n in rows],
+                    args.results / row / f"seed{seed}") for seed in seeds for row in rows]
+        wall = _run_jobs(jobs, args, data)
     total = time.perf_counter() - started
-    _report(args.out, rows, seeds, wall, total, vars(args) | {"out": str(args.out), "warmup_epochs": warmup})
+    _report(args.results, rows, seeds, wall, total, vars(args) | {"out": str(args.out), "results": str(args.results),
+                                                                  "epoch_steps": epoch_steps(args)})
 
 
-def _command(job: Job, args, data: Path, warmup: int) -> list[str]:
+def epoch_steps(args) -> int:
+    """Optimiser steps of one epoch: the training images left after the held-out ones, in whole batches."""
+    from mtlkd.train.selection import holdout_split
+
+    train_ids, _ = holdout_split(args.train_images, args.select_fraction)
+    return len(train_ids) // args.batch_size
+
+
+def _command(job: Job, args, data: Path) -> list[str]:
     method, role, extra, _ = ROWS[job.row]
     preset = args.teacher_preset if role == "teacher" else args.preset
+    epochs = args.teacher_epochs if role == "teacher" else args.epochs
     out = job.folder.parent.parent
-    extra = [e.format(warmup=warmup, run=None) if "{run:" not in e
+    extra = [e.format(epoch_steps=epoch_steps(args)) if "{run:" not in e
              else str(out / e[5:-1] / f"seed{job.seed}") + ("/model.safetensors" if method == "kdam" else "")
              for e in extra]
     cmd = [sys.executable, "-m", "mtlkd.cli.train", "synthetic", "--data-dir", str(data), "--out", str(job.folder),
-           "--method", method, "--preset", preset, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+           "--method", method, "--preset", preset, "--epochs", str(epochs), "--batch-size", str(args.batch_size),
            "--seed", str(job.seed), "--select-fraction", str(args.select_fraction), "--device", "cpu", *extra]
     if not args.no_pretrained and not job.row.endswith("-scratch"):
         cmd.append("--pretrained")
@@ -128,16 +191,27 @@ def _command(job: Job, args, data: Path, warmup: int) -> list[str]:
     return cmd
 
 
-def _run_jobs(jobs: list[Job], args, data: Path, warmup: int) -> dict[str, float]:
-    """Run what is not done, `--jobs` at a time, dependencies first, the costliest first; one bar."""
+def _to_do(jobs: list[Job]) -> list[Job]:
+    """Jobs not recorded, and recorded ones whose weights a job still to do needs but OUT lacks (rebuilt)."""
+    pending = [j for j in jobs if not j.recorded and not j.done]
+    needed = {(n, j.seed) for j in pending for n in j.needs}
+    return pending + [j for j in jobs if j not in pending and (j.row, j.seed) in needed and not j.done]
+
+
+def _run_jobs(jobs: list[Job], args, data: Path) -> dict[str, float]:
+    """Run what is to do, `--jobs` at a time, dependencies first, the costliest first; one bar. Each finished
+    run is recorded (when its job has a results folder and nothing is recorded there yet)."""
     from mtlkd.ui import console, progress_bar
 
     wall: dict[str, float] = {}
-    pending = [j for j in jobs if not j.done]
+    for job in jobs:  # finished in OUT by an earlier call, not yet recorded
+        if job.done and job.record is not None and not job.recorded:
+            record_run(job, 0.0)
+    pending = _to_do(jobs)
     running: dict[subprocess.Popen, tuple[Job, float]] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with progress_bar("run", quiet=args.quiet) as bar:
-        task = bar.add_task("experiment", total=len(jobs), completed=len(jobs) - len(pending), info="")
+        task = bar.add_task("experiment", total=len(pending), completed=0, info="")
         while pending or running:
             ready = [j for j in pending if all((j.folder.parent.parent / n / f"seed{j.seed}" / "metrics.json").is_file()
                                                for n in j.needs)]
@@ -151,8 +225,7 @@ def _run_jobs(jobs: list[Job], args, data: Path, warmup: int) -> dict[str, float
                     job.folder.rename(job.folder.with_name(f".{job.folder.name}.incomplete-{int(time.time())}"))
                 job.folder.mkdir(parents=True, exist_ok=True)
                 log = open(job.folder / "train.log", "a")  # noqa: SIM115 (closed with the process below)
-                proc = subprocess.Popen(_command(job, args, data, warmup), stdout=log, stderr=subprocess.STDOUT,
-                                        env=env)
+                proc = subprocess.Popen(_command(job, args, data), stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[proc] = (job, time.perf_counter())
                 proc.log = log  # type: ignore[attr-defined]
             time.sleep(2)
@@ -164,6 +237,8 @@ def _run_jobs(jobs: list[Job], args, data: Path, warmup: int) -> dict[str, float
                                   f"see {job.folder / 'train.log'}")
                     continue
                 wall[f"{job.row}/seed{job.seed}"] = time.perf_counter() - began
+                if job.record is not None and not job.recorded:
+                    record_run(job, wall[f"{job.row}/seed{job.seed}"])
                 bar.update(task, advance=1, info=f"{job.row} seed {job.seed} {time.perf_counter() - began:.0f}s")
             if not running and pending and not any(
                     all((j.folder.parent.parent / n / f"seed{j.seed}" / "metrics.json").is_file() for n in j.needs)
@@ -175,9 +250,12 @@ def _run_jobs(jobs: list[Job], args, data: Path, warmup: int) -> dict[str, float
 
 def _report(out: Path, rows: list[str], seeds: list[int], wall: dict, total: float, budget: dict) -> None:
     from mtlkd.eval.report import LAST_METRICS_FILE, METRICS_FILE
-    from mtlkd.eval.seeds import aggregate, load_rows, seeds_markdown
+    from mtlkd.eval.seeds import aggregate, load_rows, seeds_markdown, split_entries
 
-    present = [out / row for row in ["mtl", *(r for r in rows if r != "mtl")] if (out / row).is_dir()]
+    present = [out / row for row in ["mtl", *(r for r in rows if r != "mtl")] if list((out / row).glob("seed*/"))]
+    if not present or present[0].name != "mtl":
+        print(f"no report: {out / 'mtl'} records no run yet, and every Delta is against it")
+        return
     seconds = {}
     for row in rows:
         per_epoch = []
@@ -194,7 +272,8 @@ def _report(out: Path, rows: list[str], seeds: list[int], wall: dict, total: flo
     tables, results = [], {}
     for name, title in ((METRICS_FILE, "chosen epoch"), (LAST_METRICS_FILE, "last epoch")):
         groups = load_rows(present, name)
-        table = aggregate({row: [m for _, m in entries] for row, entries in groups.items()}, "mtl")
+        metrics, run_seeds = split_entries(groups)
+        table = aggregate(metrics, "mtl", run_seeds)
         results[title] = table
         tables.append(f"### {title}\n\n" + seeds_markdown(table, times if title == "chosen epoch" else None))
     (out / "report.md").write_text("\n".join(tables))

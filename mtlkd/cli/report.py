@@ -34,7 +34,8 @@ def command(
     Delta_mt. When a row has several seeds (a folder of seedN/ runs, or runs named ROW-sN), every metric
     is shown as mean ± std and Delta with its 95% t interval, each run's Delta taken against the
     baseline's mean metrics; a row is marked above/below when its interval lies above/below the
-    baseline's.
+    baseline's. Runs named seedN (or ROW-sN) are also paired with the baseline's run of the same seed:
+    the paired Delta's mean, 95% t interval and verdict (above/below when the interval excludes 0).
 
     Examples:
       mtl-report runs/okd runs/kdam --baseline runs/mtl_uniform
@@ -49,9 +50,10 @@ def command(
         groups = load_rows([baseline, *runs], name)
         base_row = next(iter(groups))
         if max(len(entries) for entries in groups.values()) > 1:
-            from mtlkd.eval.seeds import aggregate, seeds_markdown
+            from mtlkd.eval.seeds import aggregate, seeds_markdown, split_entries
 
-            rows = aggregate({row: [m for _, m in entries] for row, entries in groups.items()}, base_row)
+            metrics, seeds = split_entries(groups)
+            rows = aggregate(metrics, base_row, seeds)
             if json_out is not None:
                 emit_json({"rows": rows}, json_out)
             else:

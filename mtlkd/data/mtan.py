@@ -284,6 +284,10 @@ class MTANDataset:
         self.length = validate_dataset(self.root, self.spec, split)
         self.augment = augment
         self.generator = generator  # a torch.Generator for augmentation, or None for torch's global RNG
+        # When set, sample i is augmented from its own generator seeded by (augment_seed, i): what a sample
+        # becomes then depends on nothing else that draws random numbers (a method's, a worker's), so runs
+        # of one seed see the same augmented batches whatever they train (the trainer sets it per epoch).
+        self.augment_seed: int | None = None
         self._size: tuple[int, int] | None = None  # H, W every file must have (from the spec or the images)
 
     @property
@@ -352,7 +356,10 @@ class MTANDataset:
         if self.augment:
             from mtlkd.data.augment import random_flip, random_scale_crop
 
-            sample = random_flip(random_scale_crop(sample, self.generator), self.generator)
+            generator = self.generator
+            if self.augment_seed is not None:
+                generator = torch.Generator().manual_seed(self.augment_seed * 1_000_003 + index)
+            sample = random_flip(random_scale_crop(sample, generator), generator)
         return sample
 
     def __repr__(self) -> str:

@@ -7,6 +7,12 @@ its interval too. A row is `above` (or `below`) the baseline when its whole inte
 the baseline's interval, otherwise `level`: non-overlap of two 95% intervals, a deliberately cautious test
 with three seeds. With one seed on either side there is no interval and no verdict (`one seed`).
 
+Paired: when the runs' seeds are known (`seed3`, `ROW-s3`), each row's seed i is also compared with the
+baseline's seed i, which shares its data order, augmentation and initial weights (mtlkd.train): the
+paired Delta d_i = Delta(row seed i, baseline seed i), over the seeds both rows have, its mean and 95%
+interval, and the verdict `above` (`below`) when that interval lies wholly above (below) 0. What two runs
+of one seed have in common cancels in d_i, so this interval is the narrower and the sharper test.
+
 The interval is Student's t: mean +- t(0.975, n - 1) * s / sqrt(n), s the sample standard deviation.
 """
 
@@ -43,6 +49,12 @@ def row_name(run: Path) -> str:
         return run.parent.name
     match = re.fullmatch(r"(.+)-s\d+", run.name)
     return match.group(1) if match else run.name
+
+
+def run_seed(name: str) -> int | None:
+    """The seed of a run named `seed3` or `ROW-s3`; None for any other name."""
+    match = re.fullmatch(r"seed(\d+)|.+-s(\d+)", name)
+    return None if match is None else int(match.group(1) or match.group(2))
 
 
 def load_rows(paths: Sequence[Path], name: str = METRICS_FILE) -> dict[str, list[Entry]]:
@@ -86,9 +98,36 @@ def mean_metrics(runs: Sequence[MetricsDict]) -> MetricsDict:
     return out
 
 
-def aggregate(groups: Mapping[str, Sequence[MetricsDict]], baseline: str) -> list[dict[str, Any]]:
+def paired(runs: Sequence[MetricsDict], seeds: Sequence[int | None], base_runs: Sequence[MetricsDict],
+           base_seeds: Sequence[int | None]) -> dict[str, Any]:
+    """The paired Delta of a row against the baseline: summary of d_i = Delta(run seed i, baseline seed i)
+    over the seeds both have, with "values", "seeds" and "verdict" (above/below: the interval excludes 0)."""
+    def by_seed(values: Sequence[MetricsDict], keys: Sequence[int | None]) -> dict[int, MetricsDict]:
+        out: dict[int, MetricsDict] = {}
+        for metrics, seed in zip(values, keys, strict=True):
+            if seed is None:
+                continue
+            if seed in out:
+                raise ReportError(f"seed {seed} appears twice in one row; a paired Delta needs one run per seed")
+            out[seed] = metrics
+        return out
+
+    mine, base = by_seed(runs, seeds), by_seed(base_runs, base_seeds)
+    common = sorted(set(mine) & set(base))
+    if not common:
+        return {"n": 0, "values": [], "seeds": [], "verdict": "no pairs"}
+    values = [delta(mine[s], base[s]) for s in common]
+    result = summary(values) | {"values": values, "seeds": common}
+    result["verdict"] = ("one pair" if len(common) < 2 else "above" if result["low"] > 0
+                         else "below" if result["high"] < 0 else "level")
+    return result
+
+
+def aggregate(groups: Mapping[str, Sequence[MetricsDict]], baseline: str,
+              seeds: Mapping[str, Sequence[int | None]] | None = None) -> list[dict[str, Any]]:
     """Rows {"name", "n", "metrics": {task: {metric: summary}}, "delta": summary + "values", "verdict"},
-    the baseline first; `groups` maps row name -> the metrics of its seeds."""
+    the baseline first; `groups` maps row name -> the metrics of its seeds. With `seeds` (row name -> the
+    seed of each of those runs, None where unknown), every other row has "paired" too (see `paired`)."""
     if baseline not in groups:
         raise ReportError(f"baseline row {baseline!r} is not among the runs ({', '.join(groups)})")
     base = mean_metrics(groups[baseline])
@@ -104,6 +143,11 @@ def aggregate(groups: Mapping[str, Sequence[MetricsDict]], baseline: str) -> lis
         metrics = {task: {metric: summary([r[task][metric] for r in runs if metric in r.get(task, {})])
                           for metric in values} for task, values in mean_metrics(runs).items()}
         rows.append({"name": name, "n": len(runs), "metrics": metrics, "delta": summary(deltas) | {"values": deltas}})
+        if seeds is not None and name != baseline:
+            try:
+                rows[-1]["paired"] = paired(runs, seeds[name], groups[baseline], seeds[baseline])
+            except ValueError as err:
+                raise ReportError(f"{name} against baseline {baseline}: {err}") from None
     reference = rows[0]["delta"]
     for row in rows:
         d = row["delta"]
@@ -117,8 +161,10 @@ def seeds_markdown(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Mappin
     """GitHub markdown: every metric as mean ± std, Delta as mean ± std [95% interval], the verdict."""
     cols = metric_columns([{"metrics": {t: dict(v) for t, v in row["metrics"].items()}} for row in rows])
     extra = dict(extra or {})
+    with_pairs = any("paired" in row for row in rows)
+    pair_head = ["paired Δ ↑ (95% interval)", "paired verdict"] if with_pairs else []
     head = ["method", "seeds", *(f"{label} {'↑' if higher else '↓'}" for _, _, label, higher in cols),
-            "Δ ↑ (95% interval)", "vs baseline", *extra]
+            "Δ ↑ (95% interval)", "vs baseline", *pair_head, *extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [str(row["name"]), str(row["n"])]
@@ -129,6 +175,24 @@ def seeds_markdown(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Mappin
         cells.append(f"{d['mean']:+.2f} ± {d['std']:.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d["n"] > 1
                      else f"{d['mean']:+.2f} (one seed, no interval)")
         cells.append(row["verdict"])
+        if with_pairs:
+            cells.extend(_paired_cells(row.get("paired")))
         cells.extend(column.get(str(row["name"]), "") for column in extra.values())
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def split_entries(groups: Mapping[str, Sequence[Entry]]) -> tuple[dict[str, list[MetricsDict]],
+                                                                 dict[str, list[int | None]]]:
+    """`load_rows`' rows as (row -> metrics of its runs, row -> their seeds), what `aggregate` takes."""
+    return ({row: [m for _, m in entries] for row, entries in groups.items()},
+            {row: [run_seed(name) for name, _ in entries] for row, entries in groups.items()})
+
+
+def _paired_cells(pair: Mapping[str, Any] | None) -> list[str]:
+    if pair is None:
+        return ["–", "–"]
+    if pair["n"] < 2:
+        return [f"{pair['mean']:+.2f} (one pair)" if pair["n"] else "–", pair["verdict"]]
+    return [f"{pair['mean']:+.2f} ± {pair['std']:.2f} [{pair['low']:+.2f}, {pair['high']:+.2f}] (n={pair['n']})",
+            pair["verdict"]]

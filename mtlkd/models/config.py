@@ -83,11 +83,18 @@ class MaskTransformerConfig:
 @_registered(HEAD_CONFIGS, "kind")
 @dataclass(frozen=True)
 class QueryRegressionConfig:
-    """The OKD paper's regression head: N_reg learned queries (128 in the paper), then an MLP."""
+    """The OKD paper's regression head: N_reg learned queries (128 in the paper), then an MLP.
+
+    `product_norm`: a LayerNorm over each patch's N_reg scalar products before the MLP, as the
+    classification head's mask norm does over its class scores (every preset sets it; False is what
+    files written before the field existed hold). Without it the MLP reads products whose spread across
+    patches is a few hundredths, so the head starts as a near-constant map and can settle on the mean
+    normal (scripts/failure_mechanism.py measures this)."""
 
     kind: ClassVar[str] = "query_regression"
     layers: int = 2
     num_queries: int = 128
+    product_norm: bool = False
 
 
 @_registered(HEAD_CONFIGS, "kind")

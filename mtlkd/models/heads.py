@@ -84,12 +84,16 @@ class MaskTransformerHead(nn.Module):
 @register_head("query_regression")
 class QueryRegressionHead(nn.Module):
     """Regression head of Fig. 2b: N_reg learned queries (128 in the paper), scalar product with the
-    patches, then an MLP to the task's channels (1 for depth, 3 for normals)."""
+    patches, then an MLP to the task's channels (1 for depth, 3 for normals). With `product_norm`, a
+    LayerNorm over the N_reg products first (the classification head's mask norm): the learned queries
+    start nearly parallel (cosine about 0.99), so the raw products barely vary across patches and the
+    head would begin as a near-constant map; normalised, the MLP reads them at unit scale."""
 
     def __init__(self, embed_dim: int, out_channels: int, grid: tuple[int, int], layers: int = 2,
-                 num_heads: int = 3, num_queries: int = 128):
+                 num_heads: int = 3, num_queries: int = 128, product_norm: bool = False):
         super().__init__()
         self.decoder = _QueryDecoder(embed_dim, num_queries, layers, num_heads)
+        self.product_norm = nn.LayerNorm(num_queries) if product_norm else nn.Identity()
         self.mlp = nn.Sequential(
             nn.Linear(num_queries, num_queries), nn.GELU(), nn.Linear(num_queries, out_channels)
         )
@@ -98,7 +102,7 @@ class QueryRegressionHead(nn.Module):
     @classmethod
     def from_config(cls, config: QueryRegressionConfig, backbone: nn.Module, out_channels: int) -> nn.Module:
         return cls(backbone.out_dim, out_channels, backbone.grid, config.layers, backbone.num_heads,
-                   config.num_queries)
+                   config.num_queries, config.product_norm)
 
     def forward(self, tokens: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-        return _to_map(self.mlp(self.decoder(tokens)), self.grid, size)
+        return _to_map(self.mlp(self.product_norm(self.decoder(tokens))), self.grid, size)

@@ -39,27 +39,27 @@ _ASPP_R18 = ASPPConfig(channels=64, rates=(12, 24, 36))
 PRESETS: dict[str, Preset] = {
     "vit-tiny": Preset(
         ViTConfig((384, 384), patch_size=16, embed_dim=192, depth=12, num_heads=3, drop_path=0.1),
-        MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=128),
+        MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=128, product_norm=True),
         "the OKD paper's model: ViT-Ti/16 at 384x384, heads with two transformer layers, N_reg = 128"),
     "vit-small": Preset(
         ViTConfig((384, 384), patch_size=16, embed_dim=384, depth=12, num_heads=6, drop_path=0.1),
-        MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=128),
+        MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=128, product_norm=True),
         "a larger multi-task teacher for KDAM (ViT-S/16)"),
     "vit-micro": Preset(
         ViTConfig((96, 128), patch_size=8, embed_dim=128, depth=4, num_heads=4),
-        MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=64),
+        MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=64, product_norm=True),
         "the CPU demo: 96x128 input, 8x8 patches (12x16 tokens), 4 blocks of width 128"),
     "vit-micro-lite": Preset(
         ViTConfig((96, 128), patch_size=8, embed_dim=128, depth=4, num_heads=4),
-        MaskTransformerConfig(layers=1), QueryRegressionConfig(layers=1, num_queries=64),
+        MaskTransformerConfig(layers=1), QueryRegressionConfig(layers=1, num_queries=64, product_norm=True),
         "vit-micro with one-layer heads: a cheaper multi-task student (mtl-distill), the same backbone"),
     "vit-nano": Preset(
         ViTConfig((32, 32), patch_size=8, embed_dim=32, depth=2, num_heads=2),
-        MaskTransformerConfig(layers=1), QueryRegressionConfig(layers=1, num_queries=8),
+        MaskTransformerConfig(layers=1), QueryRegressionConfig(layers=1, num_queries=8, product_norm=True),
         "a few-thousand-parameter model for unit tests that must run in milliseconds"),
     "vit-micro-wide": Preset(
         ViTConfig((96, 128), patch_size=8, embed_dim=192, depth=6, num_heads=6),
-        MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=64),
+        MaskTransformerConfig(layers=2), QueryRegressionConfig(layers=2, num_queries=64, product_norm=True),
         "a CPU-sized multi-task teacher for KDAM at the demo's 96x128 input (ViT-S-like width)"),
     "deeplabv3-r50": Preset(
         ResNetConfig("resnet50", (288, 384), output_stride=8), _ASPP_R50, _ASPP_R50,

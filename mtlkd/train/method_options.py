@@ -8,6 +8,7 @@ What each default is and where it comes from is said in the field's help, which 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,7 @@ PAPER_ADAPTOR_LR = 0.1
 PAPER_ADAPTOR_WEIGHT_DECAY = 5e-4
 KD_LOSSES_DEFAULT_TEMPERATURE = {"cs": 3.0, "kl": 3.0, "dist": 1.0}
 REGRESSION_VIEWS = ("spatial", "channel")
+PAPER_WARMUP_FRACTION = 5 / 200  # OKD: 5 warm-up epochs of 200
 
 
 @dataclass
@@ -92,14 +94,20 @@ class OKDOptions(WeightingOptions):
                                  choices=WEIGHTING_NAMES, metavar="NAME")
     afd: str = option("learned", "Adaptive feature distillation variant (Table 5's ablations; none: no AFD).",
                       choices=AFD_VARIANTS, metavar="VARIANT")
-    warmup_epochs: int = option(5, "Epochs the single-task networks train alone first (the paper: 5 of 200).",
-                                metavar="N")
+    warmup: float = option(PAPER_WARMUP_FRACTION, "Steps the single-task networks train alone first: a fraction "
+                           "of the schedule below 1 (rounded up to a whole step; the paper's 5 of 200 epochs is "
+                           f"{PAPER_WARMUP_FRACTION:g}), or a whole number of steps.", metavar="F|STEPS")
     same_init: bool = option(True, "Start every backbone from the same weights (the paper: one ImageNet ViT).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"--warmup-epochs {self.warmup_epochs}: must be 0 or more")
+        if self.warmup < 0 or (self.warmup >= 1 and self.warmup != int(self.warmup)):
+            raise ConfigError(f"--warmup {self.warmup:g}: expected a fraction of the schedule in [0, 1) or a whole "
+                              "number of steps")
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """The warm-up in optimiser steps of a schedule of `total_steps`."""
+        return math.ceil(self.warmup * total_steps - 1e-9) if self.warmup < 1 else int(self.warmup)
 
 
 @dataclass

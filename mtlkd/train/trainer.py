@@ -124,7 +124,7 @@ def _train(options: TrainOptions, stale: list[Path] | None = None,
         config=config, tasks=tasks, num_classes=config.num_classes,
         class_names=list(config.class_names) if config.class_names else None,
         device=device, options=dict(options.method_options), epochs=options.epochs, steps_per_epoch=steps,
-        backbone_weights=options.backbone_weights, teachers=run_data.teachers,
+        backbone_weights=options.backbone_weights, teachers=run_data.teachers, seed=options.seed,
     )
     method = create_method(options.method, ctx).to(device)
     if dinfo.world > 1:
@@ -153,8 +153,11 @@ def _train(options: TrainOptions, stale: list[Path] | None = None,
     sampler = (DistributedSampler(train_set, dinfo.world, dinfo.rank, shuffle=True, seed=options.seed, drop_last=True)
                if dinfo.world > 1 else None)
     select_loader = DataLoader(select_set, batch_size=options.batch_size, num_workers=options.workers)
+    augmented = getattr(train_set, "dataset", train_set)  # the dataset under the training Subset
     for epoch in range(start_epoch, options.epochs):
-        torch.manual_seed(options.seed * 100003 + epoch)  # augmentation and random weights, per epoch
+        torch.manual_seed(options.seed * 100003 + epoch)  # random numbers a method draws, per epoch
+        if hasattr(augmented, "augment_seed"):  # each sample's augmentation, its own stream (MTANDataset)
+            augmented.augment_seed = options.seed * 100003 + epoch
         if sampler is not None:
             sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(options.seed * 100003 + epoch)

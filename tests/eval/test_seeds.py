@@ -84,3 +84,56 @@ def test_one_seed_has_no_interval_and_no_verdict():
     rows = aggregate({"mtl": [_metrics(20.0, 1.0), _metrics(22.0, 1.0)], "single": [_metrics(40.0, 1.0)]}, "mtl")
     assert rows[1]["verdict"] == "one seed"
     assert "one seed, no interval" in seeds_markdown(rows)
+
+
+def test_paired_delta_compares_seed_i_with_the_baselines_seed_i_by_hand():
+    # mtl seeds 0, 1, 2 at mIoU 20, 22, 24; the row 2 points above mtl in each seed, but spread like mtl.
+    # delta of seed i = 25 * 2 / m_i: +2/m_i of mIoU is half of seg (two metrics), seg half of Delta (depth 0)
+    groups = {"mtl": [_metrics(20.0, 1.0), _metrics(22.0, 1.0), _metrics(24.0, 1.0)],
+              "row": [_metrics(22.0, 1.0), _metrics(24.0, 1.0), _metrics(26.0, 1.0)]}
+    seeds = {"mtl": [0, 1, 2], "row": [0, 1, 2]}
+    row = aggregate(groups, "mtl", seeds)[1]
+    d = [25 * 2 / 20, 25 * 2 / 22, 25 * 2 / 24]  # 2.5, 2.2727, 2.0833
+    mean = sum(d) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / 2)
+    half = 4.303 * sd / math.sqrt(3)
+    pair = row["paired"]
+    assert pair["values"] == pytest.approx(d) and pair["seeds"] == [0, 1, 2]
+    assert (pair["mean"], pair["std"]) == pytest.approx((mean, sd))
+    assert (pair["low"], pair["high"]) == pytest.approx((mean - half, mean + half))
+    assert pair["low"] > 0 and pair["verdict"] == "above"
+    assert row["verdict"] == "level"  # unpaired: mtl's own spread hides the 2 points
+    text = seeds_markdown(aggregate(groups, "mtl", seeds))
+    assert f"{mean:+.2f} ± {sd:.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n=3) | above |" in text
+
+
+def test_paired_delta_uses_the_seeds_both_rows_have_in_any_order():
+    groups = {"mtl": [_metrics(20.0, 1.0), _metrics(30.0, 1.0), _metrics(40.0, 1.0)],
+              "row": [_metrics(36.0, 1.0), _metrics(18.0, 1.0), _metrics(99.0, 1.0)]}
+    # row's seed 2 (mIoU 36) against mtl's seed 2 (40): -10% of mIoU; seed 0 (18) against 20: -10%; seed 7 unpaired
+    pair = aggregate(groups, "mtl", {"mtl": [0, 1, 2], "row": [2, 0, 7]})[1]["paired"]
+    assert pair["seeds"] == [0, 2] and pair["values"] == pytest.approx([-2.5, -2.5])
+    assert pair["std"] == pytest.approx(0.0) and pair["verdict"] == "below"
+    none = aggregate(groups, "mtl", {"mtl": [0, 1, 2], "row": [3, 4, 5]})[1]["paired"]
+    assert none["n"] == 0 and none["verdict"] == "no pairs"
+    from mtlkd.errors import ReportError
+
+    with pytest.raises(ReportError, match="seed 0 appears twice"):
+        aggregate(groups, "mtl", {"mtl": [0, 1, 2], "row": [0, 0, 1]})
+
+
+def test_report_cli_pairs_seed_folders(tmp_path):
+    from typer.testing import CliRunner
+
+    from mtlkd.cli.report import app
+
+    for seed, (base, mine) in enumerate(((20.0, 22.0), (24.0, 25.0), (28.0, 31.0))):
+        for row, miou in (("mtl", base), ("kd", mine)):
+            (tmp_path / row / f"seed{seed}").mkdir(parents=True)
+            (tmp_path / row / f"seed{seed}" / "metrics.json").write_text(json.dumps(_metrics(miou, 1.0)))
+    result = CliRunner().invoke(app, [str(tmp_path / "kd"), "--baseline", str(tmp_path / "mtl"), "--json"])
+    assert result.exit_code == 0, result.output
+    pair = json.loads(result.output)["rows"][1]["paired"]
+    assert pair["values"] == pytest.approx([25 * 2 / 20, 25 * 1 / 24, 25 * 3 / 28])
+    markdown = CliRunner().invoke(app, [str(tmp_path / "kd"), "--baseline", str(tmp_path / "mtl")])
+    assert "paired verdict" in markdown.output

@@ -128,3 +128,27 @@ def test_create_model_pretrained_starts_from_the_bundled_backbone():
     bundled = load_file(str(pretrained_backbone("vit-micro")))
     own = net.backbone.vit.state_dict()
     assert all(torch.equal(own[k], v) for k, v in bundled.items())
+
+
+def test_regression_heads_normalise_their_query_products_in_every_vit_preset():
+    from mtlkd.models.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        if preset.regression_head.kind == "query_regression":
+            assert preset.regression_head.product_norm, name
+    torch.manual_seed(0)
+    net = create_model(preset_config("vit-nano", ["depth", "normal"]))
+    head = net.heads["normal"]
+    seen = {}
+    head.decoder.register_forward_hook(lambda module, args, out: seen.update(products=out))
+    head.mlp.register_forward_pre_hook(lambda module, args: seen.update(x=args[0]))
+    net(torch.rand(2, 3, 32, 32))
+    # what the MLP reads: each patch's N_reg products at zero mean and unit spread (LayerNorm at its init:
+    # spread sqrt(var / (var + eps)), eps = 1e-5, which the products' small variance makes visibly below 1)
+    var = seen["products"].var(dim=-1, unbiased=False)
+    assert seen["x"].mean(dim=-1).abs().max() < 1e-5
+    torch.testing.assert_close(seen["x"].std(dim=-1, unbiased=False), (var / (var + 1e-5)).sqrt(), rtol=1e-4, atol=0)
+    # a file written before the option existed keeps its head as it was (no norm, the same weight names)
+    legacy = QueryRegressionHead(net.backbone.out_dim, 3, net.backbone.grid, 1, 2, 8)
+    assert isinstance(legacy.product_norm, torch.nn.Identity)
+    assert not any(k.startswith("product_norm") for k in legacy.state_dict())

@@ -78,8 +78,8 @@ def data(tmp_path_factory):
     [
         # GradNorm: autograd.grad inside a DDP step, and a learned weight outside the networks
         ("mtl", {"task_weighting": "gradnorm"}, ["model"]),
-        # OKD: four DDP networks, one of them idle during the warm-up epoch; omega outside the networks
-        ("okd", {"warmup_epochs": 1}, ["model", "stl_seg", "stl_depth", "stl_normal"]),
+        # OKD: four DDP networks, one of them idle during the warm-up epoch (2 steps); omega outside the networks
+        ("okd", {"warmup": 2}, ["model", "stl_seg", "stl_depth", "stl_normal"]),
     ],
 )
 def test_two_processes_end_with_identical_weights(tmp_path, data, method, options, saved):

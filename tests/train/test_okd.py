@@ -17,7 +17,7 @@ from mtlkd.train.methods.okd import AFD_VARIANTS, AdaptiveFeatureDistillation
 
 def okd(epochs: int = 10, **options):
     torch.manual_seed(0)
-    options.setdefault("warmup_epochs", 0)
+    options.setdefault("warmup", 0)
     return create_method("okd", nano_context(epochs=epochs, **options))
 
 
@@ -161,7 +161,7 @@ def test_default_weighting_is_otw_and_an_explicit_choice_wins():
     assert okd(task_weighting=None).weighting_name == "otw"
     assert okd(task_weighting="equal").weighting_name == "equal"
     assert okd().afd.variant == "learned"
-    assert create_method("okd", nano_context()).warmup_epochs == 5  # the paper's
+    assert create_method("okd", nano_context()).warmup_steps == 1  # the paper's 2.5% of 10 epochs of 4 steps
 
 
 def test_step_logs_and_otw_weights_follow_eq3_from_the_logged_losses():
@@ -179,27 +179,44 @@ def test_step_logs_and_otw_weights_follow_eq3_from_the_logged_losses():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_warmup_trains_only_the_single_task_networks():
-    method = okd(warmup_epochs=2)
-    assert method.warmup_epochs == 2
+def test_warmup_is_counted_in_steps_of_the_schedule():
+    from mtlkd.errors import ConfigError
+    from mtlkd.train.method_options import OKDOptions
+
+    paper = OKDOptions()
+    assert paper.warmup == 5 / 200
+    assert paper.warmup_steps(200 * 50) == 5 * 50  # the paper's 5 of 200 epochs, whatever an epoch's steps
+    assert paper.warmup_steps(8 * 16) == 4  # 3.2 steps rounded up: a fraction above 0 warms up at least a step
+    assert OKDOptions(warmup=0).warmup_steps(128) == 0
+    assert OKDOptions(warmup=16).warmup_steps(128) == 16  # a whole number: steps (here one epoch of 16)
+    assert OKDOptions(warmup=0.5).warmup_steps(10) == 5
+    for bad in (-0.1, 1.5, 20.25):
+        with pytest.raises(ConfigError, match="--warmup"):
+            OKDOptions(warmup=bad)
+
+
+def test_warmup_trains_only_the_single_task_networks_until_its_last_step():
+    method = okd(warmup=6)  # one epoch (4 steps) and half of the next
+    assert method.warmup_steps == 6
     method.train(True)
-    loss, logs = method.training_step(fixed_batch(), 0, 1)  # epoch 1: still warming up
+    loss, logs = method.training_step(fixed_batch(), 5, 1)  # the warm-up's last step, in epoch 1
     assert set(logs) == {"stl_loss"}
     loss.backward()
     assert all(p.grad is None for p in method.nets["mtl"].parameters())
     assert method.afd.omega.grad is None
     assert all(p.grad is not None for t in TASKS for p in method.nets[f"stl_{t}"].parameters())
-    record = method.on_epoch_end(1, {"stl_loss": logs["stl_loss"]})
-    assert record["okd_phase"] == "stl_warmup" and "task_weights" not in record
-    _, logs = method.training_step(fixed_batch(), 0, 2)  # epoch 2: joint
+    _, logs = method.training_step(fixed_batch(), 6, 1)  # the next step: joint
     assert "mtl_loss" in logs and "task_weights" in logs
+    assert method.on_epoch_end(0, {"stl_loss": logs["stl_loss"]})["okd_phase"] == "stl_warmup"
+    assert "mtl" not in method.trained_networks(0) and "mtl" in method.trained_networks(1)
+    assert method.on_epoch_end(1, logs)["okd_phase"] == "joint"  # partly warm-up, partly joint
 
 
 def test_warmup_longer_than_the_run_is_clamped_with_a_warning(capsys):
-    method = create_method("okd", nano_context(epochs=3))
-    assert method.warmup_epochs == 2
+    method = okd(epochs=3, warmup=12)  # every step of 3 epochs of 4
+    assert method.warmup_steps == 8  # the multi-task network keeps the last epoch
     assert "warm-up" in capsys.readouterr().err
-    assert create_method("okd", nano_context(epochs=1)).warmup_epochs == 0
+    assert okd(epochs=1, warmup=0.5).warmup_steps == 0
 
 
 def test_validated_and_saved_networks():
@@ -253,7 +270,7 @@ def test_okd_end_to_end_with_the_trainer(tmp_path):
     run = train(TrainOptions(
         dataset="synthetic", data_dir=str(data), out=str(tmp_path / "run"), method="okd", preset="vit-nano",
         epochs=2, batch_size=2, device="cpu", augment=False,
-        method_options={"warmup_epochs": 1},
+        method_options={"warmup": 2},  # one epoch: 4 images, batches of 2
     ))
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["okd_phase"] for r in history] == ["stl_warmup", "joint"]

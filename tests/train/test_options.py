@@ -61,8 +61,8 @@ def test_every_method_options_round_trip_through_the_run_json(method):
 
 
 def test_a_misspelt_option_fails_naming_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown option --warmup-epoch;") as caught:
-        parse_options(OKDOptions, {"warmup_epoch": 2}, "--method okd")
+    with pytest.raises(ConfigError, match=r"unknown option --warmup-epochs;") as caught:
+        parse_options(OKDOptions, {"warmup_epochs": 2}, "--method okd")
     assert all(f"--{f.name.replace('_', '-')}" in str(caught.value) for f in dataclasses.fields(OKDOptions))
     from train_helpers import nano_context
 
@@ -75,8 +75,8 @@ def test_a_misspelt_option_fails_naming_the_known_ones():
 def test_values_are_checked_against_their_choices_and_types():
     with pytest.raises(ConfigError, match="--kd-layers first: expected one of last, mid\\+last"):
         KDMTLOptions(kd_layers="first")
-    with pytest.raises(ConfigError, match="'warmup_epochs' is 'five', expected int"):
-        parse_options(OKDOptions, {"warmup_epochs": "five"}, "run.json")
+    with pytest.raises(ConfigError, match="'warmup' is 'five', expected float"):
+        parse_options(OKDOptions, {"warmup": "five"}, "run.json")
     with pytest.raises(ConfigError, match="--gradnorm-alpha applies to another task weighting than dwa"):
         WeightingOptions(task_weighting="dwa", gradnorm_alpha=2.0)
 
@@ -137,13 +137,13 @@ def test_quiet_run_prints_only_its_result(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "mtlkd.cli.train", "synthetic", "--data-dir", str(data), "--out", str(tmp_path / "run"),
          "--preset", "vit-nano", "--epochs", "1", "--batch-size", "4", "--max-steps", "1", "--device", "cpu",
-         "--select-fraction", "0", "--quiet", "--method", "okd", "--warmup-epochs", "0", "--no-same-init"],
+         "--select-fraction", "0", "--quiet", "--method", "okd", "--warmup", "0", "--no-same-init"],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"run folder: {tmp_path / 'run'}"
     assert "epoch 1" not in done.stderr
     saved = json.loads((tmp_path / "run" / "run.json").read_text())["method_options"]
-    assert saved == options_to_json(OKDOptions(warmup_epochs=0, same_init=False))  # complete, defaults included
+    assert saved == options_to_json(OKDOptions(warmup=0, same_init=False))  # complete, defaults included
 
 
 def test_train_command_imports_no_torch():
@@ -165,14 +165,18 @@ def test_the_experiment_script_speaks_mtl_trains_flags(tmp_path, monkeypatch):
     experiment = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "experiment", experiment)  # its dataclasses look themselves up there
     spec.loader.exec_module(experiment)
-    args = argparse.Namespace(teacher_preset="vit-micro-wide", preset="vit-micro", epochs=8, batch_size=16,
-                              select_fraction=1 / 9, no_pretrained=False)
+    args = argparse.Namespace(teacher_preset="vit-micro-wide", preset="vit-micro", epochs=8, teacher_epochs=24,
+                              batch_size=16, train_images=288, select_fraction=1 / 9, no_pretrained=False)
     command = typer.main.get_command(train_app)
     fields = {f.name for cls in METHOD_OPTIONS.values() for f in dataclasses.fields(cls)}
     for row in experiment.ROWS:
         job = experiment.Job(row, 0, tmp_path / row / "seed0")
-        argv = experiment._command(job, args, tmp_path / "data", warmup=1)
+        argv = experiment._command(job, args, tmp_path / "data")
         assert argv[1:3] == ["-m", "mtlkd.cli.train"]
         ctx = command.make_context("mtl-train", argv[3:])
         given = method_options({k: v for k, v in ctx.params.items() if k in fields})
-        parse_options(METHOD_OPTIONS[ctx.params["method"]], given, f"row {row}")
+        parsed = parse_options(METHOD_OPTIONS[ctx.params["method"]], given, f"row {row}")
+        if row.startswith("okd"):  # the paper's 2.5%, none, one epoch: 256 of 288 images in batches of 16
+            expected = {"okd-warmup-none": 0, "okd-warmup-epoch": 16}.get(row, 5 / 200)
+            assert parsed.warmup == expected, row
+        assert ctx.params["epochs"] == (24 if row == "kdam-teacher" else 8), row

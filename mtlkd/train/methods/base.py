@@ -7,6 +7,7 @@ checkpoints, logging and distribution. So a new method is one small class, not a
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,9 +40,19 @@ class MethodContext:
     backbone_weights: str | None = None
     # What the teachers of mtl-distill give ({"depth_meaning": ..., "teachers": [...]}); None for mtl-train.
     teachers: dict[str, Any] | None = None
+    seed: int = 0  # the run's seed: each network's initialisation comes from its own stream of it
 
     def __post_init__(self) -> None:
         self.config = as_model_config(self.config)
+
+    def create_network(self, config: ModelConfig, stream: str) -> nn.Module:
+        """A network initialised from the random stream (seed, `stream`) alone, and from the backbone
+        weights when given: the multi-task student (`"mtl"`) of every method of one seed starts from the
+        same weights, and so does each single-task network (`"stl_<task>"`), whatever else a method
+        builds before it."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + zlib.crc32(stream.encode()))
+            return create_model(config, self.backbone_weights)
 
     def network_config(self, arch: str = "mtl") -> ModelConfig:
         """The multi-task network's config with another architecture (mtl, cross_stitch)."""
@@ -190,7 +201,7 @@ class StudentMethod(Method):
             raise ConfigError(f"--task-weighting {weighting.name} needs single-task losses, which "
                               f"--method {self.name} does not train: use --method okd")
         self.extra["weighting"] = weighting
-        self.nets["mtl"] = create_model(ctx.network_config(self.arch), ctx.backbone_weights)
+        self.nets["mtl"] = ctx.create_network(ctx.network_config(self.arch), "mtl")
 
     @property
     def student(self) -> nn.Module:

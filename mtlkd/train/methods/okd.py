@@ -11,7 +11,8 @@ in one loop, on the loss of eq. 1:
 - lambda_i is the task weighting, by default OKD's online task weighting (eq. 3, `otw` in
   mtlkd.train.weighting, T = 0.1), computed from the current MTL and STL losses without gradient.
   Any other weighting can be chosen with `task_weighting` (`equal` gives Table 4's OKD-MTL-AFD row).
-- For the first `warmup_epochs` epochs (the paper: 5) only the single-task networks train.
+- For the first `warmup` steps (the paper: 5 of 200 epochs, 2.5% of the schedule) only the single-task
+  networks train; an epoch in which the warm-up ends counts as joint.
 - All backbones start from the same weights (the paper: one ImageNet ViT-Ti; here `--backbone-weights`,
   or without it one random initialisation copied into every network; `same_init=False` switches that off).
 
@@ -27,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkd.errors import ConfigError
-from mtlkd.models import create_model
 from mtlkd.train.method_options import AFD_VARIANTS, OKDOptions
 from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import MethodContext, StudentMethod, Trained, forward, task_losses, unwrap
@@ -129,7 +129,7 @@ class OKDMethod(StudentMethod):
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
         for task in self.tasks:
-            self.nets[f"stl_{task}"] = create_model(ctx.task_config(task), ctx.backbone_weights)
+            self.nets[f"stl_{task}"] = ctx.create_network(ctx.task_config(task), f"stl_{task}")
         self.same_init = self.options.same_init
         if self.same_init and not ctx.backbone_weights:
             # The paper starts every network from the same ImageNet ViT-Ti, so block l of each one speaks the
@@ -143,17 +143,17 @@ class OKDMethod(StudentMethod):
         num_layers = len(unwrap(self.student).feature_dims)
         self.extra["afd"] = AdaptiveFeatureDistillation(self.options.afd, self.tasks, num_layers)
 
-        warmup = self.options.warmup_epochs
-        if warmup >= ctx.epochs:
-            clamped = max(ctx.epochs - 1, 0)
+        total = ctx.epochs * ctx.steps_per_epoch
+        warmup = self.options.warmup_steps(total)
+        if warmup > total - ctx.steps_per_epoch:
+            clamped = max(total - ctx.steps_per_epoch, 0)
             if _is_main_process():
                 console.print(
-                    f"[yellow]warning:[/] okd: {warmup} single-task warm-up epochs >= {ctx.epochs} epochs; "
-                    f"warming up for {clamped} so that the multi-task network trains at least one epoch "
-                    "(set --warmup-epochs)"
+                    f"[yellow]warning:[/] okd: a warm-up of {warmup} single-task steps leaves the multi-task "
+                    f"network less than an epoch of {total} steps; warming up for {clamped} (set --warmup)"
                 )
             warmup = clamped
-        self.warmup_epochs = warmup
+        self.warmup_steps = warmup
 
     @property
     def afd(self) -> AdaptiveFeatureDistillation:
@@ -161,7 +161,7 @@ class OKDMethod(StudentMethod):
 
     def training_step(self, batch, step, epoch):
         images = batch["image"]
-        joint = epoch >= self.warmup_epochs
+        joint = step >= self.warmup_steps
         with_features = joint and self.afd.enabled
 
         stl_losses: dict[str, torch.Tensor] = {}
@@ -189,12 +189,16 @@ class OKDMethod(StudentMethod):
         networks.update({f"stl_{t}": Trained(self.nets[f"stl_{t}"], [t], f"stl_{t}") for t in self.tasks})
         return networks
 
+    def _joint_in(self, epoch: int) -> bool:
+        """Whether the multi-task network trained in (0-based) `epoch`: some of its steps came after the warm-up."""
+        return (epoch + 1) * self.ctx.steps_per_epoch > self.warmup_steps
+
     def trained_networks(self, epoch):
         names = set(self.networks())
-        return names if epoch >= self.warmup_epochs else names - set(super().networks())
+        return names if self._joint_in(epoch) else names - set(super().networks())
 
     def on_epoch_end(self, epoch, epoch_logs):
-        record: dict = {"okd_phase": "joint" if epoch >= self.warmup_epochs else "stl_warmup"}
+        record: dict = {"okd_phase": "joint" if self._joint_in(epoch) else "stl_warmup"}
         record.update({k: v for k, v in super().on_epoch_end(epoch, epoch_logs).items() if v})  # none in warm-up
         if self.afd.enabled:
             record["omega"] = self.afd.report()

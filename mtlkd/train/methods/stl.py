@@ -3,7 +3,6 @@ distillation method is measured against, and the teachers KD-MTL distils from)."
 
 from __future__ import annotations
 
-from mtlkd.models import create_model
 from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import Method, MethodContext, Trained, forward, task_losses
 
@@ -13,7 +12,7 @@ class STLMethod(Method):
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
         for task in self.tasks:
-            self.nets[task] = create_model(ctx.task_config(task), ctx.backbone_weights)
+            self.nets[task] = ctx.create_network(ctx.task_config(task), f"stl_{task}")
 
     def training_step(self, batch, step, epoch):
         # The networks share nothing, so the sum of their losses trains each one as if alone.
