@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtlkd.runtime.cpu import cpu_name
+
 # name -> (method, preset role, extra mtl-train arguments, rows it needs first)
 ROWS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "stl": ("stl", "student", [], []),
@@ -88,19 +90,6 @@ class Job:
     @property
     def recorded(self) -> bool:
         return self.record is not None and (self.record / "metrics.json").is_file()
-
-
-def cpu_name() -> str:
-    """The processor's model name, as the results record it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def record_run(job: Job, wall_seconds: float) -> None:

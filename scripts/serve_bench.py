@@ -13,19 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from mtlkd.runtime.cpu import cpu_name
 
 
 def demo_onnx(out: Path) -> Path:
@@ -72,9 +63,9 @@ def main() -> None:
         load = LoadTestOptions(concurrency=[int(c) for c in args.concurrency.split(",")], requests=args.requests,
                                time_limit_s=args.time_limit)
         result = run_load_test(model, serve, load, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_name()}")
     print(format_table(result))
-    data = {"cpu": cpu_model(), **result.to_dict()}
+    data = {"cpu": cpu_name(), **result.to_dict()}
     atomic_write_bytes(args.out / "serve_bench.json", (json.dumps(data, indent=2) + "\n").encode())
     sys.exit(1 if result.failed_well_formed else 0)
 
