@@ -124,8 +124,9 @@ def check_metadata(meta: Any, where: str, require: Sequence[str] = ("tasks", "in
     num_classes = meta.get("num_classes")
     if num_classes is not None and not _int(num_classes, 1, MAX_CLASSES):
         raise bad("num_classes", f"is not a class count in 1..{MAX_CLASSES}")
-    if tasks and "seg" in tasks and num_classes is None and "num_classes" in require:
-        raise bad("num_classes", "is missing for a segmentation model")
+    classes = [t for t in tasks or () if t in TASKS and TASKS[t].has_classes]
+    if classes and num_classes is None and "num_classes" in require:
+        raise bad("num_classes", f"is missing for a model of class maps ({', '.join(classes)})")
     names = meta.get("class_names")
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(n, str) and len(n) <= MAX_NAME for n in names):

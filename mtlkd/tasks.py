@@ -85,7 +85,8 @@ class Task:
         if self.picture not in (CLASSES, SCALE, DIRECTIONS, PLAIN):
             raise ConfigError(f"task {self.name!r}: picture {self.picture!r} is not one of "
                               f"{CLASSES}, {SCALE}, {DIRECTIONS}, {PLAIN}")
-        object.__setattr__(self, "heading", self.heading or (f"{self.title} ({self.unit})" if self.unit else self.title))
+        titled = f"{self.title} ({self.unit})" if self.unit else self.title
+        object.__setattr__(self, "heading", self.heading or titled)
         object.__setattr__(self, "short_title", self.short_title or self.title)
 
     @property

@@ -22,7 +22,7 @@ from mtlkd.data import open_dataset
 from mtlkd.errors import ConfigError
 from mtlkd.eval.evaluate import metric_arrays
 from mtlkd.models import model_config
-from mtlkd.tasks import get_task, parse_tasks
+from mtlkd.tasks import TASKS, get_task, parse_tasks
 from mtlkd.train import state as train_state
 from mtlkd.train.methods import create_method
 from mtlkd.train.methods.base import MethodContext, Trained, forward, task_losses, unwrap
@@ -79,11 +79,12 @@ def open_run_data(options: TrainOptions) -> RunData:
     eval_set = open_dataset(options.dataset, options.data_dir, "val", options.tasks, augment=False)
     train_ids, select_ids = holdout_split(len(full_train), options.select_fraction, options.select_seed)
     tasks = parse_tasks(options.tasks, available=list(full_train.tasks))
+    classes = any(get_task(t).has_classes for t in tasks)
     return RunData(
         train=Subset(full_train, train_ids),
         select=Subset(open_dataset(options.dataset, options.data_dir, "train", options.tasks), select_ids),
-        evaluate=eval_set, tasks=tasks, num_classes=full_train.num_classes if "seg" in tasks else None,
-        class_names=list(full_train.class_names) if "seg" in tasks else None,
+        evaluate=eval_set, tasks=tasks, num_classes=full_train.num_classes if classes else None,
+        class_names=list(full_train.class_names) if classes else None,
     )
 
 
@@ -328,10 +329,5 @@ def _print_epoch(record: dict) -> None:
     parts = [f"epoch {record['epoch']}", f"loss {record['train']['loss']:.4f}", f"{record['train_seconds']:.1f}s"]
     for name, result in record.get("val", {}).items():  # nothing held out (--select-fraction 0): no val
         m = result["metrics"]
-        if "seg" in m:
-            parts.append(f"{name} mIoU {m['seg']['miou']:.1f}")
-        if "depth" in m:
-            parts.append(f"{name} depth abs {m['depth']['abs_err']:.3f}")
-        if "normal" in m:
-            parts.append(f"{name} normal mean {m['normal']['mean']:.1f}°")
+        parts += [f"{name} {TASKS[t].progress.format(**m[t])}" for t in TASKS if t in m and TASKS[t].progress]
     console.print("  ".join(parts))
