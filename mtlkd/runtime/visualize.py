@@ -341,7 +341,8 @@ def _fit(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
 def panel(image: np.ndarray, result: dict[str, np.ndarray], class_names: Sequence[str],
           min_height: int = 240, max_height: int = 540, fixed_layout: bool = False,
           depth_range: tuple[float, float] | None = None, alpha: float = 0.5) -> np.ndarray:
-    """input | segmentation over the input + legend | depth + colour bar | normals + key, each titled, at one
+    """input | segmentation over the input + legend | depth + colour bar | normals + key: the input, then a
+    tile per task of `result` in the registry's order drawn as its `Task.picture` says, each titled, at one
     display height (the image's, clamped to [min_height, max_height] so the text stays legible).
     `fixed_layout` keeps the width constant across frames (legend sized for every class name);
     `depth_range` fixes the depth colours (None: this image's 2nd-98th percentile); `alpha` is the
