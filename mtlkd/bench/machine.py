@@ -62,8 +62,9 @@ def pin_threads(threads: int) -> list[int]:
 
 def versions() -> dict[str, str]:
     """{library: version} of the libraries a result depends on (`mtlkd.metadata.versions`): each backend
-    under its name, from the first installed of its spec's distributions (so "onnxruntime" and "tensorrt"
-    are recorded when only onnxruntime-gpu or tensorrt-cu12/13 is installed), and `LIBRARIES`."""
+    under its name, from the first installed of its spec's distributions (so ONNX Runtime and TensorRT are
+    recorded under their backend names when only onnxruntime-gpu or tensorrt-cu12/13 is installed), and
+    `LIBRARIES`."""
     from mtlkd.metadata import versions as installed_versions
     from mtlkd.runtime.backends import version_distributions
 

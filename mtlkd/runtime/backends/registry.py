@@ -58,8 +58,10 @@ class BenchVariant:
 class BackendSpec:
     """One runtime backend. `packages`: import names that must be installed; `distributions`: the
     distributions whose version counts for it, the first installed one (default: `packages[0]`).
-    `gpu_rank`: lower is preferred by `auto` on a GPU. `bench_precisions`: what the benchmark loads per
-    precision; `bench_refusals`: why a precision has no path; `bench_variants`: the optional rows."""
+    `gpu_rank`: lower is preferred by `auto` on a GPU. `foreign`: its module's `load_foreign(path, teacher,
+    device, threads)` opens files without mtlkd metadata (`mtlkd.runtime.foreign`). `bench_precisions`:
+    what the benchmark loads per precision; `bench_refusals`: why a precision has no path;
+    `bench_variants`: the optional rows."""
 
     name: str
     title: str  # the engine's name in messages
@@ -70,6 +72,7 @@ class BackendSpec:
     devices: tuple[str, ...] = ("cpu",)
     gpu_rank: int | None = None
     distributions: tuple[str, ...] = ()
+    foreign: bool = False
     bench_precisions: Mapping[str, BenchPrecision] = field(default_factory=dict)
     bench_refusals: Mapping[str, str] = field(default_factory=dict)
     bench_variants: tuple[BenchVariant, ...] = ()
@@ -184,7 +187,7 @@ register_backend(BackendSpec(
 register_backend(BackendSpec(
     name="onnxruntime", title="ONNX Runtime", module="mtlkd.runtime.backends.onnxruntime_backend",
     suffixes=(".onnx",), packages=("onnxruntime",), install_hint="pip install onnxruntime, or onnxruntime-gpu for CUDA",
-    devices=("cpu", "cuda"), gpu_rank=1, distributions=("onnxruntime", "onnxruntime-gpu"),
+    devices=("cpu", "cuda"), gpu_rank=1, distributions=("onnxruntime", "onnxruntime-gpu"), foreign=True,
     bench_precisions={"fp32": BenchPrecision("onnx"), "fp16": BenchPrecision("fp16.onnx"),
                       "int8": BenchPrecision("int8.onnx")},
     bench_refusals={"bf16": "ONNX Runtime's execution providers here have no bf16 graph path"},
@@ -198,6 +201,7 @@ register_backend(BackendSpec(
 register_backend(BackendSpec(
     name="openvino", title="OpenVINO", module="mtlkd.runtime.backends.openvino_backend",
     suffixes=(".onnx", ".xml"), packages=("openvino",), install_hint="pip install openvino", devices=("cpu",),
+    foreign=True,
     bench_precisions={
         "fp32": BenchPrecision("onnx"),  # OpenVINO reads the ONNX graph: the fp32 IR's model
         "fp16": BenchPrecision("ov-fp16", native_extra=("fp16", {"precision": "f16"})),
