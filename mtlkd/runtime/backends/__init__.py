@@ -96,11 +96,6 @@ def available(name: str, device: str = "cpu") -> bool:
     return device in backend_spec(name).devices and installed(name) and module(name).available(device)
 
 
-def unavailable(name: str) -> BackendUnavailable:
-    """The one-line error for a backend whose packages are missing, with its install hint."""
-    return BackendUnavailable(f"the {name} backend is not installed ({install_hint(name)})")
-
-
 def load_backend(name: str, path: str | Path, device: str = "cpu", **options: Any) -> Backend:
     """Open `path` with backend `name`; raises BackendUnavailable with an install hint when it cannot run."""
     able = backends_for(path)
@@ -110,5 +105,5 @@ def load_backend(name: str, path: str | Path, device: str = "cpu", **options: An
     if not Path(path).is_file():
         raise BackendError(f"{path}: no such model file")
     if not installed(name):
-        raise unavailable(name)
+        raise BackendUnavailable(f"the {name} backend is not installed ({install_hint(name)})")
     return module(name).load(path, device=device, **options)
