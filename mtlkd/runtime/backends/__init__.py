@@ -8,6 +8,9 @@
 * `run(batch, tasks) -> {task: array}`: `batch` is float32 N x 3 x H x W RGB in [0, 1] at `input_size`;
   the result holds the raw network outputs (N x C x H x W float32) for exactly the requested tasks.
 
+A backend module also has `available(device)` (could it run here; the engine may be imported), and, when
+its spec says `foreign`, `load_foreign(path, teacher, device, threads)` for files without mtlkd metadata.
+
 What each backend is (suffixes, packages, install hint, devices, GPU rank, benchmark paths) is its
 `BackendSpec` in `registry.py`, the one place a backend is named; a new backend is its module here plus one
 `register_backend` entry there. Engine modules are imported only when their backend is asked for, so that
