@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +42,19 @@ OPENVINO_RT_INFO_PATHS = (OPENVINO_RT_INFO, ["framework", METADATA_KEY], [METADA
 SCHEMA_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")  # what the exporter writes, each with its own file names
 # Library versions a file records, and the distributions that provide each (the first one installed counts).
-DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
-    "mtlkd": ("mtlkd",), "torch": ("torch",), "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",), "nncf": ("nncf",),
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "timm": ("timm",), "numpy": ("numpy",),
-}
+# The engines' distributions come from their backend specs (`mtlkd.runtime.backends.version_distributions`).
+DISTRIBUTIONS: dict[str, tuple[str, ...]] = {"mtlkd": ("mtlkd",)}
 
 
-def versions(names: Iterable[str] = ("mtlkd",)) -> dict[str, str]:
-    """{library: installed version} for the libraries named (keys of `DISTRIBUTIONS`, or any distribution
-    name), read from the installed package metadata, so nothing is imported; missing ones are left out.
-    mtlkd's own version is the package's `__version__` (also in a source checkout that is not installed)."""
+def versions(names: Iterable[str] = ("mtlkd",),
+             distributions: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, str]:
+    """{library: installed version} for the libraries named (distribution names, or keys of
+    `distributions`: the first installed of its distributions counts), read from the installed package
+    metadata, so nothing is imported; missing ones are left out. mtlkd's own version is the package's
+    `__version__` (also in a source checkout that is not installed)."""
     from importlib import metadata as importlib_metadata
 
+    table = {**DISTRIBUTIONS, **(distributions or {})}
     found: dict[str, str] = {}
     for name in names:
         if name == "mtlkd":
@@ -62,7 +62,7 @@ def versions(names: Iterable[str] = ("mtlkd",)) -> dict[str, str]:
 
             found[name] = __version__
             continue
-        for dist in DISTRIBUTIONS.get(name, (name,)):
+        for dist in table.get(name, (name,)):
             try:
                 found[name] = importlib_metadata.version(dist)
                 break

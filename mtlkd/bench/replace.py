@@ -63,9 +63,9 @@ class ModelRows:
 def candidate_backends(path: Path, foreign: bool, wanted: list[str] | None, device: str) -> list[str]:
     """Backends that open the file and run here, in the runtime's order of preference."""
     from mtlkd.runtime.auto import candidates
-    from mtlkd.runtime.foreign import FOREIGN_BACKENDS
+    from mtlkd.runtime.foreign import foreign_backends
 
-    names = list(FOREIGN_BACKENDS.get(path.suffix.lower(), ())) if foreign else candidates(path, device)
+    names = list(foreign_backends(path)) if foreign else candidates(path, device)
     if foreign:
         from mtlkd.runtime.backends import available, installed
 

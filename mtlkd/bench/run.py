@@ -72,9 +72,8 @@ def prepare(options: BenchOptions, report: Progress) -> Prepared:
     names = options.backends or [b for b in BACKENDS if installed(b) and available(b, options.device)]
     configs, skipped = plan(names, precisions, options.variants, options.device, native)
     if options.threads:  # explicit, so in-process runs honour it too (the workers are pinned anyway)
-        for config in configs:
-            if config.backend in ("onnxruntime", "openvino"):
-                config.options["threads"] = options.threads
+        for config in configs:  # every backend's `load` takes threads= (one without CPU threads ignores it)
+            config.options["threads"] = options.threads
     report("models", 0, 1, "models (the first run trains the preset briefly)")
     models = build_models(options)
     report("models", 1, 1, "")

@@ -48,12 +48,11 @@ def _import_engine(backend: str) -> None:
     """Import the engine before the memory probe starts, so its libraries are not counted as the model's."""
     import importlib
 
-    from mtlkd.runtime.backends import MODULES
+    from mtlkd.runtime.backends import backend_spec, module
 
-    importlib.import_module(MODULES[backend])
-    engine = {"torch": "mtlkd.models", "onnxruntime": "onnxruntime", "openvino": "openvino",
-              "tensorrt": "tensorrt"}[backend]  # fmt: skip
-    importlib.import_module(engine)
+    module(backend)
+    for package in backend_spec(backend).packages:
+        importlib.import_module(package)
 
 
 def _gpu_peak_mb(spec: dict[str, Any]) -> float | None:
@@ -116,12 +115,12 @@ def measure_config(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         result.update(batch_p50_ms=round(timing.p50, 4), batch_repeats=len(timing.samples_ms),
                       throughput_ips=round(1000 / timing.p50, 3), peak_mem_batch_mb=result["peak_mem_mb"])
-    if spec.get("profile") and spec["backend"] in ("openvino", "onnxruntime") and spec["device"] == "cpu":
-        from mtlkd.bench.profile import profile_onnxruntime, profile_openvino
+    if spec.get("profile") and spec["device"] == "cpu":
+        from mtlkd.bench.profile import PROFILERS
 
-        profile = (profile_openvino(backend, image, tasks) if spec["backend"] == "openvino"
-                   else profile_onnxruntime(spec["path"], image, spec["threads"]))  # fmt: skip
-        result["profile"] = profile.to_dict()
+        profiler = PROFILERS.get(spec["backend"])
+        if profiler is not None:
+            result["profile"] = profiler(backend, image, tasks, spec["threads"]).to_dict()
     return result
 
 

@@ -10,7 +10,16 @@ from typing import Any
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, parse_hw, parse_list
+from mtlkd.cli.common import (
+    JSON_STDOUT,
+    HouseCommand,
+    backend_names_text,
+    check_json_target,
+    emit_json,
+    late_help,
+    parse_hw,
+    parse_list,
+)
 from mtlkd.errors import ConfigError
 from mtlkd.ui import progress_bar, user_errors
 
@@ -29,8 +38,8 @@ def command(
     preset: str = typer.Option("vit-tiny", "--preset", metavar="NAME", help="The model when no MODEL is given."),
     img_size: str | None = typer.Option(None, "--img-size", metavar="HxW", help="Input size of the preset "
                                         "(default: its own)."),
-    backends: str | None = typer.Option(None, "--backends", metavar="LIST",
-                                        help="torch,onnxruntime,openvino,tensorrt (default: every one installed)."),
+    backends: str | None = late_help(typer.Option(None, "--backends", metavar="LIST"),
+                                     lambda: f"{backend_names_text(',')} (default: every one installed)."),
     precisions: str | None = typer.Option(None, "--precisions", metavar="LIST",
                                           help="fp32,bf16,int8,fp16 (default: fp32, and bf16 and int8 where "
                                                "this CPU computes them natively; fp16 on a GPU)."),
@@ -94,7 +103,7 @@ def command(
       mtl-bench --variants ort-opt,ov-throughput,torch-compile --stl-on all --rounds 2
     """
     from mtlkd.bench import BenchOptions
-    from mtlkd.runtime.backends import INSTALL_HINTS, available, installed
+    from mtlkd.runtime.backends import BACKENDS, available, install_hint, installed
 
     if any("=" in str(p) for p in stl):
         with user_errors():
@@ -120,11 +129,12 @@ def command(
         )  # fmt: skip
         for name in options.backends or []:
             if not installed(name):
-                raise ConfigError(f"--backends {name}: not installed ({INSTALL_HINTS[name]})")
+                raise ConfigError(f"--backends {name}: not installed ({install_hint(name)})")
+        gpu_backends = [n for n, spec in BACKENDS.items() if "cuda" in spec.devices]
         if device == "cuda" and not any(installed(n) and available(n, "cuda") for n in options.backends or
-                                        ("torch", "onnxruntime", "tensorrt")):  # fmt: skip
-            raise ConfigError("--device cuda: no backend here can run on a CUDA GPU (none found, or no GPU build "
-                              "of torch/onnxruntime/TensorRT installed); use --device cpu")
+                                        gpu_backends):  # fmt: skip
+            raise ConfigError(f"--device cuda: no backend here can run on a CUDA GPU (none found, or no GPU build "
+                              f"of {'/'.join(BACKENDS[n].title for n in gpu_backends)} installed); use --device cpu")
         # before the run, so that the measurements are not lost at its end, and never onto a model it reads
         models, folders = [*([model] if model else []), *stl], [data_dir] if data_dir else []
         check_json_target(json_out, inputs=models, input_folders=folders)

@@ -135,3 +135,30 @@ def emit_json(data: Any, target: str | Path | None) -> Path | None:
     from mtlkd.files import atomic_write_bytes
 
     return atomic_write_bytes(target, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+
+class _HelpAtBuild(typer.models.OptionInfo):
+    """An option whose help is `help_text()`, written each time the command is built (on every run)."""
+
+    help_text: Any
+    help = property(lambda self: self.help_text(), lambda self, value: None)  # type: ignore[assignment]
+
+
+def late_help(info: Any, help_text: Any) -> Any:
+    """`info` (a typer.Option) with the help `help_text()` computed when the command runs, so that a list
+    from a registry (the backends) includes what was registered after import."""
+    info.__class__ = _HelpAtBuild
+    info.help_text = help_text
+    return info
+
+
+def backend_names_text(separator: str = ", ") -> str:
+    from mtlkd.runtime.backends import backend_names
+
+    return separator.join(backend_names())
+
+
+def backend_option() -> Any:
+    """`--backend NAME`: auto or a registered backend (`mtlkd.runtime.backends.registry`)."""
+    return late_help(typer.Option("auto", "--backend", "-b", metavar="NAME"),
+                     lambda: f"auto (measured once per file and machine), or one of {backend_names_text()}.")

@@ -202,10 +202,10 @@ class Build:
 
 
 def _load_engine(path: Path):
-    """The runtime's TensorRT backend on the engine (looked up at call time, so tests can stand in for it)."""
+    """The runtime's backend for the engine (looked up at call time, so tests can stand in for it)."""
     from mtlkd.runtime import backends
 
-    return backends.load_backend("tensorrt", path, "cuda")
+    return backends.load_backend(backends.backends_for(path)[0], path, "cuda")
 
 
 def triton(result: ExportResult, options: ExportOptions, meta: dict[str, Any]) -> list[Artifact]:

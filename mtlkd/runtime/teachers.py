@@ -118,9 +118,9 @@ def make_spec(tasks: tuple[str, ...] | list[str], path: str | Path, values: dict
                                   f"give one per task, in task order, separated by /")
             parsed[key] = names
         else:  # backend
-            from mtlkd.runtime.backends import BACKEND_NAMES
+            from mtlkd.runtime.backends import backend_names
 
-            parsed[key] = _choice(value, ("auto", *BACKEND_NAMES), key, where)
+            parsed[key] = _choice(value, ("auto", *backend_names()), key, where)
     spec = TeacherSpec(tasks=tuple(tasks), path=Path(path), **parsed)
     if spec.std is not None and min(spec.std) <= 0:
         raise ConfigError(f"{where}: std= must be three numbers > 0")
