@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, parse_hw, parse_list
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, check_json_target, emit_json, parse_hw, parse_list
 from mtlkd.errors import ConfigError
 from mtlkd.ui import progress_bar, user_errors
 
@@ -312,7 +312,7 @@ def _render_profiles(rows: list[dict[str, Any]], out: Any) -> None:
     out.print(table)
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

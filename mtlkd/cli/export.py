@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, check_not_input, emit_json
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, check_json_target, check_not_input, emit_json
 from mtlkd.errors import BackendUnavailable, ConfigError, ValidationError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mtlkd.export.tensorrt import DEFAULT_WORKSPACE_MB
@@ -187,7 +187,7 @@ def _human(n: float) -> str:
     return str(n)
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

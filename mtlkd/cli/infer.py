@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, model_files
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, check_json_target, emit_json, model_files
 from mtlkd.ui import user_errors
 
 
@@ -89,7 +89,7 @@ def _print(result, stages) -> None:
 
 
 app = typer.Typer(add_completion=False)
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":
