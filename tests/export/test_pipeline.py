@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mtlkd.checkpoint import model_metadata, save_checkpoint
 from mtlkd.errors import ConfigError, ExportError
-from mtlkd.export.pipeline import DEFAULT_NAMES, ExportOptions, export_model, flag_message
+from mtlkd.export.pipeline import DEFAULT_NAMES, ExportOptions, export_model
 from mtlkd.files import sha256_of
 from mtlkd.metadata import SCHEMA_VERSION, read_model_file_metadata
 from mtlkd.models import create_model, preset_config
@@ -81,20 +81,37 @@ def test_benchmark_call_own_names_no_checks_and_reuse(config, tmp_path):
         stamps["onnx"]
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"precisions": ["int4"]}, "precisions"), ({"formats": ["tflite"]}, "formats"), ({"opset": 11}, "opset"),
-    ({"names": {"onnx": "../model.onnx"}}, "names"), ({"names": {"model": "m.onnx"}}, "names"),
-    ({"precisions": ["fp32", "int8"], "triton": Path("repo")}, "triton"), ({"calib_data": Path(".")}, "calib_data"),
-    ({"tasks": ["seg", "seg"]}, "tasks"), ({"batch_profile": "2,4,8"}, "batch_profile"),
-    ({"precisions": ["fp16", "fp16"]}, "precisions"),
+@pytest.mark.parametrize("overrides, named", [
+    ({"precisions": ["int4"]}, "--precision int4:"), ({"formats": ["tflite"]}, "ExportOptions.formats tflite:"),
+    ({"opset": 11}, "--opset 11:"), ({"names": {"onnx": "../model.onnx"}}, "ExportOptions.names ../model.onnx:"),
+    ({"names": {"model": "m.onnx"}}, "ExportOptions.names model:"),
+    ({"precisions": ["fp32", "int8"], "triton": Path("repo")}, "--triton repo:"),
+    ({"calib_data": Path(".")}, "--calib-data .:"), ({"calib_data": Path("no-such"), "precisions": ["int8"]},
+                                                     "--calib-data no-such:"),
+    ({"tasks": ["seg", "seg"]}, "--tasks seg,seg:"), ({"batch_profile": "2,4,8"}, "--batch-size 2,4,8:"),
+    ({"precisions": ["fp16", "fp16"]}, "--precision fp16,fp16:"), ({"triton_backend": "grpc"}, "--triton-backend"),
+    ({"workspace_mb": 0}, "--workspace 0:"), ({"device": "tpu"}, "--device tpu:"),
 ])  # fmt: skip
-def test_bad_options_name_the_option_before_anything_is_built(config, tmp_path, overrides, field):
+def test_bad_options_name_the_flag_before_anything_is_built(config, tmp_path, overrides, named):
+    """Each option names the mtl-export flag that sets it (Python-only ones as ExportOptions.<field>), in one
+    line, whether it is refused when the options are made or when the export starts."""
     out = tmp_path / "out"
     with pytest.raises(ConfigError) as info:
         export_model((create_model(config), config), out, **overrides)
-    assert info.value.option == field and "\n" not in str(info.value) and str(info.value).startswith(field)
-    assert flag_message(info.value, {field: "--flag"}).startswith("--flag ")
+    assert str(info.value).startswith(named) and "\n" not in str(info.value)
     assert not out.exists() and not _building(tmp_path)
+
+
+def test_every_flag_an_option_names_is_a_flag_of_mtl_export():
+    import dataclasses
+
+    from typer.main import get_command
+
+    from mtlkd.cli.export import app
+
+    spelled = {opt for param in get_command(app).params for opt in param.opts}
+    named = {f.metadata["flag"] for f in dataclasses.fields(ExportOptions) if f.metadata.get("flag")}
+    assert named and named <= spelled, named - spelled
 
 
 @pytest.mark.numerics
