@@ -1,9 +1,9 @@
 """Masked-image-modelling pretraining of a ViT backbone: the stand-in for the papers' ImageNet start.
 
 All three papers start every network (multi-task, single-task, teacher, student) from one ImageNet
-checkpoint. There is no ImageNet here and nothing is downloaded, so `pretrain` makes the equivalent on
-this machine: a backbone trained on images that are not the benchmark's, with an objective that is not
-the benchmark's tasks.
+checkpoint. There is no ImageNet here and nothing is downloaded, so `pretrain` makes the equivalent
+locally: a backbone trained on images that are not the benchmark's, with an objective that is not the
+benchmark's tasks.
 
 - Objective: SimMIM (Xie et al., CVPR 2022). Patches are hidden in 2x2-patch blocks (60% of the image),
   replaced by one learned mask token before the position embedding; a linear layer reads each masked
