@@ -144,6 +144,17 @@ def test_a_second_pretraining_into_a_locked_folder_is_one_line(tmp_path, cache):
     assert "\n" not in str(info.value) and not (tmp_path / "cache").exists()
 
 
+def test_a_damaged_state_is_one_line_naming_it(tmp_path, cache):
+    from mtlkd.errors import CheckpointError
+
+    out = tmp_path / "pt"
+    pretrain(_options(out, epochs=1))
+    (out / "state.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="state.safetensors: corrupt pretraining state") as info:
+        pretrain(_options(out, epochs=2, resume=True))
+    assert "\n" not in str(info.value)
+
+
 def _pretraining_result(out) -> dict:
     import json
 
