@@ -5,8 +5,9 @@ One place for the metadata of every format, so that a reader and a writer cannot
 - ONNX: JSON in `metadata_props[METADATA_KEY]` (`set_onnx_metadata`, `read_onnx_metadata`);
 - OpenVINO IR: JSON in the IR's rt_info at `OPENVINO_RT_INFO` (`set_openvino_metadata`, `read_openvino_metadata`);
 - TensorRT engine: a JSON sidecar `<engine>.json` (`engine_sidecar`, `engine_sidecar_text`, `read_engine_metadata`).
-`read_metadata(path)` picks by suffix. Every file written carries `schema_version` (`SCHEMA_VERSION`); files
-written before it existed read as version 1, and a file from a newer schema is refused in one line.
+`read_model_file_metadata(path)` reads any of them, the reader chosen by the file's suffix. Every file written
+carries `schema_version` (`SCHEMA_VERSION`); files written before it existed read as version 1, and a file
+from a newer schema is refused in one line.
 Nothing here imports torch (the runtime reads exported files with it); onnx and openvino are imported
 only by their own readers.
 
@@ -383,7 +384,7 @@ READERS = {".safetensors": read_checkpoint_metadata, ".onnx": read_onnx_metadata
            ".engine": read_engine_metadata, ".plan": read_engine_metadata}
 
 
-def read_metadata(path: str | Path, error: type[UserError] = MetadataError) -> dict[str, Any]:
+def read_model_file_metadata(path: str | Path, error: type[UserError] = MetadataError) -> dict[str, Any]:
     """The checked mtlkd metadata of any model file mtlkd writes, chosen by its suffix."""
     path = Path(path)
     reader = READERS.get(path.suffix.lower())

@@ -12,7 +12,7 @@ import typer
 
 from mtlkd.cli.common import (
     JSON_STDOUT,
-    HouseCommand,
+    MtlCommand,
     backend_names_text,
     check_json_target,
     emit_json,
@@ -116,10 +116,7 @@ def command(
             emit_json(result, out / "replace_bench.json")
         return
     with user_errors():
-        for path in [p for p in [model, *stl] if p is not None]:
-            if not path.is_file():
-                raise ConfigError(f"{path}: no such checkpoint file")
-        options = BenchOptions(
+        options = BenchOptions(  # a bad value is one ConfigError line naming its flag
             model=model, stl=list(stl), preset=preset, img_size=parse_hw(img_size),
             backends=parse_list(backends, "--backends"), precisions=parse_list(precisions, "--precisions"),
             variants=parse_list(variants, "--variants") or [], batch_size=batch_size, data_dir=data_dir,
@@ -140,8 +137,6 @@ def command(
         check_json_target(json_out, inputs=models, input_folders=folders)
         for name in ("bench.json", "bench.png"):
             check_json_target(out / name if out is not None else None, "--out", models, folders)
-        if data_dir is not None and not data_dir.is_dir():
-            raise ConfigError(f"--data-dir {data_dir}: no such folder")
         result = _run(options, quiet)
     from rich.console import Console
 
@@ -322,7 +317,7 @@ def _render_profiles(rows: list[dict[str, Any]], out: Any) -> None:
     out.print(table)
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, parse_hw
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, check_json_target, emit_json, parse_hw
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
 from mtlkd.train.method_options import SEG_TARGET_LOSSES, WEIGHTING_NAMES
@@ -154,7 +154,7 @@ def _print_table(result) -> None:
 
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, backend_option, check_json_target, emit_json, model_files
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, backend_option, check_json_target, emit_json, model_files
 from mtlkd.ui import console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -67,7 +67,7 @@ def command(
         typer.echo(f"{task:<7} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

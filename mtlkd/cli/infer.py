@@ -12,7 +12,7 @@ import typer
 
 from mtlkd.cli.common import (
     JSON_STDOUT,
-    HouseCommand,
+    MtlCommand,
     backend_option,
     check_json_target,
     emit_json,
@@ -95,7 +95,7 @@ def _print(result, stages) -> None:
 
 
 app = typer.Typer(add_completion=False)
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

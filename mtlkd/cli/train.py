@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from mtlkd.cli.common import HouseCommand, parse_hw
+from mtlkd.cli.common import MtlCommand, parse_hw
 from mtlkd.data.mtan import DATASET_NAMES
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
@@ -247,7 +247,7 @@ def _with_method_flags(func):
     return func
 
 
-app.command(cls=HouseCommand)(_with_method_flags(command))
+app.command(cls=MtlCommand)(_with_method_flags(command))
 
 if __name__ == "__main__":
     app()

@@ -169,7 +169,7 @@ class Build:
         run = None
         if self.options.validate:
             # The CPU plugin computes in bf16 by default on CPUs that have it (avx512_bf16, AMX), which alone
-            # moves an untrained seg head's argmax on ~4% of pixels; check what the file holds, in f32.
+            # moves an untrained seg head's argmax on a few percent of pixels; check what the file holds, in f32.
             import openvino as ov
 
             compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
