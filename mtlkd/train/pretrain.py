@@ -40,7 +40,7 @@ from mtlkd.checkpoint import save_checkpoint, write_json
 from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import ModelConfig, model_config
 from mtlkd.models.nets import build_backbone
-from mtlkd.train.run_options import PretrainOptions
+from mtlkd.train.options import PretrainOptions
 from mtlkd.train.state import STATE_FILE, STATE_JSON, commit_state, committed, optimizer_state, restore_optimizers
 from mtlkd.ui import console, progress_bar
 

@@ -10,10 +10,6 @@ import sys
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
-from mtlkd.cli.train import app as train_app
-from mtlkd.errors import ConfigError
 from mtlkd.train.method_options import (
     METHOD_OPTIONS,
     WEIGHTING_NAMES,
@@ -22,6 +18,10 @@ from mtlkd.train.method_options import (
     OKDOptions,
     WeightingOptions,
 )
+from typer.testing import CliRunner
+
+from mtlkd.cli.train import app as train_app
+from mtlkd.errors import ConfigError
 from mtlkd.train.options import options_to_json, parse_options
 
 runner = CliRunner()
