@@ -267,8 +267,10 @@ def _parse_method_options(cls: type[Method], values: Any) -> MethodOptions:
     chosen = values.get("task_weighting") or mine["task_weighting"].default
     weighting = weighting_class(chosen)
     if weighting.needs_reference and not getattr(cls, "provides_reference", False):
-        raise ConfigError(f"--task-weighting {chosen} needs single-task losses, which {where} does not train; "
-                          "pick another task weighting")
+        providers = ", ".join(sorted({f"--method {c.name}" for c in _subclasses(StudentMethod)
+                                      if c.provides_reference}))
+        raise ConfigError(f"--task-weighting {chosen} needs single-task losses, which {where} does not train: "
+                          f"use {providers or 'another task weighting'}")
     its = {f.name for f in dataclasses.fields(weighting.Options)}
     others = {f.name: f.default for w in WEIGHTINGS.values() for f in dataclasses.fields(w.Options)}
     for name in sorted(set(values) - set(mine) - its):
@@ -281,3 +283,9 @@ def _parse_method_options(cls: type[Method], values: Any) -> MethodOptions:
     return MethodOptions(parse_options(cls.Options, {k: v for k, v in values.items() if k in mine}, where),
                          parse_options(weighting.Options, {k: v for k, v in values.items() if k in its},
                                        f"--task-weighting {chosen}"))
+
+
+def _subclasses(cls: type) -> set[type]:
+    """Every class deriving from `cls`, at any depth."""
+    found = set(cls.__subclasses__())
+    return found.union(*(_subclasses(c) for c in list(found)))
