@@ -223,12 +223,15 @@ class TrainCommand(HouseCommand):
 def method_options(values: dict[str, Any]) -> dict[str, Any]:
     """What the user set of the method flags, as the methods' options take it (the rest: the method's
     defaults); task=w lists become mappings, repeated paths lists."""
+    from mtlkd.train.methods import method_flags
+
+    kinds = {name: str(entry["field"].type).replace(" ", "") for name, entry in method_flags().items()}
     options: dict[str, Any] = {}
     for name, value in values.items():
         if value is None or (isinstance(value, list | tuple) and not value):
             continue
-        if name == "kd_weights":
-            value = _parse_weights(value)
+        if kinds.get(name, "").startswith("dict[") and isinstance(value, str):
+            value = _parse_weights(name, value)
         elif isinstance(value, list | tuple):
             value = [str(v) for v in value]
         options[name] = value
@@ -265,11 +268,12 @@ def _interrupted(out: Path, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _parse_weights(text: str) -> dict[str, float]:
+def _parse_weights(name: str, text: str) -> dict[str, float]:
+    """'seg=1,depth=2' -> {"seg": 1.0, "depth": 2.0}: the value of a TASK=W,... flag."""
     try:
         return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
     except ValueError:
-        raise UserError(f"--kd-weights {text!r}: expected task=value pairs, e.g. seg=1,depth=2") from None
+        raise UserError(f"{flag(name)} {text!r}: expected task=value pairs, e.g. seg=1,depth=2") from None
 
 
 COMMAND_CLASS = TrainCommand  # what `mtl train` builds this command with (mtlkd.cli.main)

@@ -263,25 +263,25 @@ def _parse_method_options(cls: type[Method], values: Any) -> MethodOptions:
     values = dict(values or {})
     if not issubclass(cls.Options, WeightingOptions):
         return MethodOptions(parse_options(cls.Options, values, where))
-    mine = {f.name: f for f in dataclasses.fields(cls.Options)}
-    chosen = values.get("task_weighting") or mine["task_weighting"].default
+    own_fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    chosen = values.get("task_weighting") or own_fields["task_weighting"].default
     weighting = weighting_class(chosen)
     if weighting.needs_reference and not getattr(cls, "provides_reference", False):
-        providers = ", ".join(sorted({f"--method {c.name}" for c in _subclasses(StudentMethod)
-                                      if c.provides_reference}))
+        providers = ", ".join(sorted(f"--method {c.name}" for c in _subclasses(StudentMethod)
+                                     if c.provides_reference and "name" in vars(c)))  # registered on the class
         raise ConfigError(f"--task-weighting {chosen} needs single-task losses, which {where} does not train: "
                           f"use {providers or 'another task weighting'}")
-    its = {f.name for f in dataclasses.fields(weighting.Options)}
+    weighting_fields = {f.name for f in dataclasses.fields(weighting.Options)}
     others = {f.name: f.default for w in WEIGHTINGS.values() for f in dataclasses.fields(w.Options)}
-    for name in sorted(set(values) - set(mine) - its):
+    for name in sorted(set(values) - set(own_fields) - weighting_fields):
         if name not in others:
-            known = ", ".join(flag(n) for n in [*mine, *sorted(its)])
+            known = ", ".join(flag(n) for n in [*own_fields, *sorted(weighting_fields)])
             raise ConfigError(f"{where}: unknown option {flag(name)}; its options: {known}")
         if values[name] is not None and values[name] != others[name]:
             raise ConfigError(f"{flag(name)} applies to another task weighting than {chosen}; drop it or pass "
                               "--task-weighting accordingly")
-    return MethodOptions(parse_options(cls.Options, {k: v for k, v in values.items() if k in mine}, where),
-                         parse_options(weighting.Options, {k: v for k, v in values.items() if k in its},
+    return MethodOptions(parse_options(cls.Options, {k: v for k, v in values.items() if k in own_fields}, where),
+                         parse_options(weighting.Options, {k: v for k, v in values.items() if k in weighting_fields},
                                        f"--task-weighting {chosen}"))
 
 
