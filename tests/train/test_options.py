@@ -178,6 +178,29 @@ def test_train_command_imports_no_torch():
     assert done.stdout.strip() == "[]", done.stderr
 
 
+def test_without_torch_mtl_lists_train_and_its_help_says_what_is_missing():
+    """The method flags come from the registries, which need torch: `mtl --help` does not build them, and
+    `mtl train --help` on a runtime-only install is one line naming what to install."""
+    script = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+from mtlkd.cli.main import app
+sys.argv = ["mtl", *sys.argv[1:]]
+app()
+"""
+    listing = subprocess.run([sys.executable, "-c", script, "--help"], capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and " train " in listing.stdout, listing.stderr
+    help_ = subprocess.run([sys.executable, "-c", script, "train", "--help"], capture_output=True, text=True,
+                           timeout=120)
+    assert help_.returncode == 2 and help_.stdout == ""
+    assert help_.stderr.strip().splitlines() == ["error: torch is not installed: this needs the training stack, "
+                                                 "pip install 'mtlkd[train,cpu]'"]
+
+
 def test_the_experiment_script_speaks_mtl_trains_flags(tmp_path, monkeypatch):
     """Every row of scripts/experiment.py parses with mtl-train, and its method options are the method's."""
     import argparse
