@@ -45,6 +45,6 @@ for _name, _module in COMMANDS.items():
     except ImportError:  # a command whose optional dependencies are not installed (runtime-only install)
         continue
     if hasattr(_mod, "command"):
-        app.command(_name, help=_mod.command.__doc__, cls=MtlCommand)(_mod.command)
+        app.command(_name, help=_mod.command.__doc__, cls=getattr(_mod, "COMMAND_CLASS", MtlCommand))(_mod.command)
     else:
         app.add_typer(_mod.app, name=_name)

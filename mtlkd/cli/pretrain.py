@@ -9,7 +9,7 @@ import typer
 from mtlkd.cli.common import MtlCommand, parse_hw
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
-from mtlkd.train.run_options import PretrainOptions
+from mtlkd.train.options import PretrainOptions
 from mtlkd.ui import user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 
 from mtlkd.errors import ConfigError
 from mtlkd.tasks import LOGITS, get_task
-from mtlkd.train.method_options import REGRESSION_VIEWS
 
 Divergence = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+REGRESSION_VIEWS = ("spatial", "channel")  # how depth and normals become distributions (`kd_view`)
 
 
 def cs_divergence(p: torch.Tensor, q: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:

@@ -44,7 +44,7 @@ from mtlkd.checkpoint import save_checkpoint, write_json
 from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import ModelConfig, model_config
 from mtlkd.models.nets import build_backbone
-from mtlkd.train.run_options import PretrainOptions
+from mtlkd.train.options import PretrainOptions
 from mtlkd.train.runfolder import diverged, run_lock
 from mtlkd.train.state import (
     STATE_FILE,
