@@ -85,3 +85,32 @@ def test_quiet_progress_shows_nothing(capsys):
         bar.update(task, advance=3)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_sigterm_turned_into_an_import_error_is_still_a_sigterm(capsys):
+    # a C extension's init (`import onnxruntime`) turns the Terminated of the SIGTERM handler into its own
+    # ImportError: the command must still exit 143 with one line, not a traceback and exit 1
+    with pytest.raises(SystemExit) as exit_info, ui.user_errors():
+        try:
+            raise errors.Terminated("signal 15")
+        except errors.Terminated as terminated:
+            raise ImportError("initialization failed") from terminated
+    assert exit_info.value.code == errors.EXIT_TERMINATED
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_an_error_after_a_received_sigterm_is_the_termination(capsys):
+    import signal
+
+    with pytest.raises(SystemExit) as exit_info, ui.user_errors():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except errors.Terminated:
+            pass  # C code that swallowed it and failed its own way, without a chain
+        raise ImportError("initialization failed")
+    assert exit_info.value.code == errors.EXIT_TERMINATED
+
+
+def test_a_plain_import_error_is_a_bug_and_keeps_its_traceback():
+    with pytest.raises(ImportError, match="initialization failed"), ui.user_errors():
+        raise ImportError("initialization failed")
