@@ -200,11 +200,30 @@ def terminations_unmasked() -> Iterator[None]:
         raise Terminated(f"SIGTERM, surfaced as {type(exc).__name__}: {exc}") from exc
 
 
+def _resend_swallowed_terminations(previous_hook: Any) -> Any:
+    """An unraisable-exception hook: a `Terminated` raised where Python can only print it (a destructor or a
+    weakref callback that the signal happened to interrupt) is not printed but sent again as SIGTERM a
+    moment later, when the main thread runs ordinary code that it can stop; others go to `previous_hook`."""
+    import signal
+    import threading
+
+    def on_unraisable(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous_hook(unraisable)
+            return
+        resend = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+        resend.daemon = True
+        resend.start()
+
+    return on_unraisable
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread for the block, so every `finally`
-    and every Ctrl-C handler runs for it as for Ctrl-C (`terminations_unmasked`: also where C code turned
-    it into another exception); the previous handler is put back after."""
+    and every Ctrl-C handler runs for it as for Ctrl-C: also where C code turned it into another exception
+    (`terminations_unmasked`) or a destructor swallowed it (`_resend_swallowed_terminations`). The previous
+    handlers are put back after."""
     import signal
     import threading
 
@@ -212,11 +231,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
         with terminations_unmasked():
             yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous, previous_hook = signal.signal(signal.SIGTERM, _raise_terminated), sys.unraisablehook
+    sys.unraisablehook = _resend_swallowed_terminations(previous_hook)
     try:
         with terminations_unmasked():
             yield
     finally:
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
 
 

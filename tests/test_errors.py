@@ -114,3 +114,18 @@ def test_an_error_after_a_received_sigterm_is_the_termination(capsys):
 def test_a_plain_import_error_is_a_bug_and_keeps_its_traceback():
     with pytest.raises(ImportError, match="initialization failed"), ui.user_errors():
         raise ImportError("initialization failed")
+
+
+def test_a_sigterm_swallowed_by_a_destructor_still_stops_the_command(capsys):
+    # the signal may land in a weakref callback or __del__, where Python only prints the exception
+    import time
+
+    class RaisesInDestructor:
+        def __del__(self):
+            raise errors.Terminated("signal 15")
+
+    with pytest.raises(SystemExit) as exit_info, ui.user_errors():
+        RaisesInDestructor()
+        time.sleep(10)  # the SIGTERM sent again interrupts this
+    assert exit_info.value.code == errors.EXIT_TERMINATED
+    assert "Traceback" not in capsys.readouterr().err
