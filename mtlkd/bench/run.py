@@ -39,9 +39,8 @@ Progress = Callable[[str, int, int, str], None]
 
 def default_precisions(native: dict[str, bool], device: str = "cpu") -> list[str]:
     """fp32 and the precisions this machine computes natively. On a CPU that is bf16 and int8 where it has
-    their instructions; fp16 only on a GPU: CPU backends up-convert it (or, with AVX512-FP16, gained
-    nothing over fp32 when measured: vit-tiny 384x384, 118-125 ms against 73-131 ms), so its rows answer
-    no question a user asks here."""
+    their instructions; fp16 only on a GPU: CPU backends up-convert it to fp32 (even with AVX512-FP16 it
+    is not faster than fp32), so its rows answer no question a user asks here."""
     wanted = ("bf16", "int8", "fp16") if device != "cpu" else ("bf16", "int8")
     return ["fp32", *(p for p in wanted if native.get(p))]
 
