@@ -1,6 +1,7 @@
 """The error family: user mistakes are one line and exit 2, bugs keep their traceback."""
 
 import ast
+import contextlib
 import pathlib
 
 import pytest
@@ -103,10 +104,8 @@ def test_an_error_after_a_received_sigterm_is_the_termination(capsys):
     import signal
 
     with pytest.raises(SystemExit) as exit_info, ui.user_errors():
-        try:
+        with contextlib.suppress(errors.Terminated):  # C code that swallowed it and failed its own way
             signal.raise_signal(signal.SIGTERM)
-        except errors.Terminated:
-            pass  # C code that swallowed it and failed its own way, without a chain
         raise ImportError("initialization failed")
     assert exit_info.value.code == errors.EXIT_TERMINATED
 
