@@ -45,14 +45,9 @@ class KDAMOptions(WeightingOptions):
     beta: float = option(1.0, "Weight of the distillation loss (the paper: 1).", metavar="W")
     kd_temperature: float | None = option(
         None, "Softening temperature T (" + ", ".join(f"{k}: {v:g}" for k, v in KD_LOSSES_DEFAULT_TEMPERATURE.items())
-        + "; the paper states 3 for plain KD only).", metavar="T")
+        + "; the paper states 3 for plain KD only).", metavar="T", positive=True)
     regression_kd: str = option("spatial", "How depth and normals become distributions (mtlkd.train.distill).",
                                 choices=REGRESSION_VIEWS, metavar="VIEW")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.kd_temperature is not None and self.kd_temperature <= 0:
-            raise ConfigError(f"--kd-temperature {self.kd_temperature}: must be > 0")
 
 
 @register_method("kdam", help="a trained multi-task teacher, Cauchy-Schwarz divergence (Xu et al.)")
