@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlkd.bench.plan import BACKENDS, PRECISIONS, VARIANTS
+from mtlkd.bench.plan import PRECISIONS, backend_names, variants
 from mtlkd.errors import ConfigError
 
 STL_ON = ("best", "all")
@@ -60,8 +60,8 @@ class BenchOptions:
                 raise ConfigError(f"{flag} {path}: no such checkpoint file; pass a model.safetensors")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise ConfigError(f"--data-dir {self.data_dir}: no such folder; pass a dataset folder or leave it out")
-        for name, known, values in (("--backends", BACKENDS, self.backends), ("--precisions", PRECISIONS,
-                                    self.precisions), ("--variants", tuple(VARIANTS), self.variants)):  # fmt: skip
+        for name, known, values in (("--backends", backend_names(), self.backends), ("--precisions", PRECISIONS,
+                                    self.precisions), ("--variants", tuple(variants()), self.variants)):  # fmt: skip
             unknown = [v for v in values or [] if v not in known]
             if unknown or (values == [] and name != "--variants"):
                 raise ConfigError(f"{name}: unknown {', '.join(unknown) or 'empty list'}; choose from "

@@ -17,19 +17,15 @@ from typing import Any
 from mtlkd.runtime.backends import BACKENDS as SPECS
 from mtlkd.runtime.backends import BenchVariant, backend_names
 
+__all__ = ["PRECISIONS", "Config", "backend_names", "plan", "variants"]
+
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 
 
 def variants() -> dict[str, tuple[str, BenchVariant]]:
-    """{variant name: (its backend, the variant)} over the registered backends."""
+    """{variant name: (its backend, the variant)} over the backends registered now (`backend_names()`
+    likewise), so a backend registered after this module was imported is planned too."""
     return {v.name: (spec.name, v) for spec in SPECS.values() for v in spec.bench_variants}
-
-
-# The registered names when this module was imported (the built-in backends; `backend_names()` and
-# `variants()` see later registrations too).
-BACKENDS = backend_names()
-VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    name: (backend, v.precisions, v.what) for name, (backend, v) in variants().items()}
 
 
 @dataclass

@@ -2,7 +2,7 @@
 fresh worker process: `python -m mtlkd.bench.worker SPEC.json OUT.json` runs `run_spec(spec)` in a process
 of its own, pinned to one thread per physical core, so that peak memory (RSS growth while loading and
 running, see `mtlkd.bench.machine.PeakMemory`) belongs to this configuration alone and no allocator state or
-thread pool is inherited from an earlier one.
+thread pool is left over from another configuration.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from mtlkd.bench.stats import cuda_timer, measure, wall_timer
 
 WORKER_TIMEOUT_S = 3600
 # OpenMP threads (torch, oneDNN, MKL) sleep instead of spinning while they wait for work, like ONNX Runtime's
-# intra-op threads (allow_spinning=0). On a shared 2-core machine spinning made torch eager 4-8x slower:
-# every small op waits for a thread whose core a spinning thread or another process holds (vit-tiny
-# MTL, torch fp32, 2 threads: 1.1-2.7 s per image with the default policy, 0.27-0.42 s with PASSIVE).
+# intra-op threads (allow_spinning=0). Where cores are few or shared, spinning makes torch eager several
+# times slower: every small op waits for a thread whose core a spinning thread or another process holds.
 # A wait policy the user set is kept; the `torch-spin` variant measures the library default.
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 

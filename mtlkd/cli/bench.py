@@ -23,6 +23,14 @@ from mtlkd.cli.common import (
 from mtlkd.errors import ConfigError
 from mtlkd.ui import progress_bar, user_errors
 
+
+def variant_names() -> list[str]:
+    """The benchmark's optional rows over the backends registered now (`mtlkd.bench.plan.variants`)."""
+    from mtlkd.bench.plan import variants
+
+    return list(variants())
+
+
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
@@ -43,9 +51,8 @@ def command(
     precisions: str | None = typer.Option(None, "--precisions", metavar="LIST",
                                           help="fp32,bf16,int8,fp16 (default: fp32, and bf16 and int8 where "
                                                "this CPU computes them natively; fp16 on a GPU)."),
-    variants: str | None = typer.Option(None, "--variants", metavar="LIST",
-                                        help="Extra rows: ort-opt, ort-spin, ov-throughput, ov-int8-bf16, ov-nncf, "
-                                             "torch-compile, torch-spin."),
+    variants: str | None = late_help(typer.Option(None, "--variants", metavar="LIST"),
+                                     lambda: f"Extra rows: {', '.join(variant_names())}."),
     stl_on: str = typer.Option("best", "--stl-on", metavar="best|all",
                                help="Time the single-task models on the reference and the fastest configuration "
                                     "that keeps accuracy (best), or on every configuration (all)."),

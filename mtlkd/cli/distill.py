@@ -13,7 +13,7 @@ import typer
 from mtlkd.cli.common import JSON_STDOUT, MtlCommand, check_json_target, emit_json, parse_hw
 from mtlkd.models.presets import PRESETS
 from mtlkd.train.options import TrainOptions
-from mtlkd.ui import interrupted_code, user_errors
+from mtlkd.ui import interrupted_code, terminations_unmasked, user_errors
 
 TEACHER_HELP = (
     "TASKS=MODEL\\[,KEY=VALUE...], once per model: e.g. depth=depth.onnx, seg=seg.xml, "
@@ -103,7 +103,8 @@ def command(
             val_dir=str(val_dir) if val_dir else None, cache=str(cache) if cache else None,
             cache_limit_gb=cache_limit, frame_step=frame_step, teacher_device=teacher_device)
         try:
-            result = distill(options)
+            with terminations_unmasked():  # SIGTERM inside a C extension's import: still a SIGTERM
+                result = distill(options)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (ui.user_errors turns it into this)
             _interrupted(out, interrupted_code(exc))
     summary = (result.out / "replace.json").read_text()

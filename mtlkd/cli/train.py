@@ -23,7 +23,7 @@ from mtlkd.data.mtan import DATASET_NAMES
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
 from mtlkd.train.options import TrainOptions, flag
-from mtlkd.ui import interrupted_code, user_errors
+from mtlkd.ui import interrupted_code, terminations_unmasked, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 Dataset = enum.Enum("Dataset", {name: name for name in DATASET_NAMES}, type=str)  # a choice in --help
@@ -132,7 +132,8 @@ def command(
         if resume:  # the run's own options from its run.json; those typed here must agree with them
             options = _resumed(ctx, options)
         try:
-            run = train(options)
+            with terminations_unmasked():  # SIGTERM inside a C extension's import: still a SIGTERM
+                run = train(options)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from a scheduler (ui.user_errors turns it into this)
             _interrupted(Path(options.out), interrupted_code(exc))
     typer.echo(f"run folder: {run}")

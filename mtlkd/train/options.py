@@ -26,10 +26,10 @@ from mtlkd.train.runfolder import RUN_FILES
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None,
-           metavar: str | None = None, factory: Any = None) -> Any:
+           metavar: str | None = None, factory: Any = None, positive: bool = False) -> Any:
     """A dataclass field carrying its help, its allowed values (a tuple, or a function returning them when
-    they come from a registry) and the placeholder its flag shows."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar}
+    they come from a registry; `positive`: a number above 0, or None) and the placeholder its flag shows."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "positive": positive}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -48,7 +48,7 @@ def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
 
 @dataclasses.dataclass
 class Options:
-    """Base of every options dataclass: checks `choices` and that numbers are finite."""
+    """Base of every options dataclass: checks `choices`, `positive` and that numbers are finite."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -58,6 +58,8 @@ class Options:
                 raise ConfigError(f"{flag(f.name)} {value}: expected one of {', '.join(choices)}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{flag(f.name)} {value}: expected a finite number")
+            if f.metadata.get("positive") and value is not None and value <= 0:
+                raise ConfigError(f"{flag(f.name)} {value}: must be > 0")
 
 
 @dataclasses.dataclass

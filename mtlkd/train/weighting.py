@@ -112,12 +112,7 @@ def _floats(tasks: list[str], weights: torch.Tensor) -> dict[str, float]:
 
 @dataclass
 class DWAOptions(Options):
-    dwa_temperature: float = option(2.0, "DWA's softmax temperature T (Liu et al.: 2).", metavar="T")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.dwa_temperature <= 0:
-            raise ConfigError(f"--dwa-temperature {self.dwa_temperature}: must be > 0")
+    dwa_temperature: float = option(2.0, "DWA's softmax temperature T (Liu et al.: 2).", metavar="T", positive=True)
 
 
 @register_weighting("dwa", help="Dynamic Weight Average, from the ratio of each task's last two epoch losses")
@@ -276,12 +271,7 @@ class RandomLossWeighting(Weighting):
 @dataclass
 class OTWOptions(Options):
     otw_temperature: float = option(0.1, "OKD's online task weighting temperature T (the paper: 0.1).",
-                                    metavar="T")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.otw_temperature <= 0:
-            raise ConfigError(f"--otw-temperature {self.otw_temperature}: must be > 0")
+                                    metavar="T", positive=True)
 
 
 @register_weighting("otw", help="OKD's online task weighting, from the multi- to single-task loss ratios")

@@ -21,13 +21,21 @@ from typer.testing import CliRunner
 
 from mtlkd.errors import BackendError, BackendUnavailable
 from mtlkd.runtime import backends
-from mtlkd.runtime.backends import Backend, BackendSpec, BenchPrecision, register_backend, unregister_backend
+from mtlkd.runtime.backends import (
+    Backend,
+    BackendSpec,
+    BenchPrecision,
+    BenchVariant,
+    register_backend,
+    unregister_backend,
+)
 
 CLASSES = ["dark", "middle", "bright"]
 METADATA = {"tasks": ["seg", "depth", "normal"], "input_size": [16, 24], "num_classes": len(CLASSES),
             "class_names": CLASSES, "output_stride": 4}
 TOY = BackendSpec(name="toy", title="Toy", module=__name__, suffixes=(".toy",), packages=("numpy",),
-                  install_hint="pip install numpy", bench_precisions={"fp32": BenchPrecision("toy")})
+                  install_hint="pip install numpy", bench_precisions={"fp32": BenchPrecision("toy")},
+                  bench_variants=(BenchVariant("toy-wide", ("fp32",), "wider", options={"wide": True}),))
 MISSING = BackendSpec(name="toy-missing", title="Toy (missing)", module=__name__, suffixes=(".toyx",),
                       packages=("mtlkd_toy_engine_not_installed",), install_hint="pip install mtlkd-toy-engine")
 
@@ -101,6 +109,17 @@ def test_the_toy_backend_is_known_everywhere_while_registered(toy):
     configs, skipped = plan(["toy"], ["fp32", "int8"], [], "cpu", {"fp32": True})
     assert [(c.label, c.artifact) for c in configs] == [("toy fp32", "toy")]
     assert skipped == [{"backend": "toy", "precision": "int8", "variant": "default", "reason": "toy has no int8 path"}]
+
+
+def test_bench_options_and_help_see_a_backend_registered_after_import(toy):
+    # mtlkd.bench was imported long before the fixture registered the toy: its names must not be a snapshot
+    from mtlkd.bench import BenchOptions
+    from mtlkd.cli.bench import app
+
+    options = BenchOptions(backends=["toy"], variants=["toy-wide"])
+    assert options.backends == ["toy"] and options.variants == ["toy-wide"]
+    help_text = " ".join(re.sub("[│╭╮╰╯─]", " ", CliRunner().invoke(app, ["--help"]).output).split())
+    assert "ov-nncf, toy-wide." in help_text
 
 
 def test_unregistered_the_toy_is_gone(tmp_path):

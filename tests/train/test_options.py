@@ -250,3 +250,15 @@ def test_train_options_check_themselves_naming_the_flag(field, value, message):
     with pytest.raises(ConfigError) as caught:
         TrainOptions(**{field: value}).check()
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize(("method", "values"), [
+    ("kdam", {"kd_temperature": 0.0}),
+    ("distill", {"seg_temperature": -1.0}),
+    ("mtl", {"task_weighting": "dwa", "dwa_temperature": 0.0}),
+    ("okd", {"otw_temperature": 0.0}),
+])
+def test_a_positive_option_at_or_below_zero_is_one_line_naming_its_flag(method, values):
+    name, value = list(values.items())[-1]
+    with pytest.raises(ConfigError, match=f"^--{name.replace('_', '-')} {value}: must be > 0$"):
+        parse_method_options(method, values)

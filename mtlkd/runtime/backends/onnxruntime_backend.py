@@ -62,8 +62,8 @@ class OnnxRuntimeBackend(Backend):
 
 def session_options(threads: int | None = None, spinning: bool = False) -> Any:
     """Session options; `spinning=False` stops the intra-op threads busy-waiting after each run, which
-    otherwise steal the cores from the pre/postprocessing that follows (measured on a 2-core machine:
-    median predict 27-37 ms without spinning vs 55-71 ms with it, vit-micro at 480x640)."""
+    otherwise steal the cores from the pre/postprocessing that follows (on a machine with few cores a
+    spinning session can make each predict about twice as slow)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

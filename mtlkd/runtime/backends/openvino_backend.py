@@ -5,8 +5,8 @@ The model is read once; it is compiled lazily for each (set of requested tasks, 
 * only the requested heads are compiled: a sub-model whose results are the requested outputs, so the
   other heads are not computed at all (OpenVINO otherwise runs every result of a compiled model);
 * the batch dimension is made static, which lets the CPU plugin pick static-shape kernels (a few % faster
-  than the dynamic-batch graph). A compile costs 0.2-0.5 s and is cached; a video or a folder of images
-  uses one shape, so that happens once.
+  than the dynamic-batch graph). A compile takes far longer than a call, so it is cached per shape; a
+  video or a folder of images uses one shape, so that happens once.
 
 Each compiled model keeps one infer request that is reused for every call. Compile options: the
 performance hint (`hint`, default LATENCY: one stream, all cores on one request; THROUGHPUT suits many

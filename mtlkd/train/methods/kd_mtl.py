@@ -5,17 +5,18 @@ and the loss compares L2-normalised features (eq. 3-5):
 
     L = sum_t w_t L_t  +  sum_t lambda_t || A_t(f_mtl) / ||.|| - f_t / ||.|| ||^2
 
-Defaults, with where they come from (line numbers of the paper's text in /work/shared/papers):
+Defaults, with where in the KD-MTL paper they come from:
 
-* w_t uniform (kd4mtl-adaptors.txt 556-557); `task_weighting` may replace it.
-* lambda_t (`kd_weights`): seg 1, depth 1, normal 2, the paper's NYUv2 values (561-562; any other task 1).
-  For Cityscapes the paper used seg 2, depth 6 (659-660): pass --kd-weights seg=2,depth=6.
+* w_t uniform (section 4.3, "Results on NYU-V2"); `task_weighting` may replace it.
+* lambda_t (`kd_weights`): seg 1, depth 1, normal 2, the paper's NYUv2 values (same paragraph; any other
+  task 1). For Cityscapes the paper used seg 2, depth 6 ("Results on Cityscapes"): pass
+  --kd-weights seg=2,depth=6.
 * `kd_layers`: last (the last shared block: how the OKD paper, whose tables mtlkd reproduces, describes
-  and re-implements KD-MTL, okd-mtl-wacv2023.txt 53 and 215; best on Cityscapes and SVHN & Omniglot,
-  kd4mtl 679-680) or mid+last (the middle and the last block: the paper's NYUv2 setting, Table 4,
-  kd4mtl 641-657). The middle block of n is block (n - 1) // 2 (0-based): 5 of 12, 1 of 4.
+  and re-implements KD-MTL in its section 2 and Table 5; best on Cityscapes and SVHN & Omniglot in the
+  KD-MTL paper's ablation, section 4.4) or mid+last (the middle and the last block: the paper's NYUv2
+  setting, Table 4). The middle block of n is block (n - 1) // 2 (0-based): 5 of 12, 1 of 4.
 * adaptors' optimiser (`adaptor_optimizer`): `own` (default) is the paper's and the authors' code's: a
-  separate Adam at a constant learning rate of 0.1 with weight decay 5e-4 (kd4mtl-adaptors.txt 554-556),
+  separate Adam at a constant learning rate of 0.1 with weight decay 5e-4 ("Results on NYU-V2"),
   stepped with the network's optimiser but outside its schedule. `shared` puts the adaptors into the
   trainer's AdamW + OneCycle as their own group peaking at `adaptor_lr` (default 1000 x the network's
   peak, the paper's ratio 0.1 / 1e-4).
@@ -48,11 +49,10 @@ from mtlkd.train.options import option
 
 PAPER_KD_WEIGHTS = {"seg": 1.0, "depth": 1.0, "normal": 2.0}
 KD_LAYERS = ("last", "mid+last")
-# The paper's adaptor / network learning-rate ratio: 0.1 / 1e-4 with Adam (kd4mtl-adaptors.txt 554-556).
+# The paper's adaptor / network learning-rate ratio: 0.1 / 1e-4 with Adam ("Results on NYU-V2").
 # By default the adaptors' peak lr is this ratio times the network's (1.0 at our default 1e-3). The adaptor
 # output is L2-normalised, so the loss does not depend on the adaptor's scale and Adam-type updates stay
-# stable at such rates: on vit-nano (150 AdamW + OneCycle steps, network lr 1e-3) the distillation loss
-# ended at 3.17 / 2.10 / 1.81 / 1.76 / 1.76 for adaptor lr 1e-3 / 1e-2 / 0.1 / 1 / 10.
+# stable at such rates, while an adaptor lr near the network's fits the adaptors too slowly for a short run.
 ADAPTOR_LR_RATIO = 1000.0
 ADAPTOR_OPTIMIZERS = ("own", "shared")
 PAPER_ADAPTOR_LR = 0.1

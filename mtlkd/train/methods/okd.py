@@ -96,7 +96,7 @@ class AdaptiveFeatureDistillation(nn.Module):
       softmax, so omega keeps learning and the selection can change.
     - last (AFD-last layer): one learned row, applied to one block only: the penultimate one, as the
       paper describes the row ("feature distillation on the penultimate layer only, similar to KD-MTL",
-      okd-mtl-wacv2023.txt 215); with a single block, that block.
+      section 4.3, on Table 5); with a single block, that block.
     - none: no feature distillation (Table 4's OKD-MTL-OTW row).
     """
 

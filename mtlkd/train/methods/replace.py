@@ -32,12 +32,7 @@ class DistillOptions(WeightingOptions):
     seg_loss: str = option("kl", "Segmentation against the teacher: kl (Hinton's soft targets at --seg-temperature) "
                            "or ce (cross-entropy on the teacher's classes).", choices=SEG_TARGET_LOSSES, metavar="LOSS")
     seg_temperature: float = option(1.0, "Temperature T of the soft targets (1: the teacher's own distribution; the "
-                                    "loss is scaled by T^2, as Hinton et al.).", metavar="T")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.seg_temperature <= 0:
-            raise ConfigError(f"--seg-temperature {self.seg_temperature}: must be > 0")
+                                    "loss is scaled by T^2, as Hinton et al.).", metavar="T", positive=True)
 
 
 @register_method("distill", help="a student of teachers' predictions on unlabeled frames (run it with mtl-distill)")
