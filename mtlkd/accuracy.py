@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mtlkd.tasks import LOGITS, POSITIVE, UNIT, get_task
+from mtlkd.tasks import LOGITS, get_task
 
 
 @dataclass(frozen=True)
@@ -121,19 +121,10 @@ def raw_rel_err(task: str, ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def task_agreement(task: str, ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    """What a user sees change (both N x C x H x W): seg_agreement %, depth_rel_err %, normal_angle deg."""
-    kind = get_task(task).output
-    if kind == LOGITS:
-        return {"seg_agreement": float((ref.argmax(1) == out.argmax(1)).mean() * 100)}
-    if kind == POSITIVE:
-        rel = np.abs(out - ref) / np.maximum(np.abs(ref), 1e-6)
-        return {"depth_rel_err": float(rel.mean() * 100)}
-    if kind == UNIT:
-        a = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
-        b = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-6)
-        cos = np.clip((a * b).sum(1), -1.0, 1.0)
-        return {"normal_angle": float(np.degrees(np.arccos(cos)).mean())}
-    return {}
+    """What a user sees change (both N x C x H x W), as the task's `agreement` says (seg_agreement %,
+    depth_rel_err %, normal_angle deg: fields of `Tolerance`); nothing for a task without one."""
+    agreement = get_task(task).agreement
+    return agreement(ref, out) if agreement is not None else {}
 
 
 @dataclass

@@ -39,7 +39,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], metadata: dict[str,
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, without loading its tensors (and without torch)."""
+    """The JSON metadata of a checkpoint (.safetensors), without loading its tensors (and without torch); a
+    missing file is a CheckpointError. Any model file's: `mtlkd.metadata.read_model_file_metadata`."""
     return read_checkpoint_metadata(_existing(path), error=CheckpointError)
 
 

@@ -5,8 +5,9 @@ One place for the metadata of every format, so that a reader and a writer cannot
 - ONNX: JSON in `metadata_props[METADATA_KEY]` (`set_onnx_metadata`, `read_onnx_metadata`);
 - OpenVINO IR: JSON in the IR's rt_info at `OPENVINO_RT_INFO` (`set_openvino_metadata`, `read_openvino_metadata`);
 - TensorRT engine: a JSON sidecar `<engine>.json` (`engine_sidecar`, `engine_sidecar_text`, `read_engine_metadata`).
-`read_metadata(path)` picks by suffix. Every file written carries `schema_version` (`SCHEMA_VERSION`); files
-written before it existed read as version 1, and a file from a newer schema is refused in one line.
+`read_model_file_metadata(path)` reads any of them, the reader chosen by the file's suffix. Every file written
+carries `schema_version` (`SCHEMA_VERSION`); files written before it existed read as version 1, and a file
+from a newer schema is refused in one line.
 Nothing here imports torch (the runtime reads exported files with it); onnx and openvino are imported
 only by their own readers.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,19 @@ OPENVINO_RT_INFO_PATHS = (OPENVINO_RT_INFO, ["framework", METADATA_KEY], [METADA
 SCHEMA_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")  # what the exporter writes, each with its own file names
 # Library versions a file records, and the distributions that provide each (the first one installed counts).
-DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
-    "mtlkd": ("mtlkd",), "torch": ("torch",), "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",), "nncf": ("nncf",),
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "timm": ("timm",), "numpy": ("numpy",),
-}
+# The engines' distributions come from their backend specs (`mtlkd.runtime.backends.version_distributions`).
+DISTRIBUTIONS: dict[str, tuple[str, ...]] = {"mtlkd": ("mtlkd",)}
 
 
-def versions(names: Iterable[str] = ("mtlkd",)) -> dict[str, str]:
-    """{library: installed version} for the libraries named (keys of `DISTRIBUTIONS`, or any distribution
-    name), read from the installed package metadata, so nothing is imported; missing ones are left out.
-    mtlkd's own version is the package's `__version__` (also in a source checkout that is not installed)."""
+def versions(names: Iterable[str] = ("mtlkd",),
+             distributions: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, str]:
+    """{library: installed version} for the libraries named (distribution names, or keys of
+    `distributions`: the first installed of its distributions counts), read from the installed package
+    metadata, so nothing is imported; missing ones are left out. mtlkd's own version is the package's
+    `__version__` (also in a source checkout that is not installed)."""
     from importlib import metadata as importlib_metadata
 
+    table = {**DISTRIBUTIONS, **(distributions or {})}
     found: dict[str, str] = {}
     for name in names:
         if name == "mtlkd":
@@ -62,7 +63,7 @@ def versions(names: Iterable[str] = ("mtlkd",)) -> dict[str, str]:
 
             found[name] = __version__
             continue
-        for dist in DISTRIBUTIONS.get(name, (name,)):
+        for dist in table.get(name, (name,)):
             try:
                 found[name] = importlib_metadata.version(dist)
                 break
@@ -124,8 +125,9 @@ def check_metadata(meta: Any, where: str, require: Sequence[str] = ("tasks", "in
     num_classes = meta.get("num_classes")
     if num_classes is not None and not _int(num_classes, 1, MAX_CLASSES):
         raise bad("num_classes", f"is not a class count in 1..{MAX_CLASSES}")
-    if tasks and "seg" in tasks and num_classes is None and "num_classes" in require:
-        raise bad("num_classes", "is missing for a segmentation model")
+    classes = [t for t in tasks or () if t in TASKS and TASKS[t].has_classes]
+    if classes and num_classes is None and "num_classes" in require:
+        raise bad("num_classes", f"is missing for a model of class maps ({', '.join(classes)})")
     names = meta.get("class_names")
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(n, str) and len(n) <= MAX_NAME for n in names):
@@ -382,7 +384,7 @@ READERS = {".safetensors": read_checkpoint_metadata, ".onnx": read_onnx_metadata
            ".engine": read_engine_metadata, ".plan": read_engine_metadata}
 
 
-def read_metadata(path: str | Path, error: type[UserError] = MetadataError) -> dict[str, Any]:
+def read_model_file_metadata(path: str | Path, error: type[UserError] = MetadataError) -> dict[str, Any]:
     """The checked mtlkd metadata of any model file mtlkd writes, chosen by its suffix."""
     path = Path(path)
     reader = READERS.get(path.suffix.lower())

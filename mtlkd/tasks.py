@@ -1,8 +1,10 @@
 """The task registry: everything that differs between dense-prediction tasks lives in one entry here.
 
-Adding a task (edges, saliency, ...) means adding one `Task` to `TASKS`; networks, losses, metrics,
-decoding and pictures all read it from here. This module imports no torch at import time, so the
-torch-free runtime can use the decode and colour functions.
+Adding a task (edges, saliency, ...) means adding one `Task` to `TASKS` (`register_task`); networks,
+losses, metrics, augmentation, decoding, accuracy checks, progress lines, tables and pictures all read it
+from here. Only a dataset's file layout names tasks elsewhere (`data.mtan.SPECS`: which folder holds
+which task's targets). This module imports no torch at import time, so the torch-free runtime can use
+the decode and colour functions.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ UNIT = "unit"  # L2-normalised vectors along the channel axis
 
 IGNORE_INDEX = -1
 
+# How `runtime.visualize` draws a prediction; every kind colours it with the task's `colourise`.
+CLASSES = "classes"  # class colours with a legend of the classes present, also blended over the input
+SCALE = "scale"  # a colour map with a colour bar in the task's `unit`; one colour range per run
+DIRECTIONS = "directions"  # unit vectors as colours with a key of which colour faces which way
+PLAIN = "plain"  # the colours alone
+
 
 @dataclass(frozen=True)
 class Task:
@@ -30,7 +38,25 @@ class Task:
 
     `loss(pred, target)` takes torch tensors (pred B x C x H x W after the output activation, target as the
     dataset gives it) and returns a scalar; `metrics` maps each metric to whether higher is better, in
-    the order the papers print them.
+    the order the papers print them; `decode` turns one raw C x H x W output into the user's prediction,
+    and `colourise(prediction, **context)` into H x W x 3 uint8 colours (context: num_classes, vmin,
+    vmax), which every picture uses.
+
+    The fields with defaults say how the other parts treat the task:
+
+    * targets under augmentation (`data.augment`): resized with nearest sampling (no blend of a valid
+      value with an invalid one); `mirror_negates` are the target channels whose sign a left-right mirror
+      changes (a normal's x); `zoom_divides`: the values are distances, divided by the zoom factor s of a
+      scale-crop (enlarging the picture s times is what moving s times closer looks like);
+    * `picture` (CLASSES, SCALE, DIRECTIONS or PLAIN) and `unit`: how `runtime.visualize` draws it, under
+      `heading` (default `title`, with the unit in brackets);
+    * `agreement(ref, out)`: what `accuracy` compares between a file and its fp32 reference (both
+      N x C x H x W raw outputs) beyond the raw error, as {Tolerance field: value}; None: raw error only;
+    * `progress`: the format of its part of a training epoch's line (`str.format` over its metrics);
+      `short_title`: its column group in metric tables (default `title`);
+    * `teacher_metrics`: its metrics renamed for student-vs-teacher agreement (`eval.agreement`);
+    * `relative_forms`: a model may predict it up to a per-image scale and shift (`depth_meaning`
+      relative), so it is aligned to the reference before scoring.
     """
 
     name: str
@@ -44,6 +70,29 @@ class Task:
     colourise: Callable[..., np.ndarray]
     metric: Callable[..., Any]  # factory(num_classes=...) -> accumulator with update(pred, target) / compute()
     extra: dict[str, Any] = field(default_factory=dict)
+    mirror_negates: tuple[int, ...] = ()
+    zoom_divides: bool = False
+    picture: str = PLAIN
+    unit: str = ""
+    heading: str = ""
+    agreement: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None
+    progress: str = ""
+    short_title: str = ""
+    teacher_metrics: dict[str, str] = field(default_factory=dict)
+    relative_forms: bool = False
+
+    def __post_init__(self) -> None:
+        if self.picture not in (CLASSES, SCALE, DIRECTIONS, PLAIN):
+            raise ConfigError(f"task {self.name!r}: picture {self.picture!r} is not one of "
+                              f"{CLASSES}, {SCALE}, {DIRECTIONS}, {PLAIN}")
+        titled = f"{self.title} ({self.unit})" if self.unit else self.title
+        object.__setattr__(self, "heading", self.heading or titled)
+        object.__setattr__(self, "short_title", self.short_title or self.title)
+
+    @property
+    def has_classes(self) -> bool:
+        """One output channel per class of the dataset: the model and its file need the class names."""
+        return self.fixed_channels is None
 
     def channels(self, num_classes: int | None = None) -> int:
         if self.fixed_channels is not None:
@@ -116,8 +165,9 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def colourise_seg(seg: np.ndarray, num_classes: int = 13, **_: Any) -> np.ndarray:
-    colours = palette(num_classes)
-    out = colours[np.clip(seg, 0, num_classes - 1)]
+    """Each class its palette colour (ids beyond num_classes get colours of their own); ignored (-1) black."""
+    colours = palette(max(num_classes, int(seg.max()) + 1 if seg.size else 1))
+    out = colours[np.clip(seg, 0, len(colours) - 1)]
     out[seg < 0] = 0
     return out
 
@@ -144,6 +194,29 @@ def colourise_normal(normal: np.ndarray, **_: Any) -> np.ndarray:
     return rgb
 
 
+# ------------------------------------------------------------------ agreement with a reference (numpy)
+# Each takes the fp32 reference and a candidate's raw outputs (N x C x H x W) and says what a user sees change.
+
+
+def class_agreement(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """% of pixels given the reference's class."""
+    return {"seg_agreement": float((ref.argmax(1) == out.argmax(1)).mean() * 100)}
+
+
+def positive_agreement(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """Mean relative error against the reference, %."""
+    rel = np.abs(out - ref) / np.maximum(np.abs(ref), 1e-6)
+    return {"depth_rel_err": float(rel.mean() * 100)}
+
+
+def unit_agreement(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """Mean angle to the reference's vectors, degrees."""
+    a = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+    b = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-6)
+    cos = np.clip((a * b).sum(1), -1.0, 1.0)
+    return {"normal_angle": float(np.degrees(np.arccos(cos)).mean())}
+
+
 TASKS: dict[str, Task] = {
     "seg": Task(
         name="seg",
@@ -156,6 +229,12 @@ TASKS: dict[str, Task] = {
         decode=decode_seg,
         colourise=colourise_seg,
         metric=SegMetrics,
+        picture=CLASSES,
+        heading="Segmentation",
+        agreement=class_agreement,
+        progress="mIoU {miou:.1f}",
+        short_title="Segm.",
+        teacher_metrics={"pixel_acc": "pixel_agreement", "miou": "miou_vs_teacher"},
     ),
     "depth": Task(
         name="depth",
@@ -168,6 +247,13 @@ TASKS: dict[str, Task] = {
         decode=decode_depth,
         colourise=colourise_depth,
         metric=DepthMetrics,
+        zoom_divides=True,
+        picture=SCALE,
+        unit="m",
+        agreement=positive_agreement,
+        progress="depth abs {abs_err:.3f}",
+        teacher_metrics={"rel_err": "rel_err_vs_teacher", "abs_err": "abs_err_vs_teacher"},
+        relative_forms=True,
     ),
     "normal": Task(
         name="normal",
@@ -180,8 +266,22 @@ TASKS: dict[str, Task] = {
         decode=decode_normal,
         colourise=colourise_normal,
         metric=NormalMetrics,
+        mirror_negates=(0,),
+        picture=DIRECTIONS,
+        agreement=unit_agreement,
+        progress="normal mean {mean:.1f}°",
+        short_title="Normals",
+        teacher_metrics={"mean": "mean_angle_to_teacher", "median": "median_angle_to_teacher"},
     ),
 }
+
+
+def register_task(task: Task) -> Task:
+    """Add `task` to the registry (what a new task does once, beside its definition); returns it."""
+    if task.name in TASKS:
+        raise ConfigError(f"task {task.name!r} is registered twice; give the new task another name")
+    TASKS[task.name] = task
+    return task
 
 
 def get_task(name: str) -> Task:

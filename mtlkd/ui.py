@@ -163,24 +163,81 @@ def tracebacks_always() -> bool:
     return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
 
 
+_sigterms_received = 0  # counted by the handler: an exception after one is the termination, whatever its type
+
+
 def _raise_terminated(signum: int, frame: Any) -> NoReturn:
+    global _sigterms_received
+    _sigterms_received += 1
     raise Terminated(f"signal {signum}")
+
+
+def _masks_termination(exc: BaseException) -> bool:
+    """Whether `exc` has `Terminated` in its `__cause__`/`__context__` chain: C code that was running when
+    SIGTERM arrived (an extension module's init inside `import onnxruntime`) may turn it into its own
+    error, such as `ImportError: initialization failed`."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, Terminated):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
+@contextlib.contextmanager
+def terminations_unmasked() -> Iterator[None]:
+    """Inside the block, an exception that stands for a SIGTERM (one with `Terminated` in its chain, or any
+    raised after the handler counted a SIGTERM) is raised again as `Terminated`, so it stops the command as
+    SIGTERM does (exit 143, every Ctrl-C handler run) instead of reading as a bug; others pass unchanged."""
+    received_before = _sigterms_received
+    try:
+        yield
+    except Exception as exc:
+        if not (_sigterms_received > received_before or _masks_termination(exc)):
+            raise
+        raise Terminated(f"SIGTERM, surfaced as {type(exc).__name__}: {exc}") from exc
+
+
+def _resend_swallowed_terminations(previous_hook: Any) -> Any:
+    """An unraisable-exception hook: a `Terminated` raised where Python can only print it (a destructor or a
+    weakref callback that the signal happened to interrupt) is not printed but sent again as SIGTERM a
+    moment later, when the main thread runs ordinary code that it can stop; others go to `previous_hook`."""
+    import signal
+    import threading
+
+    def on_unraisable(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous_hook(unraisable)
+            return
+        resend = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+        resend.daemon = True
+        resend.start()
+
+    return on_unraisable
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread for the block, so every `finally`
-    and every Ctrl-C handler runs for it as for Ctrl-C; the previous handler is put back after."""
+    and every Ctrl-C handler runs for it as for Ctrl-C: also where C code turned it into another exception
+    (`terminations_unmasked`) or a destructor swallowed it (`_resend_swallowed_terminations`). The previous
+    handlers are put back after."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        with terminations_unmasked():
+            yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous, previous_hook = signal.signal(signal.SIGTERM, _raise_terminated), sys.unraisablehook
+    sys.unraisablehook = _resend_swallowed_terminations(previous_hook)
     try:
-        yield
+        with terminations_unmasked():
+            yield
     finally:
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
 
 

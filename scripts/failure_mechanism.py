@@ -117,7 +117,7 @@ def main() -> None:
     from mtlkd.models.pretrained import pretrained_backbone
     from mtlkd.train.methods.base import forward, task_losses, unwrap
     from mtlkd.train.methods.mtl import MultiTaskMethod
-    from mtlkd.train.run_options import TrainOptions
+    from mtlkd.train.options import TrainOptions
     from mtlkd.train.trainer import train
 
     if not (args.data / "meta.json").exists():

@@ -1,6 +1,7 @@
 """The error family: user mistakes are one line and exit 2, bugs keep their traceback."""
 
 import ast
+import contextlib
 import pathlib
 
 import pytest
@@ -85,3 +86,45 @@ def test_quiet_progress_shows_nothing(capsys):
         bar.update(task, advance=3)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_sigterm_turned_into_an_import_error_is_still_a_sigterm(capsys):
+    # a C extension's init (`import onnxruntime`) turns the Terminated of the SIGTERM handler into its own
+    # ImportError: the command must still exit 143 with one line, not a traceback and exit 1
+    with pytest.raises(SystemExit) as exit_info, ui.user_errors():
+        try:
+            raise errors.Terminated("signal 15")
+        except errors.Terminated as terminated:
+            raise ImportError("initialization failed") from terminated
+    assert exit_info.value.code == errors.EXIT_TERMINATED
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_an_error_after_a_received_sigterm_is_the_termination(capsys):
+    import signal
+
+    with pytest.raises(SystemExit) as exit_info, ui.user_errors():
+        with contextlib.suppress(errors.Terminated):  # C code that swallowed it and failed its own way
+            signal.raise_signal(signal.SIGTERM)
+        raise ImportError("initialization failed")
+    assert exit_info.value.code == errors.EXIT_TERMINATED
+
+
+def test_a_plain_import_error_is_a_bug_and_keeps_its_traceback():
+    with pytest.raises(ImportError, match="initialization failed"), ui.user_errors():
+        raise ImportError("initialization failed")
+
+
+def test_a_sigterm_swallowed_by_a_destructor_still_stops_the_command(capsys):
+    # the signal may land in a weakref callback or __del__, where Python only prints the exception
+    import time
+
+    class RaisesInDestructor:
+        def __del__(self):
+            raise errors.Terminated("signal 15")
+
+    with pytest.raises(SystemExit) as exit_info, ui.user_errors():
+        RaisesInDestructor()
+        time.sleep(10)  # the SIGTERM sent again interrupts this
+    assert exit_info.value.code == errors.EXIT_TERMINATED
+    assert "Traceback" not in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """The layers of DESIGN.md hold: no module imports one of a higher layer, nor a peer it must not know.
 
-Read from the source with scripts/house.py's `import_graph` (every import, also the lazy ones inside
+Read from the source with scripts/layers.py's `import_graph` (every import, also the lazy ones inside
 functions). That running an exported ONNX file pulls in no torch is checked where it runs, in
 tests/runtime/test_infer_cli.py (`test_runtime_runs_without_torch`, `test_modules_import_without_torch`).
 """
@@ -33,8 +33,8 @@ FORBIDDEN = [
 ]
 
 
-def _house():
-    spec = importlib.util.spec_from_file_location("house", ROOT / "scripts" / "house.py")
+def _layers_script():
+    spec = importlib.util.spec_from_file_location("layers_script", ROOT / "scripts" / "layers.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -51,7 +51,7 @@ def layer(module: str) -> int:
 
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
-    return _house().import_graph(ROOT / "mtlkd")
+    return _layers_script().import_graph(ROOT / "mtlkd")
 
 
 def test_the_graph_sees_lazy_and_relative_imports(graph):
@@ -83,7 +83,7 @@ def test_nothing_imports_the_cli(graph):
 def test_no_import_circles(graph):
     """No modules import each other, even lazily, even through others: a circle hidden by an import inside
     a function works only as long as nobody moves that import."""
-    cycles = _house().import_cycles(graph)
+    cycles = _layers_script().import_cycles(graph)
     assert not cycles, "\n".join(" <-> ".join(group) for group in cycles)
 
 
@@ -94,10 +94,10 @@ def test_a_circle_and_a_package_taking_its_submodule_are_told_apart(tmp_path):
     (package / "export" / "__init__.py").write_text("from mtlkd.export.pipeline import run\n")
     (package / "export" / "pipeline.py").write_text("def run():\n    from mtlkd.export import steps\n")
     (package / "export" / "steps.py").write_text("from mtlkd.export.pipeline import run\n")
-    house = _house()
-    graph = house.import_graph(package)
+    script = _layers_script()
+    graph = script.import_graph(package)
     assert "mtlkd.export" not in graph["mtlkd.export.pipeline"]  # a submodule, not the package's own names
-    assert house.import_cycles(graph) == [["mtlkd.export.pipeline", "mtlkd.export.steps"]]
+    assert script.import_cycles(graph) == [["mtlkd.export.pipeline", "mtlkd.export.steps"]]
 
 
 def test_the_rules_catch_a_violation(tmp_path):
@@ -110,7 +110,7 @@ def test_the_rules_catch_a_violation(tmp_path):
     (package / "metadata.py").write_text("def f():\n    from .cli import app\n")
     (package / "runtime" / "auto.py").write_text("from mtlkd.train import trainer\n")
     (package / "train" / "trainer.py").write_text("")
-    graph = _house().import_graph(package)
+    graph = _layers_script().import_graph(package)
     assert "mtlkd.train.trainer" in graph["mtlkd.runtime.auto"] and "mtlkd.cli" in graph["mtlkd.metadata"]
     assert layer("mtlkd.train.trainer") > layer("mtlkd.runtime.auto")
     assert layer("mtlkd.cli") > layer("mtlkd.metadata")

@@ -32,7 +32,7 @@ JSON (`--json`):
   `options`, `command`, `created`.
 """
 
-from mtlkd.bench.plan import BACKENDS, PRECISIONS, VARIANTS, Config, plan
+from mtlkd.bench.plan import PRECISIONS, Config, backend_names, plan, variants
 from mtlkd.bench.run import BenchOptions, run_benchmark
 
-__all__ = ["BACKENDS", "PRECISIONS", "VARIANTS", "BenchOptions", "Config", "plan", "run_benchmark"]
+__all__ = ["PRECISIONS", "BenchOptions", "Config", "backend_names", "plan", "run_benchmark", "variants"]

@@ -179,18 +179,19 @@ Maker = Callable[[Shape], Callable[[], Any]]
 def _methods(precision: str, device: str, threads: int) -> list[tuple[str, Maker]]:
     import importlib.util
 
-    has = {m: importlib.util.find_spec(m) is not None for m in ("torch", "onnxruntime", "onnx")}
+    from mtlkd.runtime.backends import installed
+
     methods: list[tuple[str, Maker]] = []
-    if has["torch"]:
+    if installed("torch"):
         name = "torch._int_mm" if precision == "int8" else f"torch.matmul {precision}"
         methods.append((name, lambda shape: _torch_product(precision, shape, device)))
     if device == "cpu" and precision == "fp32":
         methods.append(("numpy matmul", _numpy_product))
     # OpenVINO quietly computes a bf16 hint in f32 on a CPU without bf16 instructions: only where it is native
     ov_precision = precision == "fp32" or (precision == "bf16" and native_precisions()["bf16"])
-    if device == "cpu" and ov_precision and importlib.util.find_spec("openvino") is not None:
+    if device == "cpu" and ov_precision and installed("openvino"):
         methods.append((f"openvino MatMul {precision}", lambda shape: _openvino_product(precision, shape, threads)))
-    if device == "cpu" and precision == "int8" and has["onnxruntime"] and has["onnx"]:
+    if device == "cpu" and precision == "int8" and installed("onnxruntime") and importlib.util.find_spec("onnx"):
         methods.append(("onnxruntime MatMulInteger", lambda shape: _ort_int8_product(shape, threads)))
     return methods
 

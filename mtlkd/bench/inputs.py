@@ -53,7 +53,7 @@ def write_inputs(net: Any, tasks: list[str], timing: np.ndarray, images: np.ndar
 
 def write_jpeg(path: Path, seed: int = 99) -> Path:
     """A synthetic VGA scene as a quality-90 JPEG: what `mtl-infer image.jpg` decodes (a PNG of the same
-    scene costs about 7.5 ms to decode here against 2 ms)."""
+    scene takes several times longer to decode, which would inflate the end-to-end rows)."""
     from PIL import Image
 
     from mtlkd.data.synthetic import render_scene

@@ -30,7 +30,8 @@ NATIVE_FLAGS = {
     "int8": ("avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8", "asimddp", "i8mm"),
     "fp16": ("avx512_fp16", "amx_fp16", "asimdhp"),
 }
-DISTRIBUTIONS = ("numpy", "torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "tensorrt")
+# Libraries a result depends on besides the backends' engines (whose distributions come from their specs).
+LIBRARIES = ("numpy", "timm", "onnx", "onnxruntime-gpu", "nncf")
 
 
 def native_precisions(flags: set[str] | None = None) -> dict[str, bool]:
@@ -60,12 +61,15 @@ def pin_threads(threads: int) -> list[int]:
 
 
 def versions() -> dict[str, str]:
-    """{distribution: version} of the libraries a result depends on (`mtlkd.metadata.versions`). Since that
-    reads the GPU wheels too, "onnxruntime" and "tensorrt" are also recorded when only onnxruntime-gpu or
-    tensorrt-cu12/13 is installed (their own keys stay as before)."""
+    """{library: version} of the libraries a result depends on (`mtlkd.metadata.versions`): each backend
+    under its name, from the first installed of its spec's distributions (so ONNX Runtime and TensorRT are
+    recorded under their backend names when only onnxruntime-gpu or tensorrt-cu12/13 is installed), and
+    `LIBRARIES`."""
     from mtlkd.metadata import versions as installed_versions
+    from mtlkd.runtime.backends import version_distributions
 
-    return installed_versions(DISTRIBUTIONS)
+    engines = version_distributions()
+    return installed_versions([*engines, *LIBRARIES], engines)
 
 
 def gpu_info(device: str = "cpu") -> dict[str, Any] | None:

@@ -1,11 +1,12 @@
-"""What a benchmark run is asked to do, checked when it is made (a wrong value is one ConfigError line)."""
+"""What a benchmark run is asked to do, checked when it is made: a wrong value is one ConfigError line naming
+the `mtl-bench` flag that sets it (each field is the flag of its name, `batch_size` is `--batch-size`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlkd.bench.plan import BACKENDS, PRECISIONS, VARIANTS
+from mtlkd.bench.plan import PRECISIONS, backend_names, variants
 from mtlkd.errors import ConfigError
 
 STL_ON = ("best", "all")
@@ -54,8 +55,13 @@ class BenchOptions:
             raise ConfigError(f"--preset {self.preset!r}: unknown; known presets: {', '.join(PRESETS)}")
         if self.stl and self.model is None:
             raise ConfigError("--stl needs a multi-task MODEL (the model they are compared with)")
-        for name, known, values in (("--backends", BACKENDS, self.backends), ("--precisions", PRECISIONS,
-                                    self.precisions), ("--variants", tuple(VARIANTS), self.variants)):  # fmt: skip
+        for flag, path in [("MODEL", self.model), *(("--stl", p) for p in self.stl)]:
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{flag} {path}: no such checkpoint file; pass a model.safetensors")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise ConfigError(f"--data-dir {self.data_dir}: no such folder; pass a dataset folder or leave it out")
+        for name, known, values in (("--backends", backend_names(), self.backends), ("--precisions", PRECISIONS,
+                                    self.precisions), ("--variants", tuple(variants()), self.variants)):  # fmt: skip
             unknown = [v for v in values or [] if v not in known]
             if unknown or (values == [] and name != "--variants"):
                 raise ConfigError(f"{name}: unknown {', '.join(unknown) or 'empty list'}; choose from "

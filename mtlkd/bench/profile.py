@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,10 @@ def profile_onnxruntime(path: str | Path, image: np.ndarray, threads: int, runs:
         node_ms[name] += event["dur"] / 1e3
         node_type[name] = event.get("args", {}).get("op_name", "other")
     return _profile("onnxruntime", node_ms, node_type, len(calls) or 1)
+
+
+# backend name -> profile(loaded backend, batch-1 image, tasks, threads): the engines with a per-node profiler
+PROFILERS: dict[str, Callable[[Any, np.ndarray, list[str], int], Profile]] = {
+    "openvino": lambda backend, image, tasks, threads: profile_openvino(backend, image, tasks),
+    "onnxruntime": lambda backend, image, tasks, threads: profile_onnxruntime(backend.path, image, threads),
+}

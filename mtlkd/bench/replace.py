@@ -63,9 +63,9 @@ class ModelRows:
 def candidate_backends(path: Path, foreign: bool, wanted: list[str] | None, device: str) -> list[str]:
     """Backends that open the file and run here, in the runtime's order of preference."""
     from mtlkd.runtime.auto import candidates
-    from mtlkd.runtime.foreign import FOREIGN_BACKENDS
+    from mtlkd.runtime.foreign import foreign_backends
 
-    names = list(FOREIGN_BACKENDS.get(path.suffix.lower(), ())) if foreign else candidates(path, device)
+    names = list(foreign_backends(path)) if foreign else candidates(path, device)
     if foreign:
         from mtlkd.runtime.backends import available, installed
 
@@ -81,6 +81,7 @@ def run_replace_benchmark(options: ReplaceBenchOptions) -> dict[str, Any]:
     from mtlkd.accuracy import compare_outputs, verdict
     from mtlkd.eval.agreement import Agreement
     from mtlkd.runtime.processing import preprocess
+    from mtlkd.tasks import get_task
 
     meta = read_own_metadata(Path(options.student))
     if meta is None:
@@ -123,7 +124,7 @@ def run_replace_benchmark(options: ReplaceBenchOptions) -> dict[str, Any]:
         missing = [t for t in spec.tasks if t not in student.spec.tasks]
         if missing:
             raise ConfigError(f"--stl {spec.label}: the student has no {', '.join(missing)}")
-        meter = Agreement(list(spec.tasks), len(teacher.class_names or ()) or None, depth_meaning)
+        meter = Agreement([get_task(t) for t in spec.tasks], len(teacher.class_names or ()) or None, depth_meaning)
         meter.update(student_targets, targets_at(teacher.targets(frames), size))
         agreement[spec.label] = meter.compute()
     teachers_ms = sum(results[s.label].chosen["p50_ms"] for s in options.teachers)

@@ -29,7 +29,7 @@ from mtlkd.bench.autocache import update_auto_cache, user_exports
 from mtlkd.bench.ceiling import Ceiling, ShapeCeiling, compute_precision
 from mtlkd.bench.models import Model, build_models
 from mtlkd.bench.options import BenchOptions
-from mtlkd.bench.plan import BACKENDS, PRECISIONS, Config, plan
+from mtlkd.bench.plan import PRECISIONS, Config, backend_names, plan
 from mtlkd.bench.stats import merge_rounds
 from mtlkd.bench.summary import REFERENCE, make_row, summarise
 from mtlkd.bench.worker import run_worker
@@ -39,9 +39,8 @@ Progress = Callable[[str, int, int, str], None]
 
 def default_precisions(native: dict[str, bool], device: str = "cpu") -> list[str]:
     """fp32 and the precisions this machine computes natively. On a CPU that is bf16 and int8 where it has
-    their instructions; fp16 only on a GPU: CPU backends up-convert it (or, with AVX512-FP16, gained
-    nothing over fp32 when measured: vit-tiny 384x384, 118-125 ms against 73-131 ms), so its rows answer
-    no question a user asks here."""
+    their instructions; fp16 only on a GPU: CPU backends up-convert it to fp32 (even with AVX512-FP16 it
+    is not faster than fp32), so its rows answer no question a user asks here."""
     wanted = ("bf16", "int8", "fp16") if device != "cpu" else ("bf16", "int8")
     return ["fp32", *(p for p in wanted if native.get(p))]
 
@@ -69,12 +68,11 @@ def prepare(options: BenchOptions, report: Progress) -> Prepared:
     threads = options.threads or physical_cores()
     native = native_precisions() if options.device == "cpu" else {p: True for p in PRECISIONS}
     precisions = options.precisions or default_precisions(native, options.device)
-    names = options.backends or [b for b in BACKENDS if installed(b) and available(b, options.device)]
+    names = options.backends or [b for b in backend_names() if installed(b) and available(b, options.device)]
     configs, skipped = plan(names, precisions, options.variants, options.device, native)
     if options.threads:  # explicit, so in-process runs honour it too (the workers are pinned anyway)
-        for config in configs:
-            if config.backend in ("onnxruntime", "openvino"):
-                config.options["threads"] = options.threads
+        for config in configs:  # every backend's `load` takes threads= (one without CPU threads ignores it)
+            config.options["threads"] = options.threads
     report("models", 0, 1, "models (the first run trains the preset briefly)")
     models = build_models(options)
     report("models", 1, 1, "")

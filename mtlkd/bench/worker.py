@@ -2,7 +2,7 @@
 fresh worker process: `python -m mtlkd.bench.worker SPEC.json OUT.json` runs `run_spec(spec)` in a process
 of its own, pinned to one thread per physical core, so that peak memory (RSS growth while loading and
 running, see `mtlkd.bench.machine.PeakMemory`) belongs to this configuration alone and no allocator state or
-thread pool is inherited from an earlier one.
+thread pool is left over from another configuration.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from mtlkd.bench.stats import cuda_timer, measure, wall_timer
 
 WORKER_TIMEOUT_S = 3600
 # OpenMP threads (torch, oneDNN, MKL) sleep instead of spinning while they wait for work, like ONNX Runtime's
-# intra-op threads (allow_spinning=0). On a shared 2-core machine spinning made torch eager 4-8x slower:
-# every small op waits for a thread whose core a spinning thread or another process holds (vit-tiny
-# MTL, torch fp32, 2 threads: 1.1-2.7 s per image with the default policy, 0.27-0.42 s with PASSIVE).
+# intra-op threads (allow_spinning=0). Where cores are few or shared, spinning makes torch eager several
+# times slower: every small op waits for a thread whose core a spinning thread or another process holds.
 # A wait policy the user set is kept; the `torch-spin` variant measures the library default.
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -48,12 +47,11 @@ def _import_engine(backend: str) -> None:
     """Import the engine before the memory probe starts, so its libraries are not counted as the model's."""
     import importlib
 
-    from mtlkd.runtime.backends import MODULES
+    from mtlkd.runtime.backends import backend_spec, module
 
-    importlib.import_module(MODULES[backend])
-    engine = {"torch": "mtlkd.models", "onnxruntime": "onnxruntime", "openvino": "openvino",
-              "tensorrt": "tensorrt"}[backend]  # fmt: skip
-    importlib.import_module(engine)
+    module(backend)
+    for package in backend_spec(backend).packages:
+        importlib.import_module(package)
 
 
 def _gpu_peak_mb(spec: dict[str, Any]) -> float | None:
@@ -116,12 +114,12 @@ def measure_config(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         result.update(batch_p50_ms=round(timing.p50, 4), batch_repeats=len(timing.samples_ms),
                       throughput_ips=round(1000 / timing.p50, 3), peak_mem_batch_mb=result["peak_mem_mb"])
-    if spec.get("profile") and spec["backend"] in ("openvino", "onnxruntime") and spec["device"] == "cpu":
-        from mtlkd.bench.profile import profile_onnxruntime, profile_openvino
+    if spec.get("profile") and spec["device"] == "cpu":
+        from mtlkd.bench.profile import PROFILERS
 
-        profile = (profile_openvino(backend, image, tasks) if spec["backend"] == "openvino"
-                   else profile_onnxruntime(spec["path"], image, spec["threads"]))  # fmt: skip
-        result["profile"] = profile.to_dict()
+        profiler = PROFILERS.get(spec["backend"])
+        if profiler is not None:
+            result["profile"] = profiler(backend, image, tasks, spec["threads"]).to_dict()
     return result
 
 

@@ -10,9 +10,26 @@ from typing import Any
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, parse_hw, parse_list
+from mtlkd.cli.common import (
+    JSON_STDOUT,
+    MtlCommand,
+    backend_names_text,
+    check_json_target,
+    emit_json,
+    late_help,
+    parse_hw,
+    parse_list,
+)
 from mtlkd.errors import ConfigError
 from mtlkd.ui import progress_bar, user_errors
+
+
+def variant_names() -> list[str]:
+    """The benchmark's optional rows over the backends registered now (`mtlkd.bench.plan.variants`)."""
+    from mtlkd.bench.plan import variants
+
+    return list(variants())
+
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -29,14 +46,13 @@ def command(
     preset: str = typer.Option("vit-tiny", "--preset", metavar="NAME", help="The model when no MODEL is given."),
     img_size: str | None = typer.Option(None, "--img-size", metavar="HxW", help="Input size of the preset "
                                         "(default: its own)."),
-    backends: str | None = typer.Option(None, "--backends", metavar="LIST",
-                                        help="torch,onnxruntime,openvino,tensorrt (default: every one installed)."),
+    backends: str | None = late_help(typer.Option(None, "--backends", metavar="LIST"),
+                                     lambda: f"{backend_names_text(',')} (default: every one installed)."),
     precisions: str | None = typer.Option(None, "--precisions", metavar="LIST",
                                           help="fp32,bf16,int8,fp16 (default: fp32, and bf16 and int8 where "
                                                "this CPU computes them natively; fp16 on a GPU)."),
-    variants: str | None = typer.Option(None, "--variants", metavar="LIST",
-                                        help="Extra rows: ort-opt, ort-spin, ov-throughput, ov-int8-bf16, ov-nncf, "
-                                             "torch-compile, torch-spin."),
+    variants: str | None = late_help(typer.Option(None, "--variants", metavar="LIST"),
+                                     lambda: f"Extra rows: {', '.join(variant_names())}."),
     stl_on: str = typer.Option("best", "--stl-on", metavar="best|all",
                                help="Time the single-task models on the reference and the fastest configuration "
                                     "that keeps accuracy (best), or on every configuration (all)."),
@@ -94,7 +110,7 @@ def command(
       mtl-bench --variants ort-opt,ov-throughput,torch-compile --stl-on all --rounds 2
     """
     from mtlkd.bench import BenchOptions
-    from mtlkd.runtime.backends import INSTALL_HINTS, available, installed
+    from mtlkd.runtime.backends import BACKENDS, available, install_hint, installed
 
     if any("=" in str(p) for p in stl):
         with user_errors():
@@ -107,10 +123,7 @@ def command(
             emit_json(result, out / "replace_bench.json")
         return
     with user_errors():
-        for path in [p for p in [model, *stl] if p is not None]:
-            if not path.is_file():
-                raise ConfigError(f"{path}: no such checkpoint file")
-        options = BenchOptions(
+        options = BenchOptions(  # a bad value is one ConfigError line naming its flag
             model=model, stl=list(stl), preset=preset, img_size=parse_hw(img_size),
             backends=parse_list(backends, "--backends"), precisions=parse_list(precisions, "--precisions"),
             variants=parse_list(variants, "--variants") or [], batch_size=batch_size, data_dir=data_dir,
@@ -120,18 +133,17 @@ def command(
         )  # fmt: skip
         for name in options.backends or []:
             if not installed(name):
-                raise ConfigError(f"--backends {name}: not installed ({INSTALL_HINTS[name]})")
+                raise ConfigError(f"--backends {name}: not installed ({install_hint(name)})")
+        gpu_backends = [n for n, spec in BACKENDS.items() if "cuda" in spec.devices]
         if device == "cuda" and not any(installed(n) and available(n, "cuda") for n in options.backends or
-                                        ("torch", "onnxruntime", "tensorrt")):  # fmt: skip
-            raise ConfigError("--device cuda: no backend here can run on a CUDA GPU (none found, or no GPU build "
-                              "of torch/onnxruntime/TensorRT installed); use --device cpu")
+                                        gpu_backends):  # fmt: skip
+            raise ConfigError(f"--device cuda: no backend here can run on a CUDA GPU (none found, or no GPU build "
+                              f"of {'/'.join(BACKENDS[n].title for n in gpu_backends)} installed); use --device cpu")
         # before the run, so that the measurements are not lost at its end, and never onto a model it reads
         models, folders = [*([model] if model else []), *stl], [data_dir] if data_dir else []
         check_json_target(json_out, inputs=models, input_folders=folders)
         for name in ("bench.json", "bench.png"):
             check_json_target(out / name if out is not None else None, "--out", models, folders)
-        if data_dir is not None and not data_dir.is_dir():
-            raise ConfigError(f"--data-dir {data_dir}: no such folder")
         result = _run(options, quiet)
     from rich.console import Console
 
@@ -312,7 +324,7 @@ def _render_profiles(rows: list[dict[str, Any]], out: Any) -> None:
     out.print(table)
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

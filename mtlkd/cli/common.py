@@ -1,14 +1,15 @@
 """What every command shares, so that the same option means the same thing everywhere.
 
-The house vocabulary: the model as the first positional; `--out DIR`; `--batch-size N`; `--img-size HxW`;
-`--device cpu|cuda`; `--json [PATH]` (JSON on stdout without a path, into the file with one); `--quiet`
-(no progress, results only). Results go to stdout, progress and logs to stderr. Help shows metavars, never
-type placeholders; ranges are checked by the library's option dataclasses (one ConfigError line).
+The flags every command spells alike: the model as the first positional; `--out DIR`; `--batch-size N`;
+`--img-size HxW`; `--device cpu|cuda`; `--json [PATH]` (JSON on stdout without a path, into the file with
+one); `--quiet` (no progress, results only). Results go to stdout, progress and logs to stderr. Help shows
+metavars, never type placeholders; ranges are checked by the library's option dataclasses, whose
+ConfigError names the flag.
 
 `--json [PATH]`: typer has no option with an optional value, so every command is registered with
-`HouseCommand`, which reads `--json out.json` (a next word ending in .json) and `--json=ANY/NAME` as a
-path and a bare `--json` as stdout, before typer parses. The `.json` rule keeps `mtl-infer --json
-photo.jpg` from taking the photo for the path.
+`MtlCommand` (the typer command class of every `mtl-*` command), which reads `--json out.json` (a next word
+ending in .json) and `--json=ANY/NAME` as a path and a bare `--json` as stdout, before typer parses. The
+`.json` rule keeps `mtl-infer --json photo.jpg` from taking the photo for the path.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def model_files(model: str | Path) -> list[Path]:
     return [model, *companions.get(model.suffix.lower(), [])]
 
 
-class HouseCommand(TyperCommand):
-    """A typer command that reads `--json [PATH]` (see `optional_values`); every mtlkd command is one."""
+class MtlCommand(TyperCommand):
+    """The typer command class of every `mtl-*` command: typer's own, plus `--json [PATH]` with an optional
+    value (`optional_values` rewrites the words before typer parses them)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, optional_values(args))
@@ -135,3 +137,30 @@ def emit_json(data: Any, target: str | Path | None) -> Path | None:
     from mtlkd.files import atomic_write_bytes
 
     return atomic_write_bytes(target, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+
+class _HelpAtBuild(typer.models.OptionInfo):
+    """An option whose help is `help_text()`, written each time the command is built (on every run)."""
+
+    help_text: Any
+    help = property(lambda self: self.help_text(), lambda self, value: None)  # type: ignore[assignment]
+
+
+def late_help(info: Any, help_text: Any) -> Any:
+    """`info` (a typer.Option) with the help `help_text()` computed when the command runs, so that a list
+    from a registry (the backends) includes what was registered after import."""
+    info.__class__ = _HelpAtBuild
+    info.help_text = help_text
+    return info
+
+
+def backend_names_text(separator: str = ", ") -> str:
+    from mtlkd.runtime.backends import backend_names
+
+    return separator.join(backend_names())
+
+
+def backend_option() -> Any:
+    """`--backend NAME`: auto or a registered backend (`mtlkd.runtime.backends.registry`)."""
+    return late_help(typer.Option("auto", "--backend", "-b", metavar="NAME"),
+                     lambda: f"auto (measured once per file and machine), or one of {backend_names_text()}.")

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mtlkd.cli.common import HouseCommand
+from mtlkd.cli.common import MtlCommand
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -24,7 +24,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-@app.command(cls=HouseCommand)
+@app.command(cls=MtlCommand)
 def synthetic(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write (MTAN NYUv2 layout)."),
     train: int = typer.Option(800, "--train", metavar="N", help="Training images."),
@@ -75,7 +75,7 @@ def synthetic(
     )
 
 
-@app.command(cls=HouseCommand)
+@app.command(cls=MtlCommand)
 def check(
     dataset: str = typer.Argument(..., help="nyuv2, cityscapes, cityscapes19 or synthetic."),
     data_dir: Path = typer.Option(None, "--data-dir", "-d", help="Dataset root (containing train/ and val/)."),

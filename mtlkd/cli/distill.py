@@ -10,12 +10,10 @@ from typing import NoReturn
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, parse_hw
-from mtlkd.errors import UserError
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, check_json_target, emit_json, parse_hw
 from mtlkd.models.presets import PRESETS
-from mtlkd.train.method_options import SEG_TARGET_LOSSES, WEIGHTING_NAMES
-from mtlkd.train.run_options import TrainOptions
-from mtlkd.ui import interrupted_code, user_errors
+from mtlkd.train.options import TrainOptions
+from mtlkd.ui import interrupted_code, terminations_unmasked, user_errors
 
 TEACHER_HELP = (
     "TASKS=MODEL\\[,KEY=VALUE...], once per model: e.g. depth=depth.onnx, seg=seg.xml, "
@@ -41,13 +39,16 @@ def command(
     weight_decay: float = typer.Option(TrainOptions.weight_decay, "--weight-decay", metavar="WD",
                                        help="AdamW weight decay."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start from the preset's pretrained backbone."),
-    task_weighting: str = typer.Option("equal", "--task-weighting", metavar="NAME",
-                                       help="How the task losses are combined: " + ", ".join(
-                                           w for w in WEIGHTING_NAMES if w != "otw") + "."),
-    seg_loss: str = typer.Option("kl", "--seg-loss", metavar="LOSS",
-                                 help=f"Segmentation against the teacher: {' or '.join(SEG_TARGET_LOSSES)} (kl: soft "
-                                      "targets at --seg-temperature; ce: the teacher's classes)."),
-    seg_temperature: float = typer.Option(1.0, "--seg-temperature", metavar="T", help="Soft-target temperature."),
+    task_weighting: str | None = typer.Option(
+        None, "--task-weighting", metavar="NAME", show_default=False,
+        help="How the task losses are combined: one of mtl-train's --task-weighting choices that needs no "
+             "single-task losses (default: every task weight 1)."),
+    seg_loss: str | None = typer.Option(
+        None, "--seg-loss", metavar="LOSS", show_default=False,
+        help="Segmentation against the teacher: kl (soft targets at --seg-temperature; the default) or ce (the "
+             "teacher's classes)."),
+    seg_temperature: float | None = typer.Option(None, "--seg-temperature", metavar="T", show_default=False,
+                                                 help="Soft-target temperature (default 1)."),
     val_data: str | None = typer.Option(None, "--val-data", metavar="DATASET",
                                         help="A labelled dataset (its val split): the true metrics of the student "
                                              "and of each teacher, side by side."),
@@ -88,23 +89,22 @@ def command(
             from mtlkd.models.pretrained import pretrained_backbone
 
             backbone = str(pretrained_backbone(preset))
-        if task_weighting == "otw":
-            raise UserError("--task-weighting otw needs single-task losses the student does not have; use equal, "
-                            "dwa, uw, gradnorm or rlw")
         hw = parse_hw(img_size) if img_size else None
         train_options = TrainOptions(
-            dataset="unlabeled", out=str(out), method="distill", preset=preset, img_size=list(hw) if hw else None,
+            dataset="unlabeled", out=str(out), preset=preset, img_size=list(hw) if hw else None,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, device=device,
             augment=False, resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps,
             backbone_weights=backbone, select_fraction=select_fraction, quiet=quiet,
-            method_options={"task_weighting": task_weighting, "seg_loss": seg_loss, "seg_temperature": seg_temperature},
+            method_options={name: value for name, value in (("task_weighting", task_weighting), ("seg_loss", seg_loss),
+                                                            ("seg_temperature", seg_temperature)) if value is not None},
         )
         options = DistillRunOptions(
             sources=sources, teachers=list(teacher), train=train_options, val_data=val_data,
             val_dir=str(val_dir) if val_dir else None, cache=str(cache) if cache else None,
             cache_limit_gb=cache_limit, frame_step=frame_step, teacher_device=teacher_device)
         try:
-            result = distill(options)
+            with terminations_unmasked():  # SIGTERM inside a C extension's import: still a SIGTERM
+                result = distill(options)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (ui.user_errors turns it into this)
             _interrupted(out, interrupted_code(exc))
     summary = (result.out / "replace.json").read_text()
@@ -154,7 +154,7 @@ def _print_table(result) -> None:
 
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, model_files
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, backend_option, check_json_target, emit_json, model_files
 from mtlkd.ui import console, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -30,8 +30,7 @@ def command(
     batch_size: int = typer.Option(8, "--batch-size", metavar="N", help="Images per forward pass."),
     device: str | None = typer.Option(None, "--device", metavar="cpu|cuda",
                                       help="cpu or cuda (default: cuda for .engine, else cpu)."),
-    backend: str = typer.Option("auto", "--backend", "-b", metavar="NAME",
-                                help="auto, torch, onnxruntime, openvino or tensorrt."),
+    backend: str = backend_option(),
     json_out: str | None = typer.Option(None, "--json", metavar="[PATH]",
                                         help="The metrics as JSON (the layout of a run's metrics.json, which "
                                              "mtl-report reads): on stdout, or into PATH (ending in .json, or "
@@ -68,7 +67,7 @@ def command(
         typer.echo(f"{task:<7} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,13 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, check_not_input, emit_json
-from mtlkd.errors import BackendUnavailable, ConfigError, ValidationError
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, check_json_target, check_not_input, emit_json
+from mtlkd.errors import BackendUnavailable, ValidationError
 from mtlkd.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from mtlkd.export.tensorrt import DEFAULT_WORKSPACE_MB
+from mtlkd.export.options import DEFAULT_WORKSPACE_MB
 from mtlkd.ui import fail, user_errors
 
 EXIT_FAILED = 1  # a check failed or a back-end is missing (user mistakes exit 2)
-FLAGS = {"precisions": "--precision", "opset": "--opset", "batch_profile": "--batch-size", "tasks": "--tasks",
-         "calib_data": "--calib-data", "calib_size": "--calib-size", "workspace_mb": "--workspace",
-         "device": "--device", "triton": "--triton", "triton_backend": "--triton-backend",
-         "out": "--out"}  # ExportOptions field -> flag, for messages
 
 
 app = typer.Typer(add_completion=False)
@@ -96,17 +92,17 @@ def command(
       mtl-export runs/okd/model.safetensors --trt --precision fp16,int8 \\
           --batch-size 1,8,16 --workspace 2048 --json
     """
-    from mtlkd.export.pipeline import ExportOptions, export_model, flag_message
+    from mtlkd.export.pipeline import ExportOptions, export_model
 
     formats = ["onnx"] + [f for f, on in (("ort", ort_optimize), ("openvino", openvino), ("tensorrt", trt)) if on]
-    options = ExportOptions(
-        formats=formats, precisions=[p.strip() for p in precision.split(",") if p.strip()],
-        tasks=tasks.split(",") if tasks is not None else None, opset=opset, device=device,
-        calib_data=calib_data, calib_size=calib_size, batch_profile=batch_size, workspace_mb=workspace,
-        triton=triton, triton_backend=triton_backend, full_resolution=full_resolution,
-    )  # fmt: skip
     progress = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     with user_errors():
+        options = ExportOptions(  # a bad value is one ConfigError line naming its flag
+            formats=formats, precisions=[p.strip() for p in precision.split(",") if p.strip()],
+            tasks=tasks.split(",") if tasks is not None else None, opset=opset, device=device,
+            calib_data=calib_data, calib_size=calib_size, batch_profile=batch_size, workspace_mb=workspace,
+            triton=triton, triton_backend=triton_backend, full_resolution=full_resolution,
+        )  # fmt: skip
         out_dir = out or model.parent / "export"
         # before the export, so that its result is not lost at the end; no output onto the checkpoint or the
         # calibration images
@@ -119,8 +115,6 @@ def command(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # exporter/converter chatter; real problems raise
                 result = export_model(model, out_dir, options, progress=progress)
-        except ConfigError as err:  # an option: say it with the flag's name
-            fail(flag_message(err, FLAGS))
         except BackendUnavailable as err:  # OpenVINO asked for but not installed: checked before anything is built
             fail(f"{err}; nothing was written", code=EXIT_FAILED)
         except ValidationError as err:
@@ -187,7 +181,7 @@ def _human(n: float) -> str:
     return str(n)
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

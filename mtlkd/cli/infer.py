@@ -10,7 +10,14 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json, model_files
+from mtlkd.cli.common import (
+    JSON_STDOUT,
+    MtlCommand,
+    backend_option,
+    check_json_target,
+    emit_json,
+    model_files,
+)
 from mtlkd.ui import user_errors
 
 
@@ -26,8 +33,7 @@ def command(
     batch_size: int = typer.Option(1, "--batch-size", metavar="N", help="Images per forward pass."),
     device: str | None = typer.Option(None, "--device", metavar="cpu|cuda",
                                       help="cpu or cuda (default: cuda for .engine, else cpu)."),
-    backend: str = typer.Option("auto", "--backend", "-b", metavar="NAME",
-                                help="auto, torch, onnxruntime, openvino or tensorrt."),
+    backend: str = backend_option(),
     depth_range: str | None = typer.Option(
         None, "--depth-range", metavar="MIN,MAX",
         help="Metres the depth colours span, the same for every image and frame (default: the model's "
@@ -89,7 +95,7 @@ def _print(result, stages) -> None:
 
 
 app = typer.Typer(add_completion=False)
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-from mtlkd.cli.common import HouseCommand
+from mtlkd.cli.common import MtlCommand
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="mtlkd: one network for segmentation, depth and normals: train, distil, export, run, benchmark.")
@@ -45,6 +45,6 @@ for _name, _module in COMMANDS.items():
     except ImportError:  # a command whose optional dependencies are not installed (runtime-only install)
         continue
     if hasattr(_mod, "command"):
-        app.command(_name, help=_mod.command.__doc__, cls=HouseCommand)(_mod.command)
+        app.command(_name, help=_mod.command.__doc__, cls=getattr(_mod, "COMMAND_CLASS", MtlCommand))(_mod.command)
     else:
         app.add_typer(_mod.app, name=_name)

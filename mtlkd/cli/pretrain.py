@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import HouseCommand, parse_hw
+from mtlkd.cli.common import MtlCommand, parse_hw
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
-from mtlkd.train.run_options import PretrainOptions
+from mtlkd.train.options import PretrainOptions
 from mtlkd.ui import user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
@@ -60,7 +60,7 @@ def command(
     typer.echo(f"backbone: {path}")
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 if __name__ == "__main__":
     app()

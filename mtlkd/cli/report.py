@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import HouseCommand, check_json_target, emit_json
+from mtlkd.cli.common import MtlCommand, check_json_target, emit_json
 from mtlkd.eval.report import LAST_METRICS_FILE, METRICS_FILE, build_report, markdown_table, render_table
 from mtlkd.ui import user_errors
 
@@ -82,7 +82,7 @@ def metrics_inputs(paths: list[Path]) -> list[Path]:
     return files
 
 
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

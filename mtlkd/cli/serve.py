@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from mtlkd.cli.common import JSON_STDOUT, HouseCommand, check_json_target, emit_json
+from mtlkd.cli.common import JSON_STDOUT, MtlCommand, check_json_target, emit_json
 from mtlkd.ui import user_errors
 
 
@@ -101,7 +101,7 @@ def _ready(server, say) -> None:
 
 
 app = typer.Typer(add_completion=False)
-app.command(cls=HouseCommand)(command)
+app.command(cls=MtlCommand)(command)
 
 
 if __name__ == "__main__":

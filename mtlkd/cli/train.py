@@ -1,42 +1,35 @@
 """`mtl-train`: train single-task, multi-task and distilled models.
 
-The method flags and their help come from the methods' option dataclasses (mtlkd.train.method_options):
-one flag per option, in the "Method options" panel, each saying which methods take it and their default.
-Importing this module needs no torch, so `--help` is quick and a runtime-only install says in one line
-what it lacks.
+`--method`'s choices and the method flags come from the registries (mtlkd.train.methods, whose
+`method_flags` lists every option of every method and task weighting): one flag per option, in the
+"Method options" panel, each saying which methods (or weightings) take it and their default. The
+registries live with the methods, which need torch, so `TrainCommand` adds those flags when the command
+first parses or shows its help: importing this module (as `mtl` does for every command) needs no torch,
+and a runtime-only install says in one line what it lacks.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 
-from mtlkd.cli.common import HouseCommand, parse_hw
+from mtlkd.cli.common import MtlCommand, parse_hw
 from mtlkd.data.mtan import DATASET_NAMES
 from mtlkd.errors import UserError
 from mtlkd.models.presets import PRESETS
-from mtlkd.train.method_options import METHOD_OPTIONS, method_flags
-from mtlkd.train.options import flag
-from mtlkd.train.run_options import TrainOptions
-from mtlkd.ui import interrupted_code, user_errors
+from mtlkd.train.options import TrainOptions, flag
+from mtlkd.ui import interrupted_code, terminations_unmasked, user_errors
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 Dataset = enum.Enum("Dataset", {name: name for name in DATASET_NAMES}, type=str)  # a choice in --help
 
 METHOD_PANEL = "Method options"
-METHOD_HELP = {
-    "stl": "one network per task (the single-task baseline, KD-MTL's teachers)",
-    "mtl": "one backbone, one head per task, a task weighting",
-    "cross-stitch": "one backbone per task, mixed after every block (Misra et al.)",
-    "okd": "online distillation from single-task networks trained alongside (Jacob et al.)",
-    "kd-mtl": "frozen single-task teachers through feature adaptors (Li and Bilen)",
-    "kdam": "a trained multi-task teacher, Cauchy-Schwarz divergence (Xu et al.)",
-    "distill": "a student of teachers' predictions on unlabeled frames (run it with mtl-distill)",
-}
+METHOD_VALUES = "mtlkd.method_values"  # where TrainCommand hands the method flags' values to `command` (ctx.meta)
 
 
 def command(
@@ -44,9 +37,7 @@ def command(
     dataset: Dataset = typer.Argument(
         TrainOptions.dataset, show_default=True,
         help="The MTAN-layout datasets of the papers, or the built-in synthetic scenes (made on first use)."),
-    method: str = typer.Option(
-        TrainOptions.method, metavar="NAME",
-        help="; ".join(f"[bold]{m}[/]: {METHOD_HELP.get(m, '')}" for m in METHOD_OPTIONS) + "."),
+    method: str = typer.Option(TrainOptions.method, metavar="NAME", help="The training method."),  # + the registry's
     preset: str = typer.Option(
         TrainOptions.preset, metavar="NAME",
         help="; ".join(f"[bold]{name}[/]: {p.about}" for name, p in PRESETS.items()) + "."),
@@ -87,7 +78,6 @@ def command(
         "first); without it, training into a folder that holds a run is refused."),
     quiet: bool = typer.Option(False, "--quiet",
                                help="No progress bars or epoch lines: only the result and errors."),
-    **method_values: Any,
 ) -> None:
     """Train on DATASET and write checkpoints, metrics.json, history.jsonl and curves.png to --out; print the
     run folder on stdout (progress and epoch lines go to stderr).
@@ -137,38 +127,45 @@ def command(
             backbone_weights=str(backbone_weights) if backbone_weights else None,
             select_fraction=select_fraction,
             select_seed=select_seed,
-            method_options=method_options(method_values),
+            method_options=method_options(ctx.meta.get(METHOD_VALUES, {})),
         )
         if resume:  # the run's own options from its run.json; those typed here must agree with them
             options = _resumed(ctx, options)
         try:
-            run = train(options)
+            with terminations_unmasked():  # SIGTERM inside a C extension's import: still a SIGTERM
+                run = train(options)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from a scheduler (ui.user_errors turns it into this)
             _interrupted(Path(options.out), interrupted_code(exc))
     typer.echo(f"run folder: {run}")
 
 
-def _defaults(methods: dict[str, Any]) -> str:
-    """'okd (default 5)', or per default: 'mtl, cross-stitch, kd-mtl, kdam (default equal); okd (default otw)'."""
+def _defaults(owners: dict[str, Any]) -> str:
+    """'A (default 5)', or per default: 'A, B (default x); C (default y)' for the methods (or weightings) A, B, C."""
     groups: dict[str, list[str]] = {}
-    for name, default in methods.items():
+    for name, default in owners.items():
         shown = "none" if default in (None, (), {}) else ("on" if default is True else "off" if default is False
                                                           else str(default))
         groups.setdefault(shown, []).append(name)
     return "; ".join(f"{', '.join(names)} (default {shown})" for shown, names in groups.items())
 
 
-def _method_parameters() -> list[inspect.Parameter]:
+def _choices_help(choices: Any) -> str:
+    """A field's allowed values as its help ends: 'One of: a, b.', or each with its line when the registry
+    describes them (task weightings)."""
+    values = choices() if callable(choices) else choices
+    if isinstance(values, Mapping):
+        return " " + "; ".join(f"[bold]{name}[/]: {text}" for name, text in values.items()) + "."
+    return f" One of: {', '.join(values)}." if values else ""
+
+
+def _method_parameters(flags: dict[str, dict[str, Any]]) -> list[inspect.Parameter]:
     """One keyword parameter per method option, typed and documented from its dataclass field."""
     types = {"str": str, "int": int, "float": float}
     params = []
-    for name, entry in method_flags().items():
+    for name, entry in flags.items():
         field, kind = entry["field"], str(entry["field"].type).replace(" ", "").removesuffix("|None")
         meta = field.metadata
-        help_text = meta["help"]
-        if meta.get("choices"):
-            help_text += f" One of: {', '.join(meta['choices'])}."
-        help_text += f" [dim]{_defaults(entry['methods'])}[/]"
+        help_text = meta["help"] + _choices_help(meta.get("choices")) + f" [dim]{_defaults(entry['defaults'])}[/]"
         decls = [flag(name)]
         if kind == "bool":
             decls = [f"{flag(name)}/--no-{name.replace('_', '-')}"]
@@ -185,15 +182,57 @@ def _method_parameters() -> list[inspect.Parameter]:
     return params
 
 
+def _method_click_params(flags: dict[str, dict[str, Any]]) -> list[Any]:
+    """The method flags as click parameters, converted by typer itself (from a function of those keyword
+    parameters alone, as `command`'s own are)."""
+    def flags_only(**values: Any) -> None:
+        """The method flags."""
+
+    extra = _method_parameters(flags)
+    flags_only.__signature__ = inspect.Signature(extra)  # type: ignore[attr-defined]
+    flags_only.__annotations__ = {p.name: p.annotation for p in extra}
+    holder = typer.Typer(add_completion=False)
+    holder.command()(flags_only)
+    return list(typer.main.get_command(holder).params)
+
+
+class TrainCommand(MtlCommand):
+    """mtl-train's command: `--method`'s help and the method flags come from the registries the first time
+    the command parses or shows its help; `command` finds the flags' values in ctx.meta[METHOD_VALUES]."""
+
+    method_params: list[Any] | None = None
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        if self.method_params is None:
+            with user_errors():  # a runtime-only install: one line saying what it lacks
+                from mtlkd.train.methods import METHODS, method_flags
+
+                flags = method_flags()
+            self.method_params = _method_click_params(flags)
+            self.params.extend(self.method_params)
+            for param in self.params:
+                if param.name == "method":
+                    param.help = "; ".join(f"[bold]{name}[/]: {cls.help}" for name, cls in METHODS.items()) + "."
+        return super().get_params(ctx)
+
+    def invoke(self, ctx: Any) -> Any:
+        names = [p.name for p in self.method_params or [] if p.name in ctx.params]
+        ctx.meta[METHOD_VALUES] = {name: ctx.params.pop(name) for name in names}
+        return super().invoke(ctx)
+
+
 def method_options(values: dict[str, Any]) -> dict[str, Any]:
     """What the user set of the method flags, as the methods' options take it (the rest: the method's
     defaults); task=w lists become mappings, repeated paths lists."""
+    from mtlkd.train.methods import method_flags
+
+    kinds = {name: str(entry["field"].type).replace(" ", "") for name, entry in method_flags().items()}
     options: dict[str, Any] = {}
     for name, value in values.items():
         if value is None or (isinstance(value, list | tuple) and not value):
             continue
-        if name == "kd_weights":
-            value = _parse_weights(value)
+        if kinds.get(name, "").startswith("dict[") and isinstance(value, str):
+            value = _parse_weights(name, value)
         elif isinstance(value, list | tuple):
             value = [str(v) for v in value]
         options[name] = value
@@ -230,24 +269,16 @@ def _interrupted(out: Path, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _parse_weights(text: str) -> dict[str, float]:
+def _parse_weights(name: str, text: str) -> dict[str, float]:
+    """'seg=1,depth=2' -> {"seg": 1.0, "depth": 2.0}: the value of a TASK=W,... flag."""
     try:
         return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
     except ValueError:
-        raise UserError(f"--kd-weights {text!r}: expected task=value pairs, e.g. seg=1,depth=2") from None
+        raise UserError(f"{flag(name)} {text!r}: expected task=value pairs, e.g. seg=1,depth=2") from None
 
 
-def _with_method_flags(func):
-    """`func` with its `**method_values` replaced by one typed keyword parameter per method option."""
-    signature = inspect.signature(func)
-    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    extra = _method_parameters()
-    func.__signature__ = signature.replace(parameters=fixed + extra)
-    func.__annotations__ = {**func.__annotations__, **{p.name: p.annotation for p in extra}}
-    return func
-
-
-app.command(cls=HouseCommand)(_with_method_flags(command))
+COMMAND_CLASS = TrainCommand  # what `mtl train` builds this command with (mtlkd.cli.main)
+app.command(cls=TrainCommand)(command)
 
 if __name__ == "__main__":
     app()

@@ -1,9 +1,11 @@
 """MTAN-style augmentation applied consistently to the image and every target (torch, channel-first).
 
 Why these two: random scale-crop and horizontal flip are what the multi-task papers train NYUv2 with, so
-results stay comparable. A sample is a dict: image 3xHxW float, seg HxW int64, depth 1xHxW, normal 3xHxW
-(any subset of the targets). Targets are resized with nearest-exact sampling so ignore labels (-1), missing
-depth (0) and missing normals (all zero) stay exactly invalid and never blend with valid values.
+results stay comparable. A sample is a dict: image 3xHxW float and one target per task (a registered
+task's name: C x H x W, or H x W for a class map), other keys left as they are. Targets are resized with
+nearest-exact sampling so ignore labels (-1), missing depth (0) and missing normals (all zero) stay exactly
+invalid and never blend with valid values; how a target changes beyond that is its task's
+(`Task.zoom_divides`, `Task.mirror_negates`).
 
 Randomness comes from the passed torch.Generator, or torch's global RNG when it is None, so the trainer's
 seed makes augmentation repeatable.
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from mtlkd.tasks import TASKS
 
 Sample = dict[str, torch.Tensor]
 
@@ -35,7 +39,8 @@ def random_scale_crop(
 ) -> Sample:
     """Crop a random (H/s, W/s) window for a random scale s and resize it back to H x W.
 
-    Depth is divided by s: enlarging the picture by s is what moving s times closer looks like.
+    Targets of distances (`Task.zoom_divides`: depth) are divided by s: enlarging the picture by s is what
+    moving s times closer looks like.
     """
     image = sample["image"]
     height, width = image.shape[-2:]
@@ -48,26 +53,29 @@ def random_scale_crop(
     out["image"] = F.interpolate(
         image[None, :, window[0], window[1]], size=(height, width), mode="bilinear", align_corners=False
     )[0]
-    if "seg" in sample:
-        out["seg"] = _resize_nearest(sample["seg"][None, window[0], window[1]], (height, width))[0]
-    if "depth" in sample:
-        out["depth"] = _resize_nearest(sample["depth"][:, window[0], window[1]], (height, width)) / scale
-    if "normal" in sample:
-        out["normal"] = _resize_nearest(sample["normal"][:, window[0], window[1]], (height, width))
+    for name in [key for key in sample if key in TASKS]:
+        task, target = TASKS[name], sample[name]
+        class_map = task.target_channels is None  # H x W class ids
+        planes = target[None] if class_map else target
+        resized = _resize_nearest(planes[:, window[0], window[1]], (height, width))
+        resized = resized[0] if class_map else resized
+        out[name] = resized / scale if task.zoom_divides else resized
     return out
 
 
 def random_flip(sample: Sample, generator: torch.Generator | None = None, p: float = 0.5) -> Sample:
-    """Mirror everything left-right with probability p; the normals' x component (rightwards) changes sign."""
+    """Mirror everything left-right with probability p (`flip`)."""
     if float(torch.rand((), generator=generator)) >= p:
         return sample
     return flip(sample)
 
 
 def flip(sample: Sample) -> Sample:
-    """The left-right mirror image of a sample (always)."""
+    """The left-right mirror image of a sample (always); the target channels a task names in
+    `mirror_negates` change sign (the normals' x component, rightwards)."""
     out = {key: value.flip(-1) for key, value in sample.items()}
-    if "normal" in out:
-        out["normal"] = out["normal"].clone()
-        out["normal"][0] = -out["normal"][0]
+    for name in [key for key in out if key in TASKS and TASKS[key].mirror_negates]:
+        out[name] = out[name].clone()
+        for channel in TASKS[name].mirror_negates:
+            out[name][channel] = -out[name][channel]
     return out

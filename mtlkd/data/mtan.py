@@ -101,7 +101,8 @@ SPECS: dict[str, DatasetSpec] = {
 }
 DATASET_NAMES = tuple(SPECS)
 
-# Per folder: trailing shape after H, W, and the numpy kinds accepted (f float, u/i integer).
+# Per folder: trailing shape after H, W, and the numpy kinds accepted (f float, u/i integer). A folder not
+# listed here that is named after a task takes the task's layout (`folder_layout`).
 _LAYOUT = {
     "image": ((3,), "fu"),
     "label": ((), "fiu"),
@@ -181,12 +182,23 @@ def check_file(path: Path, folder: str, size: tuple[int, int] | None) -> None:
     check_layout(path, folder, array, size)
 
 
+def folder_layout(folder: str) -> tuple[tuple[int, ...], str]:
+    """A folder's trailing shape after H, W and the numpy kinds it accepts: `_LAYOUT`'s, or for a folder
+    named after a registered task the task's (class ids, or its target channels as floats)."""
+    if folder in _LAYOUT:
+        return _LAYOUT[folder]
+    if folder in TASKS:
+        channels = TASKS[folder].target_channels
+        return ((), "fiu") if channels is None else ((channels,), "f")
+    raise DatasetError(f"folder {folder!r} holds no known target; name it after a task ({', '.join(TASKS)})")
+
+
 def check_layout(path: Path, folder: str, array: np.ndarray, size: tuple[int, int] | None) -> None:
-    trailing, kinds = _LAYOUT[folder]
+    trailing, kinds = folder_layout(folder)
     if size is None:
         size = array.shape[:2]
     expected = tuple(size) + trailing
-    ok_shape = array.shape == expected or (folder == "depth" and array.shape == expected[:2])
+    ok_shape = array.shape == expected or (trailing == (1,) and array.shape == expected[:2])  # H x W for one
     if not ok_shape:
         raise DatasetError(f"{path} has shape {array.shape}, expected {expected}")
     if array.dtype.kind not in kinds:
@@ -331,7 +343,7 @@ class MTANDataset:
         sample = {"image": np.ascontiguousarray(np.moveaxis(image, -1, 0))}
         for task in self.tasks:
             array = self._checked(self.spec.folders[task], index)
-            if task == "seg":
+            if TASKS[task].target_channels is None:  # class ids
                 sample[task] = (np.rint(array) if array.dtype.kind == "f" else array).astype(np.int64)
             else:
                 array = array[..., None] if array.ndim == 2 else array

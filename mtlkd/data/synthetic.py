@@ -398,9 +398,10 @@ def add_wall_item(scene: Scene) -> None:
 
 @dataclass(frozen=True)
 class SceneRanges:
-    """How varied the rooms are. The defaults make the benchmark's scenes (bit-identical to every earlier
-    version); `WIDE` is the pretraining distribution: emptier and fuller rooms, more wall items, a camera
-    that looks further around, wider lenses and stronger or dimmer light."""
+    """How varied the rooms are. The defaults make the benchmark's scenes (keep them fixed: a changed
+    default changes every synthetic dataset and so every stored result made on one); `WIDE` is the
+    pretraining distribution: emptier and fuller rooms, more wall items, a camera that looks further
+    around, wider lenses and stronger or dimmer light."""
 
     floor_objects: tuple[int, int] = (4, 11)
     wall_items: tuple[int, int] = (1, 5)

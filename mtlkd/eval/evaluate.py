@@ -50,7 +50,7 @@ def evaluate(
         outputs = predict(batch["image"], tasks)
         for task in tasks:
             raw = _numpy(outputs[task])
-            if task == "depth" and depth_meaning:
+            if depth_meaning and get_task(task).relative_forms:
                 raw = aligned_depth(raw, _numpy(batch[task]), depth_meaning)
             pred, target = metric_arrays(task, raw, _numpy(batch[task]))
             accumulators[task].update(pred, target)

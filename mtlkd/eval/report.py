@@ -27,7 +27,6 @@ Entry = tuple[str, MetricsDict]
 METRICS_FILE = "metrics.json"
 
 # Short column labels and number formats, as the papers print them.
-TASK_LABELS = {"seg": "Segm.", "depth": "Depth", "normal": "Normals"}
 METRIC_LABELS = {
     "miou": "mIoU",
     "pixel_acc": "pAcc",
@@ -163,7 +162,7 @@ def render_table(rows: Sequence[Mapping[str, Any]], console: Console, baseline: 
     table.add_column("Method", no_wrap=True)
     last_task = None
     for task, metric, higher in cols:
-        group = TASK_LABELS.get(task, task) if task != last_task else ""
+        group = (TASKS[task].short_title if task in TASKS else task) if task != last_task else ""
         last_task = task
         table.add_column(
             f"{group}\n{METRIC_LABELS.get(metric, metric)} {'↑' if higher else '↓'}", justify="right"

@@ -1,27 +1,24 @@
 """PyTorch -> ONNX: one input `image`, one output per task, dynamic batch, metadata inside the file.
 
 Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), the default since torch 2.9.
-The legacy TorchScript exporter (`dynamo=False`) still exists in torch 2.14 but is deprecated; on our
-networks it writes almost three times the nodes (679 vs 243 for vit-nano: Shape/Gather/Unsqueeze/Constant
-chains around every reshape) and is no faster to run. The dynamo graph is constant-folded, has one
-`LayerNormalization` node per LayerNorm and static shapes everywhere except the batch axis.
+The legacy TorchScript exporter (`dynamo=False`) is deprecated; on these networks it writes about three
+times the nodes (Shape/Gather/Unsqueeze/Constant chains around every reshape) and runs no faster. The
+dynamo graph is constant-folded, has one `LayerNormalization` node per LayerNorm and static shapes
+everywhere except the batch axis.
 
 Opset: 20 (`DEFAULT_OPSET`). The dynamo exporter's minimum is 18; opset 20 adds the `Gelu` operator, so
-GELU is one node that ONNX Runtime fuses with its bias into `BiasGelu` at session load, OpenVINO maps
-to its Gelu op and the TensorRT parser imports directly (at opset 18 it is an Erf sub-graph that ONNX
+GELU is one node that ONNX Runtime fuses with its bias into `BiasGelu` at session load, OpenVINO maps to
+its Gelu op and the TensorRT parser imports directly (at opset 18 it is an Erf sub-graph that ONNX
 Runtime's session optimiser leaves unfused). Opset 23 would also write the `Attention` operator, which
-needs ORT >= 1.23 or TensorRT >= 10.14 and was not faster. Opset 20 runs on ORT >= 1.17, OpenVINO 2024+
-and TensorRT 10/11.
+needs ORT >= 1.23 or TensorRT >= 10.14 and runs no faster on the CPU engines. Opset 20 runs on ORT >=
+1.17, OpenVINO 2024+ and TensorRT 10/11.
 
 Attention is exported as the explicit MatMul -> Softmax -> MatMul pattern (timm's `fused_attn` is
 switched off while exporting): the scaled-dot-product decomposition the exporter writes otherwise
 carries extra Reshape/Transpose pairs around K and splits the scale over Q and K, which gets in the way
 of the attention pattern matchers (ORT's FusedMatMul, OpenVINO's SDPA fusion, TensorRT's MHA fusion).
-
-Measured on vit-tiny 384x384, batch 1, one thread, CPU time per image (median; 2-core machine shared with
-other jobs, so CPU time rather than wall time): this graph 184 ms in ONNX Runtime / 185 ms in OpenVINO
-(f32); opset 18 with the SDPA decomposition 194 / 191; opset 23 with Attention 192 / 187; the legacy
-exporter's opset 17 graph 184 / 187.
+On the CPU engines this graph is at least as fast as the alternatives above (opset 18 with the SDPA
+decomposition, opset 23 with `Attention`, the legacy exporter's graph); `mtl-bench` measures it on yours.
 """
 
 from __future__ import annotations
@@ -190,9 +187,9 @@ def export_onnx(
 def optimize_for_ort(src: str | Path, dst: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write an ONNX Runtime-specific graph with `onnxruntime.transformers.optimizer` (model_type 'vit'):
     BiasGelu and LayerNorm kernels from ORT's contrib domain; its attention fusion does not match timm's
-    fused qkv projection. Only ONNX Runtime can run the result. On vit-tiny 384x384 (batch 1, one thread)
-    it measured 193 ms CPU time per image against 193 and 203 ms for the plain graph in two runs: ORT's
-    own session-level fusions already get the gain, so the CLI writes it only with `--ort-optimize`."""
+    fused qkv projection. Only ONNX Runtime can run the result, and it is no faster than the plain graph on
+    CPU (ORT's own session-level fusions already get the gain), so the CLI writes it only with
+    `--ort-optimize`."""
     import logging
 
     from onnxruntime.transformers import optimizer

@@ -7,11 +7,10 @@
 - int8: the Q/DQ ONNX graph of `mtlkd.export.precision` (the one TensorRT gets), converted by OpenVINO
   (Q/DQ pairs become FakeQuantize, executed as int8 kernels). NNCF post-training quantisation of the fp32
   IR (`nncf.quantize`, transformer preset, SmoothQuant off) is the alternative (`int8_source="nncf"`).
-  Measured on vit-tiny 384x384, batch 1, this 2-core avx512_vnni/bf16 CPU, one inference thread, CPU time
-  per image (median of 6 x 10 runs, machine shared): Q/DQ IR 84 ms vs NNCF IR 103 ms with f32 compute
-  for the float parts, 81 vs 77 ms with the CPU plugin's default bf16; fp32 IR 192 ms. On a briefly
-  trained vit-nano the Q/DQ IR also kept more accuracy (seg agreement 98.5% vs 94%, depth 1.1% vs 0.9%,
-  normals 1.2 vs 1.3 degrees). So the Q/DQ graph is the default (`INT8_SOURCE`).
+  The Q/DQ graph is the default (`INT8_SOURCE`): one calibration serves TensorRT and OpenVINO alike, its
+  IR runs about as fast as NNCF's on a CPU with int8 kernels (both about twice the fp32 IR's speed), and
+  it keeps segmentation closer to the fp32 model (depth and normals about alike). `mtl-bench` compares
+  them on a given model and machine.
 
 The metadata JSON is stored in the IR's rt_info at ["mtlkd", "metadata"] and read back with
 `read_openvino_metadata(xml)` (both in `mtlkd.metadata`).
@@ -45,7 +44,7 @@ def require_openvino():
         raise BackendUnavailable("--openvino needs OpenVINO, which is not installed (pip install openvino, or "
                                   "pip install 'mtlkd[cpu]')") from None
     return openvino
-INT8_SOURCE = "qdq"  # as fast as NNCF's IR or faster, and more accurate here: see the module docstring
+INT8_SOURCE = "qdq"  # as fast as NNCF's IR and closer to fp32 on segmentation: see the module docstring
 
 
 def export_openvino(
@@ -109,7 +108,7 @@ def nncf_quantize(model, calibration: np.ndarray, input_name: str = "image"):
     return nncf.quantize(
         model, dataset, subset_size=len(items), model_type=nncf.ModelType.TRANSFORMER,
         preset=nncf.QuantizationPreset.PERFORMANCE,
-        # SmoothQuant (on by default for transformers) wrecked the depth and normal heads: 50% depth error
-        # and 31 degrees on a trained vit-nano, against 0.9% and 1.3 degrees without it.
+        # SmoothQuant (on by default for transformers) is off: it wrecks these networks' depth and normal
+        # heads (tens of percent of depth error, tens of degrees), where plain min/max stays near 1%.
         advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),
     )  # fmt: skip

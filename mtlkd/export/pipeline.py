@@ -6,7 +6,7 @@ every file against PyTorch or the fp32 graph (`mtlkd.export.validate`) unless `v
 an `ExportResult` listing the files and every check with its measured numbers. `mtl-export` is a thin layer
 over it, and the benchmark calls it with its own cache folder and file names.
 
-Safety, as the command has always had it: everything is built in a folder beside `out` and moved in only
+Safety: everything is built in a folder beside `out` and moved in only
 when every check passed, so a failed export (a tolerance missed, NaN weights, Ctrl-C) leaves `out` as it
 was; each precision has its own file names in every format (`DEFAULT_NAMES`); `export.json` records the
 result. With `reuse=True` a file already at its name in `out` is taken as it is (a cache) instead of rebuilt.
@@ -21,19 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from mtlkd.errors import ValidationError
-from mtlkd.export.options import (
-    DEFAULT_NAMES,
-    FORMATS,
-    REPORT_NAME,
-    ExportOptions,
-    artifact_key,
-    check_options,
-    flag_message,
-)
+from mtlkd.export.options import DEFAULT_NAMES, FORMATS, REPORT_NAME, ExportOptions, artifact_key
 from mtlkd.export.result import Artifact, ExportResult
 
-__all__ = ["DEFAULT_NAMES", "FORMATS", "Artifact", "ExportOptions", "ExportResult", "artifact_key", "export_model",
-           "flag_message"]
+__all__ = ["DEFAULT_NAMES", "FORMATS", "Artifact", "ExportOptions", "ExportResult", "artifact_key", "export_model"]
 
 Source = str | Path | tuple[Any, dict[str, Any]]
 
@@ -43,13 +34,14 @@ def export_model(source: Source, out: str | Path, options: ExportOptions | None 
     """Export `source` (a checkpoint path, or `(network, metadata)` with the checkpoint metadata or the
     network config) into the folder `out`. `overrides` replace fields of `options` (`formats=["openvino"]`).
     `progress(line)` receives what is being done and each check. Raises a UserError for bad input (a
-    ConfigError naming the option for bad options: `flag_message`), `ValidationError` (with `.result`, what
+    ConfigError naming the flag for bad options), `ValidationError` (with `.result`, what
     was built) when a file fails its check, and BackendUnavailable when OpenVINO is asked for but missing;
     nothing in `out` changes in these cases. A missing TensorRT is not an error: the rest is written and
     `result.problems` says so."""
-    options = replace(options or ExportOptions(), **overrides)
+    options = replace(options or ExportOptions(), **overrides)  # checked as it is made
     out = Path(out)
-    tasks = check_options(options, _metadata(source), out)  # before the network is built: mistakes are quick
+    options.check_out(out)  # before the network is built: mistakes are quick
+    tasks = options.export_tasks(_metadata(source))
     if "openvino" in options.formats:
         from mtlkd.export.openvino import require_openvino
 

@@ -46,13 +46,28 @@ KINDS = {
                  "device": "KIND_GPU"},
 }
 TRITON_BACKENDS = ("native", "python")  # Triton's own backend per kind, or model.py running the Predictor
-RUNTIME_BACKENDS = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}  # the Predictor's
 PYTHON_MODEL = Path(__file__).resolve().parents[1] / "runtime" / "triton_model.py"  # copied to <name>/1/model.py
 DEFAULT_QUEUE_DELAY_US = 2000
 GPU_CAPABLE = ("onnx", "tensorrt")  # kinds whose Triton backend runs on a GPU instance
 OPENVINO_PRECISION = ("# precision: OpenVINO's CPU plugin default, bf16 on CPUs with avx512_bf16 or AMX and f32 "
                       "elsewhere;\n# the openvino backend has no f32 parameter (only HINT_BF16). The export "
                       "was validated in f32.")
+
+
+def runtime_backend(kind: str) -> str:
+    """The runtime backend model.py runs a kind's file with: the runtime's first choice for its suffix."""
+    from mtlkd.runtime.backends import backends_for
+
+    return backends_for(KINDS[kind]["files"][0])[0]
+
+
+def kind_of(path: str | Path) -> str | None:
+    """The kind of a model file (the KINDS entry its runtime backend runs), None for a file no kind holds
+    (a checkpoint, an unknown type)."""
+    from mtlkd.runtime.backends import suffixes
+
+    names = suffixes().get(Path(path).suffix.lower(), ())
+    return next((kind for kind in KINDS if names and runtime_backend(kind) == names[0]), None)
 
 
 def output_dims(metadata: dict[str, Any]) -> dict[str, list[int]]:
@@ -81,9 +96,9 @@ def config_text(name: str, kind: str, metadata: dict[str, Any], max_batch_size: 
     lines = [f'name: "{name}"', KINDS[kind]["line"] if backend == "native" else 'backend: "python"',
              f"max_batch_size: {int(max_batch_size)}"]
     if backend == "python":
-        lines += [f"# model.py runs mtlkd's Predictor on 1/{KINDS[kind]['files'][0]} with its {RUNTIME_BACKENDS[kind]} "
+        lines += [f"# model.py runs mtlkd's Predictor on 1/{KINDS[kind]['files'][0]} with its {runtime_backend(kind)} "
                   "backend"]
-        for key, value in (("model_file", KINDS[kind]["files"][0]), ("runtime_backend", RUNTIME_BACKENDS[kind])):
+        for key, value in (("model_file", KINDS[kind]["files"][0]), ("runtime_backend", runtime_backend(kind))):
             lines += ["parameters {", f'  key: "{key}"', f'  value: {{ string_value: "{value}" }}', "}"]
     elif kind == "openvino":
         lines += ['default_model_filename: "model.xml"', OPENVINO_PRECISION,

@@ -12,8 +12,8 @@ error, normal angle). Random-weight networks are judged on raw outputs only: the
 near-ties everywhere, so whether an argmax flips says nothing about the file.
 
 OpenVINO IRs are run with INFERENCE_PRECISION_HINT f32: by default the CPU plugin computes in bf16 on
-CPUs that have it (avx512_bf16, AMX), which by itself costs an untrained vit-nano 7% of seg agreement
-(0.3% trained); that is a run-time choice, not a property of the file.
+CPUs that have it (avx512_bf16, AMX), which by itself flips the segmentation of several percent of an
+untrained network's pixels; that is a run-time choice, not a property of the file.
 """
 
 from __future__ import annotations

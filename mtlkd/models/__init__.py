@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mtlkd.errors import ConfigError
 from mtlkd.models.config import ModelConfig, as_model_config
 from mtlkd.models.presets import PRESETS, input_size, model_config, preset_config
+from mtlkd.tasks import get_task
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,7 +69,7 @@ def create_model(config: ModelConfig | dict[str, Any] | str, backbone_weights: s
     if isinstance(config, str):
         preset = config
         tasks = list(tasks or DEFAULT_TASKS)
-        if "seg" in tasks and num_classes is None and class_names is None:
+        if any(get_task(t).has_classes for t in tasks) and num_classes is None and class_names is None:
             num_classes = DEFAULT_NUM_CLASSES
         config = model_config(preset, tasks, num_classes, class_names, img_size=img_size, arch=arch)
         if pretrained:

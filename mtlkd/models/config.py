@@ -185,7 +185,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "network config") -> ModelConfig:
-        """Parse the JSON form (today's, or the shared head spec of earlier checkpoints)."""
+        """Parse the JSON form (per-task head specs, or one head spec shared by every task)."""
         if isinstance(data, ModelConfig):
             return data
         if not isinstance(data, dict):
@@ -226,7 +226,8 @@ def default_head_kind(task: str) -> str:
 
 
 def parse_heads(spec: dict[str, Any], tasks: list[str], where: str) -> dict[str, HeadConfig]:
-    """task -> head config, from the per-task form ({task: {"kind": ..., ...}}) or the earlier shared spec.
+    """task -> head config, from the per-task form ({task: {"kind": ..., ...}}) or one shared spec (what
+    checkpoints written with a single head spec for every task hold: {key: value, "kinds": {task: kind}}).
 
     Per-task entries for tasks the network does not have are dropped: a task subset of a config is a config."""
     if not isinstance(spec, dict):
@@ -243,7 +244,7 @@ def parse_heads(spec: dict[str, Any], tasks: list[str], where: str) -> dict[str,
                 raise ConfigError(f"{where}: unknown head kind {kind!r}; known: {', '.join(HEAD_CONFIGS)}")
             heads[task] = build_part(HEAD_CONFIGS[kind], entry, f"{where}, {task} head ({kind})")
         return heads
-    # The earlier form: one spec for every head, with optional per-task kinds.
+    # One spec for every head, with optional per-task kinds: each head takes the keys its kind declares.
     shared = dict(spec)
     kinds = shared.pop("kinds", {}) or {}
     declared = {f.name for c in HEAD_CONFIGS.values() for f in dataclasses.fields(c)}

@@ -84,8 +84,9 @@ def model_config(preset: str, tasks: list[str] | tuple[str, ...] | None = None, 
     tasks = list(tasks or [])
     if class_names is not None and num_classes is None:
         num_classes = len(class_names)
-    if "seg" in tasks and num_classes is None:
-        raise ConfigError(f"preset {preset!r}: segmentation needs num_classes or class_names (NYUv2: 13)")
+    classes = [t for t in tasks if get_task(t).has_classes]
+    if classes and num_classes is None:
+        raise ConfigError(f"preset {preset!r}: {', '.join(classes)} needs num_classes or class_names (NYUv2: 13)")
     overrides = {k: v for k, v in overrides.items() if v is not None or k in ("num_classes", "class_names")}
     backbone_fields = {f.name for f in dataclasses.fields(spec.backbone)}
     head_fields = {f.name for h in (spec.logits_head, spec.regression_head) for f in dataclasses.fields(h)}

@@ -11,11 +11,11 @@ cache and measure nothing.
 * machine key: CPU model name, a digest of the CPU flags, the usable core count, the device, and the
   versions of the candidate backends (a new onnxruntime may change the winner), plus backend options.
 
-On a GPU the candidates (TensorRT, ONNX Runtime's CUDA provider, torch, in that order of preference) are
-loaded and measured the same way, so what is timed is what each really got: a backend that cannot run
-(ONNX Runtime whose session fell back to the CPU, a driver too old for cuda-bindings) is skipped with a
-warning that keeps its reason, never in silence. `MTLKD_AUTO_MEASURE=0` (or `measure=False`) disables
-measuring and takes the first preference.
+On a GPU the candidates (the backends whose spec lists cuda, by their `gpu_rank`: TensorRT, ONNX Runtime's
+CUDA provider, torch) are loaded and measured the same way, so what is timed is what each really got: a
+backend that cannot run (ONNX Runtime whose session fell back to the CPU, a driver too old for
+cuda-bindings) is skipped with a warning that keeps its reason, never in silence. `MTLKD_AUTO_MEASURE=0`
+(or `measure=False`) disables measuring and takes the first preference.
 """
 
 from __future__ import annotations
@@ -33,20 +33,21 @@ from typing import Any
 
 import numpy as np
 
-from mtlkd.metadata import versions
+from mtlkd.metadata import versions as library_versions
 from mtlkd.runtime.backends import (
-    INSTALL_HINTS,
     Backend,
     BackendUnavailable,
     available,
     backends_for,
+    gpu_order,
+    install_hint,
     installed,
     load_backend,
+    version_distributions,
 )
 from mtlkd.runtime.cpu import cpu_flags_text, cpu_name, physical_cores
 
 CACHE_VERSION = 1
-GPU_PREFERENCE = ("tensorrt", "onnxruntime", "torch", "openvino")
 WARMUP, RUNS = 2, 5
 
 
@@ -75,9 +76,13 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def versions(names: list[str]) -> dict[str, str]:
+    """{backend: installed version}, each from the first installed of its spec's distributions."""
+    return library_versions(names, version_distributions(names))
+
+
 def cache_key(path: str | Path, device: str, names: list[str], options: dict[str, Any]) -> str:
-    """The cache entry's key. `versions(names)` is mtlkd.metadata's: for backend names it reads the same
-    distributions in the same order as the copy this module had, so entries written before still match."""
+    """The cache entry's key: the file, the machine, the device, the candidates' versions and the options."""
     identity = {"file": file_identity(path), "machine": cpu_identity(), "device": device,
                 "versions": versions(names), "options": {k: str(v) for k, v in sorted(options.items())}}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
@@ -105,7 +110,7 @@ def candidates(path: str | Path, device: str) -> list[str]:
     """Backends that can open this file and run on `device` here, best first (without measuring)."""
     names = list(backends_for(path))
     if device == "cuda":
-        names = [n for n in GPU_PREFERENCE if n in names]
+        names = gpu_order(names)
     return [n for n in names if installed(n) and available(n, device)]
 
 
@@ -128,7 +133,7 @@ def select_backend(path: str | Path, device: str = "cpu", measure: bool | None =
     names = candidates(path, device)
     if not names:
         wanted = backends_for(path)
-        hints = "; ".join(f"{n}: {INSTALL_HINTS[n]}" for n in wanted)
+        hints = "; ".join(f"{n}: {install_hint(n)}" for n in wanted)
         raise BackendUnavailable(f"no installed backend runs {Path(path).suffix} files on {device} ({hints})")
     if len(names) == 1 or not measuring_enabled(measure):
         return names[0], None

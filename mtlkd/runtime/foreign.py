@@ -2,9 +2,9 @@
 
 mtlkd's own graphs normalise inside and name their outputs after tasks; a foreign graph does neither, so
 this backend applies the given mean/std in numpy, feeds the graph's first input, and maps its outputs to
-tasks (by `output=` names, by task name, or the only output of a one-task teacher). ONNX files run on ONNX
-Runtime (as `mtlkd.runtime.backends.onnxruntime_backend` sets it up), OpenVINO IRs on OpenVINO's CPU plugin.
-TensorRT engines carry their metadata in a sidecar only mtlkd writes, so a foreign engine is not taken.
+tasks (by `output=` names, by task name, or the only output of a one-task teacher). A backend whose spec
+says `foreign` opens such files with its module's `load_foreign` (ONNX Runtime and OpenVINO); TensorRT
+engines carry their metadata in a sidecar only mtlkd writes, so a foreign engine is not taken.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mtlkd.errors import BackendError, BackendUnavailable, ConfigError
-from mtlkd.runtime.backends import Backend
+from mtlkd.runtime.backends import BACKENDS, Backend, backend_spec, install_hint, installed, module, suffixes
 
 
 class ForeignBackend(Backend):
@@ -61,75 +61,25 @@ def _task_outputs(spec: Any, names: list[str], where: str) -> dict[str, str]:
                       f"{', '.join(spec.tasks)}; give output=NAME (one per task, in order, separated by /)")
 
 
-FOREIGN_BACKENDS = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",)}
+def foreign_backends(path: str | Path) -> tuple[str, ...]:
+    """The backends that open this file without mtlkd metadata (their spec's `foreign`), best first."""
+    return tuple(n for n in suffixes().get(Path(path).suffix.lower(), ()) if backend_spec(n).foreign)
 
 
 def load_foreign(path: str | Path, spec: Any, device: str = "cpu", threads: int | None = None) -> ForeignBackend:
-    """Open a foreign .onnx (ONNX Runtime, or OpenVINO with backend=openvino) or .xml (OpenVINO) with the
-    settings in `spec` (a TeacherSpec)."""
+    """Open a foreign file with the settings in `spec` (a TeacherSpec): with the first backend whose spec
+    says it opens foreign files of this suffix (.onnx: ONNX Runtime, or OpenVINO with backend=openvino;
+    .xml: OpenVINO), through its module's `load_foreign(path, spec, device, threads)`."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    names = FOREIGN_BACKENDS.get(suffix, ())
-    backend = names[0] if names and spec.backend == "auto" else spec.backend
-    if names and backend not in names:
-        raise BackendError(f"{path}: the {backend} backend cannot run a foreign {suffix} file; use "
+    names = foreign_backends(path)
+    if not names:
+        kinds = sorted({s for other in BACKENDS.values() if other.foreign for s in other.suffixes})
+        raise BackendError(f"{path}: a model without mtlkd metadata must be a {' or '.join(kinds)} file (others, "
+                           f"like a TensorRT engine, need the metadata mtl-export writes)")
+    backend = names[0] if spec.backend == "auto" else spec.backend
+    if backend not in names:
+        raise BackendError(f"{path}: the {backend} backend cannot run a foreign {path.suffix.lower()} file; use "
                            f"{' or '.join(names)}")
-    if backend == "onnxruntime":
-        return _onnx(path, spec, device, threads)
-    if backend == "openvino":
-        return _openvino(path, spec, device, threads)
-    raise BackendError(f"{path}: a model without mtlkd metadata must be an .onnx file or an OpenVINO .xml "
-                       f"(a TensorRT engine needs the sidecar mtl-export writes)")
-
-
-def _onnx(path: Path, spec: Any, device: str, threads: int | None) -> ForeignBackend:
-    from mtlkd.runtime.backends.onnxruntime_backend import check_cuda_session, session_options
-
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise BackendUnavailable("a foreign ONNX teacher needs onnxruntime (pip install onnxruntime)") from None
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
-    except Exception as exc:  # ORT raises its own types for unreadable files
-        raise BackendError(f"{path}: onnxruntime cannot open it ({str(exc).splitlines()[0]})") from None
-    if device == "cuda":
-        check_cuda_session(session, path)
-    first = session.get_inputs()[0]
-
-    def run_graph(batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        return session.run(outputs, {first.name: batch})
-
-    backend = ForeignBackend(path, device, spec, run_graph, list(first.shape), [o.name for o in session.get_outputs()])
-    backend.name = "onnxruntime"
-    return backend
-
-
-def _openvino(path: Path, spec: Any, device: str, threads: int | None) -> ForeignBackend:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise BackendUnavailable("a foreign OpenVINO teacher needs openvino (pip install openvino)") from None
-    if device == "cuda":
-        raise BackendUnavailable("OpenVINO does not run on CUDA GPUs; use --device cpu")
-    core = ov.Core()
-    try:
-        model = core.read_model(str(path))
-    except RuntimeError as exc:
-        raise BackendError(f"{path}: OpenVINO cannot read it ({str(exc).splitlines()[0][:200]})") from None
-    # f32 as mtlkd's OpenVINO backend: the CPU plugin otherwise computes in bf16 where the CPU has it
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-              **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})}
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
-    names = [port.get_any_name() for port in compiled.outputs]
-    shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
-
-    def run_graph(batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        results = request.infer({0: batch})
-        return [results[compiled.output(name)] for name in outputs]
-
-    backend = ForeignBackend(path, device, spec, run_graph, shape, names)
-    backend.name = "openvino"
-    return backend
+    if not installed(backend):
+        raise BackendUnavailable(f"a foreign {path.suffix.lower()} teacher needs {backend} ({install_hint(backend)})")
+    return module(backend).load_foreign(path, spec, device, threads)

@@ -24,8 +24,16 @@ from mtlkd.runtime.media import Source, VideoWriter, expand_sources, open_video,
 from mtlkd.ui import progress_bar
 
 STAGES = ("decode", "preprocess", "network", "postprocess", "save")
-OUTPUT_KINDS = ("seg.png", "overlay.png", "depth.png", "normal.png", "panel.png", "panel.mp4",
-                *(f"{task}.npy" for task in ("seg", "depth", "normal")))
+
+
+def output_kinds() -> tuple[str, ...]:
+    """The ends of the names `infer` writes after `<stem>_`: a picture and an array per registered task,
+    the overlay of class maps, the panel and the panel video."""
+    from mtlkd.tasks import CLASSES, TASKS
+
+    pictures = [f"{name}.png" for name in TASKS]
+    overlay = ["overlay.png"] if any(task.picture == CLASSES for task in TASKS.values()) else []
+    return (*pictures, *overlay, "panel.png", "panel.mp4", *(f"{name}.npy" for name in TASKS))
 
 
 @dataclass
@@ -204,7 +212,7 @@ class _Stems:
     def _hits_input(self, name: str) -> bool:
         if self.out is None or not self.inputs:
             return False
-        return any(_resolved(self.out / f"{name}_{kind}") in self.inputs for kind in OUTPUT_KINDS)
+        return any(_resolved(self.out / f"{name}_{kind}") in self.inputs for kind in output_kinds())
 
 
 class _Run:
@@ -226,11 +234,15 @@ class _Run:
             print(f"error: {message}", file=sys.stderr, flush=True)
 
     def depth_range_for(self, result: dict) -> tuple[float, float] | None:
-        """The run's range; the first depth map fixes it when neither the option nor the model gave one."""
-        if self.result.depth_range is None and "depth" in result:
+        """The run's colour range of SCALE tasks (depth); the first such map fixes it when neither the option
+        nor the model gave one."""
+        from mtlkd.tasks import SCALE, TASKS
+
+        scaled = [name for name in TASKS if name in result and TASKS[name].picture == SCALE]
+        if self.result.depth_range is None and scaled:
             from mtlkd.runtime.visualize import run_depth_range
 
-            self.result.depth_range = run_depth_range(result["depth"])
+            self.result.depth_range = run_depth_range(result[scaled[0]])
             self.result.depth_range_source = "from the first image"
         return self.result.depth_range
 
@@ -314,21 +326,17 @@ class _Run:
 
 def write_outputs(out: Path, stem: str, image: Any, result: dict, class_names: list[str], save_raw: bool = False,
                   depth_range: tuple[float, float] | None = None, alpha: float = 0.5) -> list[Path]:
-    """<stem>_seg.png (colours + legend), <stem>_overlay.png (the colours blended over the input, legend),
-    <stem>_depth.png (colour bar in metres), <stem>_normal.png (with its direction key), <stem>_panel.png,
-    and with save_raw the arrays as <stem>_<task>.npy. Each file is written beside and renamed into place;
-    returns the paths written."""
+    """<stem>_<task>.png for each task (`visualize.task_pictures`: seg colours + legend, depth with its
+    colour bar in metres, normals with their direction key), <stem>_overlay.png (the class colours blended
+    over the input, legend), <stem>_panel.png, and with save_raw the arrays as <stem>_<task>.npy. Each file
+    is written beside and renamed into place; returns the paths written."""
     from mtlkd.files import atomic_write
     from mtlkd.runtime import visualize
+    from mtlkd.tasks import TASKS
 
     pictures: dict[str, Any] = {}
-    if "seg" in result:
-        pictures["seg"] = visualize.seg_image(result["seg"], class_names)
-        pictures["overlay"] = visualize.overlay_image(image, result["seg"], class_names, alpha=alpha)
-    if "depth" in result:
-        pictures["depth"] = visualize.depth_image(result["depth"], value_range=depth_range)
-    if "normal" in result:
-        pictures["normal"] = visualize.normal_image(result["normal"])
+    for task in [name for name in TASKS if name in result]:  # in the registry's order
+        pictures.update(visualize.task_pictures(task, image, result[task], class_names, depth_range, alpha))
     pictures["panel"] = visualize.panel(image, result, class_names, depth_range=depth_range, alpha=alpha)
     written = []
     for kind, picture in pictures.items():

@@ -22,15 +22,8 @@ import numpy as np
 
 from mtlkd.errors import BackendError, MediaError
 from mtlkd.runtime import processing
-from mtlkd.runtime.backends import BACKEND_NAMES, Backend, backends_for, load_backend
+from mtlkd.runtime.backends import Backend, backend_spec, backends_for, default_device, load_backend
 from mtlkd.tasks import parse_tasks
-
-GPU_SUFFIXES = (".engine", ".plan")
-
-
-def default_device(path: str | Path) -> str:
-    """cuda for TensorRT engines (they only run there), cpu for everything else."""
-    return "cuda" if Path(path).suffix.lower() in GPU_SUFFIXES else "cpu"
 
 
 def refuse_half_swapped(path: Path) -> None:
@@ -55,12 +48,13 @@ class Predictor:
     def load(cls, path: str | Path, backend: str = "auto", device: str | None = None, **options: Any) -> Predictor:
         """Open a model file.
 
-        path: model.safetensors (torch), model.onnx (onnxruntime or openvino), model.xml (openvino),
-            model.engine / .plan (tensorrt, with its .engine.json sidecar).
+        path: a file a registered backend opens (`mtlkd.runtime.backends.suffixes()`): model.safetensors
+            (torch), model.onnx (onnxruntime or openvino), model.xml (openvino), model.engine / .plan
+            (tensorrt, with its .engine.json sidecar).
         backend: "auto" picks by file type and, when several backends can open the file, by measuring them
-            once per file and machine (cached; see mtlkd.runtime.auto); or one of torch, onnxruntime,
-            openvino, tensorrt.
-        device: "cpu" or "cuda"; default cuda for TensorRT engines, cpu otherwise.
+            once per file and machine (cached; see mtlkd.runtime.auto); or a backend's name
+            (`backend_names()`).
+        device: "cpu" or "cuda"; default cpu, or cuda for files only GPU backends open (TensorRT engines).
         options: passed to the backend's `load` (threads=, hint="THROUGHPUT" for OpenVINO, ...); with
             backend="auto" also measure=False (take the first preference) and cache=PATH (the JSON cache).
         """
@@ -78,8 +72,7 @@ class Predictor:
             auto = {k: options.pop(k) for k in ("measure", "cache") if k in options}
             name, loaded = select_backend(path, device, **auto, **options)
             return cls(loaded if loaded is not None else load_backend(name, path, device, **options))
-        if backend not in BACKEND_NAMES:
-            raise BackendError(f"unknown backend {backend!r}; use auto, {', '.join(BACKEND_NAMES)}")
+        backend_spec(backend)  # an unknown name, in one line
         backends_for(path)
         return cls(load_backend(backend, path, device, **options))
 

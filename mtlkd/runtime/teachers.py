@@ -118,9 +118,9 @@ def make_spec(tasks: tuple[str, ...] | list[str], path: str | Path, values: dict
                                   f"give one per task, in task order, separated by /")
             parsed[key] = names
         else:  # backend
-            from mtlkd.runtime.backends import BACKEND_NAMES
+            from mtlkd.runtime.backends import backend_names
 
-            parsed[key] = _choice(value, ("auto", *BACKEND_NAMES), key, where)
+            parsed[key] = _choice(value, ("auto", *backend_names()), key, where)
     spec = TeacherSpec(tasks=tuple(tasks), path=Path(path), **parsed)
     if spec.std is not None and min(spec.std) <= 0:
         raise ConfigError(f"{where}: std= must be three numbers > 0")
@@ -231,7 +231,7 @@ def missing_settings(spec: TeacherSpec) -> list[str]:
 
 def read_own_metadata(path: Path) -> dict[str, Any] | None:
     """The file's mtlkd metadata, or None when it has none (a foreign model); damaged metadata is an error."""
-    from mtlkd.metadata import METADATA_KEY, read_metadata
+    from mtlkd.metadata import METADATA_KEY, read_model_file_metadata
 
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -242,12 +242,12 @@ def read_own_metadata(path: Path) -> dict[str, Any] | None:
             return None
     elif suffix == ".xml":
         try:
-            return read_metadata(path, error=BackendError)
+            return read_model_file_metadata(path, error=BackendError)
         except BackendError as exc:
             if "no mtlkd metadata" in str(exc):
                 return None
             raise
-    return read_metadata(path, error=BackendError)
+    return read_model_file_metadata(path, error=BackendError)
 
 
 class Teacher:

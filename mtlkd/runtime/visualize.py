@@ -2,11 +2,10 @@
 side-by-side panel (input | segmentation | depth | normals) with titles.
 
 Drawn with numpy, OpenCV and Pillow rather than matplotlib: a legend is a few swatches and a colour bar a
-gradient strip with five labels. Measured at 480x640 on a busy 2-core machine: depth + colour bar 12 ms and
-segmentation + legend 6 ms here, against 107 ms for a matplotlib imshow + colorbar figure (plus a 1.2 s
-import), too slow for annotating video. Colours are the
-task registry's (mtlkd.tasks: `palette`, `colourise_depth`, `colourise_normal`), so every picture mtlkd
-makes uses the same ones.
+gradient strip with five labels, fast enough to annotate every frame of a video. How a task is drawn is
+its registry entry's (mtlkd.tasks): `Task.picture` picks the kind of picture (class colours with a legend,
+a colour map with a colour bar, vectors with a direction key, or colours alone), `Task.colourise` gives
+every colour, `Task.heading` the panel's title, so a new task needs nothing here.
 """
 
 from __future__ import annotations
@@ -18,13 +17,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mtlkd.tasks import colourise_depth, colourise_normal, palette
+from mtlkd.tasks import CLASSES, DIRECTIONS, SCALE, TASKS, get_task
 
 BACKGROUND = (24, 24, 24)
 MAX_SIDE = 4096  # single-task pictures are drawn at most this tall and wide (a 1 x 10^6 strip is still cheap)
 TILE_WIDTH_PER_HEIGHT = 4  # a panel tile is at most 4x as wide as the panel is tall
 TEXT = (235, 235, 235)
-TITLES = {"input": "Input", "seg": "Segmentation", "depth": "Depth (m)", "normal": "Surface normals"}
+INPUT_TITLE = "Input"
 
 
 @lru_cache(maxsize=16)
@@ -59,19 +58,19 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- segmentation
 
 
-def seg_colours(seg: np.ndarray, num_classes: int) -> np.ndarray:
-    colours = palette(max(num_classes, int(seg.max()) + 1 if seg.size else 1))
-    return colours[np.clip(seg, 0, len(colours) - 1)]
+def seg_colours(seg: np.ndarray, num_classes: int, task: str = "seg") -> np.ndarray:
+    """The class map's colours: its task's `colourise`."""
+    return get_task(task).colourise(seg, num_classes=num_classes)
 
 
 def legend(seg: np.ndarray, class_names: Sequence[str], height: int, size: int | None = None,
-           all_classes_width: bool = False) -> np.ndarray:
+           all_classes_width: bool = False, task: str = "seg") -> np.ndarray:
     """A height-tall strip listing the classes present in `seg` with their colours (several columns when
     they do not fit). With `all_classes_width` the width fits every class name, so it does not change
     from frame to frame of a video."""
     size = size or font_size_for(height)
     names = list(class_names) or [f"class {i}" for i in range(int(seg.max()) + 1)]
-    colours = palette(len(names))
+    colours = get_task(task).colourise(np.arange(len(names)), num_classes=len(names))
     counts = np.bincount(np.clip(seg, 0, len(names)).ravel(), minlength=len(names) + 1)[: len(names)]
     present = np.flatnonzero(counts).tolist()
     row, pad, swatch = size + 8, 6, size
@@ -100,17 +99,18 @@ def _pad_to(image: np.ndarray, height: int) -> np.ndarray:
     return np.concatenate([image, pad], axis=0)
 
 
-def seg_image(seg: np.ndarray, class_names: Sequence[str], with_legend: bool = True) -> np.ndarray:
+def seg_image(seg: np.ndarray, class_names: Sequence[str], with_legend: bool = True,
+              task: str = "seg") -> np.ndarray:
     """Coloured class map at its own resolution, with the legend of present classes on its right (in one
     column; a small map is padded below when the legend is taller)."""
     seg = limit_size(seg, MAX_SIDE, MAX_SIDE, nearest=True)
-    coloured = seg_colours(seg, len(class_names))
+    coloured = seg_colours(seg, len(class_names), task)
     if not with_legend:
         return coloured
     size = font_size_for(max(seg.shape[0], 240))
     counts = np.bincount(np.clip(seg, 0, len(class_names)).ravel(), minlength=len(class_names) + 1)
     height = max(seg.shape[0], 6 + (size + 8) * int(np.count_nonzero(counts[: len(class_names)])) + 6)
-    strip = legend(seg, class_names, height, size)
+    strip = legend(seg, class_names, height, size, task=task)
     return np.concatenate([_pad_to(coloured, height), strip], axis=1)
 
 
@@ -123,17 +123,17 @@ def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndar
 
 
 def overlay_image(image: np.ndarray, seg: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
-                  with_legend: bool = True) -> np.ndarray:
+                  with_legend: bool = True, task: str = "seg") -> np.ndarray:
     """The class colours blended over the input image (opacity `alpha`), with the legend of the classes
     present on its right; shows which part of the picture each class was given to."""
     seg = limit_size(seg, MAX_SIDE, MAX_SIDE, nearest=True)
-    blended = blend(image, seg_colours(seg, len(class_names)), alpha)
+    blended = blend(image, seg_colours(seg, len(class_names), task), alpha)
     if not with_legend:
         return blended
     size = font_size_for(max(seg.shape[0], 240))
     counts = np.bincount(np.clip(seg, 0, len(class_names)).ravel(), minlength=len(class_names) + 1)
     height = max(seg.shape[0], 6 + (size + 8) * int(np.count_nonzero(counts[: len(class_names)])) + 6)
-    return np.concatenate([_pad_to(blended, height), legend(seg, class_names, height, size)], axis=1)
+    return np.concatenate([_pad_to(blended, height), legend(seg, class_names, height, size, task=task)], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------- depth
@@ -184,18 +184,21 @@ def tick_values(lo: float, hi: float, ticks: int = 5) -> tuple[list[float], int]
 
 
 def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks: int = 5,
-               beyond: tuple[bool, bool] = (False, False)) -> np.ndarray:
-    """A vertical colour bar for depths lo..hi metres (far at the top), labelled in metres at both ends and
-    at round values between them. `beyond` (nearer, farther): the picture has depths outside lo..hi, drawn
-    in the end colours; the end labels then read "<lo m" and ">hi m"."""
+               beyond: tuple[bool, bool] = (False, False), task: str = "depth") -> np.ndarray:
+    """A vertical colour bar for the task's values lo..hi (depths in metres by default; far at the top),
+    in its colours, labelled in its unit at both ends and at round values between them. `beyond` (nearer,
+    farther): the picture has values outside lo..hi, drawn in the end colours; the end labels then read
+    "<lo m" and ">hi m"."""
+    colourise, unit = get_task(task).colourise, get_task(task).unit
+    unit = f" {unit}" if unit else ""
     size = size or font_size_for(height)
     pad, bar_width = max(4, size // 2), max(10, size)
     top, bottom = pad + size // 2, height - pad - size // 2
     span = max(bottom - top, 2)
     ramp = np.linspace(hi, lo, span, dtype=np.float32)[:, None].repeat(bar_width, axis=1)
-    gradient = colourise_depth(np.maximum(ramp, 1e-6), vmin=lo, vmax=hi)
+    gradient = colourise(np.maximum(ramp, 1e-6), vmin=lo, vmax=hi)
     values, decimals = tick_values(lo, hi, ticks)
-    label_width = _text_width(f">{max(abs(hi), 100.0):.{decimals}f} m", size)
+    label_width = _text_width(f">{max(abs(hi), 100.0):.{decimals}f}{unit}", size)
     strip = Image.new("RGB", (pad + bar_width + pad + label_width + pad, height), BACKGROUND)
     strip.paste(Image.fromarray(gradient), (pad, top))
     draw = ImageDraw.Draw(strip)
@@ -207,32 +210,35 @@ def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks
             continue  # too close to the label above or to the bottom one: skip it
         mark = ">" if k == 0 and beyond[1] else ("<" if k == len(values) - 1 and beyond[0] else "")
         draw.line([(pad + bar_width, y), (pad + bar_width + 3, y)], fill=TEXT)
-        draw.text((pad + bar_width + pad, y - size // 2 - 1), f"{mark}{value:.{decimals}f} m", fill=TEXT,
+        draw.text((pad + bar_width + pad, y - size // 2 - 1), f"{mark}{value:.{decimals}f}{unit}", fill=TEXT,
                   font=font(size))
         last_y = y
     return np.asarray(strip)
 
 
-def depth_image(depth: np.ndarray, with_bar: bool = True, value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Turbo-coloured depth (near = warm) with its colour bar in metres on the right."""
+def depth_image(depth: np.ndarray, with_bar: bool = True, value_range: tuple[float, float] | None = None,
+                task: str = "depth") -> np.ndarray:
+    """Turbo-coloured depth (near = warm; a SCALE task's own colours) with its colour bar in metres (its
+    unit) on the right."""
     lo, hi = value_range or depth_range(depth)
     depth = limit_size(depth, MAX_SIDE, MAX_SIDE)
-    coloured = colourise_depth(depth, vmin=lo, vmax=hi)
+    coloured = get_task(task).colourise(depth, vmin=lo, vmax=hi)
     if not with_bar:
         return coloured
     height = max(depth.shape[0], 160)  # room for five legible labels next to a small map
-    bar = colour_bar(lo, hi, height, font_size_for(max(depth.shape[0], 240)), beyond=_beyond(depth, lo, hi))
+    bar = colour_bar(lo, hi, height, font_size_for(max(depth.shape[0], 240)), beyond=_beyond(depth, lo, hi),
+                     task=task)
     return np.concatenate([_pad_to(coloured, height), bar], axis=1)
 
 
-def normal_image(normal: np.ndarray, with_key: bool = True) -> np.ndarray:
-    """x, y, z of the unit normals as red, green, blue, with the key of which colour is which direction on
-    its right."""
-    coloured = colourise_normal(limit_size(normal, MAX_SIDE, MAX_SIDE))
+def normal_image(normal: np.ndarray, with_key: bool = True, task: str = "normal") -> np.ndarray:
+    """x, y, z of the unit normals as red, green, blue (its task's colours), with the key of which colour is
+    which direction on its right."""
+    coloured = get_task(task).colourise(limit_size(normal, MAX_SIDE, MAX_SIDE))
     if not with_key:
         return coloured
     height = max(coloured.shape[0], 160)
-    key = normal_key(height, font_size_for(max(coloured.shape[0], 240)))
+    key = normal_key(height, font_size_for(max(coloured.shape[0], 240)), task)
     return np.concatenate([_pad_to(coloured, height), key], axis=1)
 
 
@@ -248,7 +254,7 @@ def hemisphere_normals(diameter: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)  # the same strip for every frame of a video and every tile of an image
-def normal_key(height: int, size: int | None = None) -> np.ndarray:
+def normal_key(height: int, size: int | None = None, task: str = "normal") -> np.ndarray:
     """A height-tall strip: a ball coloured the way the normal map is, labelled with the direction its
     surface faces (up, down, left, right; its centre faces the camera), so a reader can tell that a
     floor is one colour and a wall facing them another."""
@@ -263,7 +269,7 @@ def normal_key(height: int, size: int | None = None) -> np.ndarray:
     disc_x = (width - diameter) // 2
     disc_y = pad + size + 4
     normals = hemisphere_normals(diameter)
-    ball = colourise_normal(normals)
+    ball = get_task(task).colourise(normals)
     ball[np.abs(normals).sum(axis=-1) == 0] = BACKGROUND
     strip.paste(Image.fromarray(ball), (disc_x, disc_y))
     draw = ImageDraw.Draw(strip)
@@ -278,6 +284,26 @@ def normal_key(height: int, size: int | None = None) -> np.ndarray:
         draw.text(((width - _text_width(line, size)) // 2, y), line, fill=TEXT, font=f)
         y += size + 2
     return np.asarray(strip)
+
+
+def plain_image(values: np.ndarray, task: str) -> np.ndarray:
+    """The task's colours alone, at the prediction's own resolution (at most MAX_SIDE a side)."""
+    return get_task(task).colourise(limit_size(values, MAX_SIDE, MAX_SIDE))
+
+
+def task_pictures(task: str, image: np.ndarray, values: np.ndarray, class_names: Sequence[str],
+                  value_range: tuple[float, float] | None = None, alpha: float = 0.5) -> dict[str, np.ndarray]:
+    """The single-task pictures of one prediction, by name: {task: its picture}, and for class maps also
+    "overlay" (the colours over the input). `value_range` fixes a SCALE task's colours."""
+    kind = get_task(task).picture
+    if kind == CLASSES:
+        return {task: seg_image(values, class_names, task=task),
+                "overlay": overlay_image(image, values, class_names, alpha=alpha, task=task)}
+    if kind == SCALE:
+        return {task: depth_image(values, value_range=value_range, task=task)}
+    if kind == DIRECTIONS:
+        return {task: normal_image(values, task=task)}
+    return {task: plain_image(values, task)}
 
 
 # ---------------------------------------------------------------------------------------------- panel
@@ -315,7 +341,8 @@ def _fit(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
 def panel(image: np.ndarray, result: dict[str, np.ndarray], class_names: Sequence[str],
           min_height: int = 240, max_height: int = 540, fixed_layout: bool = False,
           depth_range: tuple[float, float] | None = None, alpha: float = 0.5) -> np.ndarray:
-    """input | segmentation over the input + legend | depth + colour bar | normals + key, each titled, at one
+    """input | segmentation over the input + legend | depth + colour bar | normals + key: the input, then a
+    tile per task of `result` in the registry's order drawn as its `Task.picture` says, each titled, at one
     display height (the image's, clamped to [min_height, max_height] so the text stays legible).
     `fixed_layout` keeps the width constant across frames (legend sized for every class name);
     `depth_range` fixes the depth colours (None: this image's 2nd-98th percentile); `alpha` is the
@@ -324,28 +351,25 @@ def panel(image: np.ndarray, result: dict[str, np.ndarray], class_names: Sequenc
     size = font_size_for(height)
     gap = np.full((height + size + 10, 4, 3), BACKGROUND, dtype=np.uint8)
     shown = _fit(to_uint8(image), height)
-    tiles = [titled(_pad_to(shown, height), TITLES["input"], size)]
-    if "seg" in result:
-        seg = _fit(result["seg"].astype(np.int32), height, nearest=True)
-        body = np.concatenate([_pad_to(blend(shown, seg_colours(seg, len(class_names)), alpha), height),
-                               legend(seg, class_names, height, size, all_classes_width=fixed_layout)], axis=1)
-        tiles.append(titled(body, TITLES["seg"], size))
-    if "depth" in result:
-        lo, hi = depth_range if depth_range is not None else _percentile_range(result["depth"])
-        depth = _pad_to(colourise_depth(_fit(result["depth"], height), vmin=lo, vmax=hi), height)
-        body = np.concatenate([depth, colour_bar(lo, hi, height, size, beyond=_beyond(result["depth"], lo, hi))],
-                              axis=1)
-        tiles.append(titled(body, TITLES["depth"], size))
-    if "normal" in result:
-        normals = _pad_to(colourise_normal(_fit(result["normal"], height)), height)
-        body = np.concatenate([normals, normal_key(height, size)], axis=1)
-        tiles.append(titled(body, TITLES["normal"], size))
-    for task in result:
-        if task not in ("seg", "depth", "normal"):  # a task added to the registry later
-            from mtlkd.tasks import get_task
-
-            picture = get_task(task).colourise(_fit(result[task], height))
-            tiles.append(titled(_pad_to(picture, height), get_task(task).title, size))
+    tiles = [titled(_pad_to(shown, height), INPUT_TITLE, size)]
+    for name in [task for task in TASKS if task in result]:  # in the registry's order
+        task, values = get_task(name), result[name]
+        if task.picture == CLASSES:
+            seg = _fit(values.astype(np.int32), height, nearest=True)
+            colours = seg_colours(seg, len(class_names), name)
+            body = np.concatenate([_pad_to(blend(shown, colours, alpha), height),
+                                   legend(seg, class_names, height, size, fixed_layout, name)], axis=1)
+        elif task.picture == SCALE:
+            lo, hi = depth_range if depth_range is not None else _percentile_range(values)
+            coloured = _pad_to(task.colourise(_fit(values, height), vmin=lo, vmax=hi), height)
+            bar = colour_bar(lo, hi, height, size, beyond=_beyond(values, lo, hi), task=name)
+            body = np.concatenate([coloured, bar], axis=1)
+        elif task.picture == DIRECTIONS:
+            coloured = _pad_to(task.colourise(_fit(values, height)), height)
+            body = np.concatenate([coloured, normal_key(height, size, name)], axis=1)
+        else:
+            body = _pad_to(task.colourise(_fit(values, height)), height)
+        tiles.append(titled(body, task.heading, size))
     parts = []
     for tile in tiles:
         parts.extend([tile, gap])

@@ -33,7 +33,7 @@ from mtlkd.accuracy import compare_outputs, verdict
 from mtlkd.errors import ConfigError, InferError
 from mtlkd.serve.client import HttpClient, send_half_and_close
 from mtlkd.serve.options import ServeOptions
-from mtlkd.serve.server import KIND_OF_SUFFIX, TritonServer, prepare_repository
+from mtlkd.serve.server import TritonServer, prepare_repository
 
 POOL = 16  # distinct images the clients cycle through (each with its Predictor reference)
 WARMUP = 8  # requests before timing: the stub's first calls pay for lazy initialisation
@@ -138,7 +138,7 @@ def _predictor_level(predictor: Any, images: np.ndarray, tasks: list[str], count
 def run_load_test(model: str | Path, serve: ServeOptions | None = None, options: LoadTestOptions | None = None,
                   progress: Callable[[str], None] | None = None, quiet: bool = False) -> LoadTestResult:  # fmt: skip
     """Serve `model` (a model file) on loopback, load-test it at each concurrency, stop the server."""
-    from mtlkd.export.triton import RUNTIME_BACKENDS
+    from mtlkd.export.triton import kind_of, runtime_backend
     from mtlkd.runtime import Predictor
 
     serve = (serve or ServeOptions()).check()
@@ -151,8 +151,8 @@ def run_load_test(model: str | Path, serve: ServeOptions | None = None, options:
         raise ConfigError(f"{model}: --bench takes a model file (it compares the server with the Predictor on it)")
     with tempfile.TemporaryDirectory(prefix="mtl-serve-bench-") as workspace:
         repository, (name,) = prepare_repository(model, serve, workspace, say)
-        served = next(p for p in (repository / name / "1").iterdir() if p.suffix in KIND_OF_SUFFIX)
-        backend = RUNTIME_BACKENDS[KIND_OF_SUFFIX[served.suffix]]
+        served = next(p for p in (repository / name / "1").iterdir() if kind_of(p))
+        backend = runtime_backend(kind_of(served))
         predictor = Predictor.load(served, backend=backend)
         tasks, (height, width) = predictor.tasks, predictor.input_size
         images = np.random.default_rng(0).random((POOL, 3, height, width), dtype=np.float32)

@@ -39,7 +39,6 @@ from mtlkd.errors import BackendError, ConfigError
 from mtlkd.serve.environment import ServeEnvironment, find_serve_environment
 from mtlkd.serve.options import FLAGS, ServeOptions
 
-KIND_OF_SUFFIX = {".onnx": "onnx", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
 LOADING = ("LOADING", "UNLOADING")  # states that change by themselves
 REJECTED = "REJECTED"  # a config Triton refused before loading: listed without a state, its reason only in the log
 EXIT_TIMEOUT_S = 20  # Triton's own wait for in-flight requests when told to stop (--exit-timeout-secs)
@@ -227,7 +226,7 @@ def prepare_repository(model: str | Path, options: ServeOptions, folder: str | P
     """(repository, model names) for `model`: a folder with `<name>/config.pbtxt` is that repository; a model
     file becomes `folder/<name>/` with a Python-backend model running the Predictor on a copy of it (a
     .safetensors checkpoint is exported to ONNX in `folder` first, which needs the train extra)."""
-    from mtlkd.export.triton import write_triton_model
+    from mtlkd.export.triton import kind_of, write_triton_model
 
     model = Path(model)
     if model.is_dir():
@@ -240,10 +239,12 @@ def prepare_repository(model: str | Path, options: ServeOptions, folder: str | P
         raise FileNotFoundError(f"{model}: no such model file or repository")
     if model.suffix.lower() == ".safetensors":
         model = _export_onnx(model, Path(folder) / "export", progress)
-    kind = KIND_OF_SUFFIX.get(model.suffix.lower())
+    kind = kind_of(model)
     if kind is None:
-        raise ConfigError(f"{model}: mtl-serve serves .safetensors, .onnx, OpenVINO .xml and TensorRT .engine/.plan "
-                          "files, or a Triton repository folder")
+        from mtlkd.runtime.backends import suffixes
+
+        served = [".safetensors", *(s for s in suffixes() if kind_of(f"model{s}"))]
+        raise ConfigError(f"{model}: mtl-serve serves {', '.join(served)} files, or a Triton repository folder")
     metadata = _metadata(model, kind)
     name = options.name or f"mtlkd_{kind}"
     write_triton_model(Path(folder) / "models", kind, model, metadata, name, options.max_batch_size,
@@ -253,10 +254,13 @@ def prepare_repository(model: str | Path, options: ServeOptions, folder: str | P
 
 def _metadata(model: Path, kind: str) -> dict[str, Any]:
     """The model's metadata, read as the runtime reads it (the file opened once: a bad one fails here)."""
-    if kind == "tensorrt":  # the sidecar, without a GPU
-        from mtlkd.metadata import read_engine_metadata
+    from mtlkd.export.triton import runtime_backend
+    from mtlkd.runtime.backends import backend_spec
 
-        return read_engine_metadata(model, error=BackendError)
+    if "cpu" not in backend_spec(runtime_backend(kind)).devices:  # a TensorRT engine's sidecar, without a GPU
+        from mtlkd.metadata import read_metadata
+
+        return read_metadata(model, error=BackendError)
     from mtlkd.runtime import Predictor
 
     return Predictor.load(model, device="cpu", measure=False).metadata

@@ -28,8 +28,8 @@ The dense layout (`kd_view`): a prediction B x C x H x W is a set of instances, 
   column over the rows (for the scale-invariant CS divergence and Pearson this is exactly the column of
   eq. 6; it matters only for a non-scale-invariant divergence). A batch of one image still has intra
   information for segmentation (its pixels); a single instance (one image, one channel) has none: 0.
-  An earlier form compared each column across the B images at one pixel position only: B instances per
-  column instead of B x H x W, which ignores how a class is spread over an image.
+  Comparing each column across the B images at one pixel position only (B instances per column instead
+  of B x H x W) would ignore how a class is spread over an image.
 * `regression="channel"` is the alternative reading for depth and normals: like segmentation, each
   pixel is an instance whose distribution is a softmax over the task's channels (normals: the three
   components); depth has one channel, so its softmax is constant 1 and depth gets no distillation.
@@ -44,9 +44,9 @@ import torch.nn.functional as F
 
 from mtlkd.errors import ConfigError
 from mtlkd.tasks import LOGITS, get_task
-from mtlkd.train.method_options import REGRESSION_VIEWS
 
 Divergence = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+REGRESSION_VIEWS = ("spatial", "channel")  # how depth and normals become distributions (`kd_view`)
 
 
 def cs_divergence(p: torch.Tensor, q: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:

@@ -13,54 +13,16 @@ the labelled split the true metrics come from (the student's, and each teacher's
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mtlkd.errors import ConfigError, UserError
-from mtlkd.runtime.teachers import STUDENT_DEPTH, TeacherSet, TeacherSpec, load_teachers, parse_teacher
-from mtlkd.train.run_options import TrainOptions
-
-DEFAULT_CACHE_LIMIT_GB = 20.0
-
-
-@dataclass
-class DistillRunOptions:
-    """The frames, the teachers, and the student's training (mtl-train's options; method `distill`)."""
-
-    sources: list[str]
-    teachers: list[TeacherSpec | str]
-    train: TrainOptions = field(default_factory=lambda: TrainOptions(out="runs/distill"))
-    val_data: str | None = None  # a labelled dataset (its val split) for the true metrics
-    val_dir: str | None = None
-    cache: str | None = None  # the teacher cache folder (default: $MTLKD_CACHE/teachers)
-    cache_limit_gb: float = DEFAULT_CACHE_LIMIT_GB
-    frame_step: int = 1
-    teacher_device: str | None = None  # default: cpu (cuda for TensorRT engines)
-
-    def __post_init__(self) -> None:
-        self.teachers = [parse_teacher(t) if isinstance(t, str) else t for t in self.teachers]
-        if not self.sources:
-            raise ConfigError("no SOURCE given: name image files, folders, globs or videos to distil on")
-        if not self.teachers:
-            raise ConfigError("no --teacher given; name at least one, e.g. --teacher depth=depth.onnx")
-        if not self.cache_limit_gb > 0:
-            raise ConfigError(f"--cache-limit {self.cache_limit_gb}: must be > 0 (GB)")
-        if self.frame_step < 1:
-            raise ConfigError(f"--frame-step {self.frame_step}: must be 1 or more")
-        if self.train.method != "distill" or isinstance(self.train.backbone_weights, Path):
-            weights = self.train.backbone_weights
-            self.train = dataclasses.replace(self.train, method="distill",
-                                             backbone_weights=str(weights) if weights else None)  # run.json is JSON
-        if self.train.select_fraction == 0 and not self.val_data:
-            raise ConfigError("--select-fraction 0 without --val-data leaves nothing to score the student on; hold "
-                              "frames out (the default 0.1) or give a labelled --val-data")
-        if self.train.tasks is not None:
-            raise ConfigError("the student's tasks are the teachers' tasks; drop --tasks")
+from mtlkd.runtime.teachers import STUDENT_DEPTH, TeacherSet, load_teachers
+from mtlkd.train.options import DistillRunOptions
 
 
 @dataclass

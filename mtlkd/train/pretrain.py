@@ -1,9 +1,9 @@
 """Masked-image-modelling pretraining of a ViT backbone: the stand-in for the papers' ImageNet start.
 
 All three papers start every network (multi-task, single-task, teacher, student) from one ImageNet
-checkpoint. There is no ImageNet here and nothing is downloaded, so `pretrain` makes the equivalent on
-this machine: a backbone trained on images that are not the benchmark's, with an objective that is not
-the benchmark's tasks.
+checkpoint. There is no ImageNet here and nothing is downloaded, so `pretrain` makes the equivalent
+locally: a backbone trained on images that are not the benchmark's, with an objective that is not the
+benchmark's tasks.
 
 - Objective: SimMIM (Xie et al., CVPR 2022). Patches are hidden in 2x2-patch blocks (60% of the image),
   replaced by one learned mask token before the position embedding; a linear layer reads each masked
@@ -16,8 +16,11 @@ the benchmark's tasks.
   and the wider `SceneRanges` (`WIDE`: emptier and fuller rooms, more camera angles, lenses and light),
   several times the benchmark's training set, with random resized crops, flips and colour jitter on top.
 - Output: `backbone.safetensors`, the timm ViT state dict (the keys `--backbone-weights` reads) with
-  mtlkd metadata: preset, backbone config, objective, data, epochs, final loss. Resume: `state.safetensors`
-  + `state.json` after every epoch (no pickle), like training runs.
+  mtlkd metadata: preset, backbone config, objective, data, epochs, final loss.
+- The run folder as a training's: one run per folder under the trainer's lock (`runfolder.run_lock`), each
+  epoch committed by `train.state.commit` (state.safetensors with the history in its header, then
+  state.json and history.jsonl), so a kill at any instant resumes (`resume`) after the last committed
+  epoch; a loss that becomes inf or NaN stops the run with the trainer's line (`runfolder.diverged`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,11 +44,22 @@ from mtlkd.checkpoint import save_checkpoint, write_json
 from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import ModelConfig, model_config
 from mtlkd.models.nets import build_backbone
-from mtlkd.train.run_options import PretrainOptions
-from mtlkd.train.state import STATE_FILE, STATE_JSON, commit_state, committed, optimizer_state, restore_optimizers
+from mtlkd.train.options import PretrainOptions
+from mtlkd.train.runfolder import diverged, run_lock
+from mtlkd.train.state import (
+    STATE_FILE,
+    STATE_JSON,
+    commit,
+    optimizer_state,
+    publish,
+    read_commit,
+    restore_optimizers,
+)
 from mtlkd.ui import console, progress_bar
 
 BACKBONE_FILE = "backbone.safetensors"
+OPTIONS_FILE = "pretrain.json"
+KIND = "pretraining"  # how the state's header and its errors name this run
 
 
 class SimMIM(nn.Module):
@@ -157,8 +172,17 @@ def pretraining_images(count: int, size: tuple[int, int], seed: int, cache: Path
 
 
 def pretrain(options: PretrainOptions) -> Path:
-    """Run (or resume) SimMIM pretraining; returns the path of the backbone checkpoint."""
+    """Run (or, with `resume`, continue) SimMIM pretraining in `options.out`, locked for the whole run;
+    returns the path of the backbone checkpoint."""
     out = Path(options.out)
+    with run_lock(out):
+        from mtlkd.files import clean_stale_temporaries
+
+        clean_stale_temporaries(out)  # what a killed run left half-written (under the lock: none is ours)
+        return _pretrain(options, out)
+
+
+def _pretrain(options: PretrainOptions, out: Path) -> Path:
     config = model_config(options.preset, img_size=options.img_size)
     backbone_json = config.to_dict()["backbone"]
     size = config.img_size
@@ -166,6 +190,9 @@ def pretrain(options: PretrainOptions) -> Path:
     patch = patch_of(config)
     if size[0] % patch or size[1] % patch:
         raise ConfigError(f"--img-size {size[0]}x{size[1]}: not a multiple of the {patch}-pixel patches")
+    if not options.resume and any((out / name).exists() for name in (BACKBONE_FILE, STATE_FILE, STATE_JSON)):
+        raise ConfigError(f"--out {out}: holds a pretraining run already; continue it with --resume or pass "
+                          "another --out")
     from mtlkd.train.trainer import resolve_device
 
     device = resolve_device(options.device)
@@ -181,25 +208,20 @@ def pretrain(options: PretrainOptions) -> Path:
         start, history = _load_state(out, model, optimizer, scheduler)
         if not options.quiet:
             console.print(f"resuming {out} after epoch {start}")
-    elif any((out / name).exists() for name in (BACKBONE_FILE, STATE_FILE, STATE_JSON)):
-        raise ConfigError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another "
-                          "--out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "pretrain.json", asdict(options) | {"backbone": backbone_json})
+    write_json(out / OPTIONS_FILE, asdict(options) | {"backbone": backbone_json})
     grid = tuple(model.backbone.grid)
     for epoch in range(start, options.epochs):
         generator = torch.Generator().manual_seed(options.seed * 100003 + epoch)
-        order = torch.randperm(len(images), generator=generator)
         model.train()
         total, started = 0.0, time.perf_counter()
         with progress_bar("img", transient=True, quiet=options.quiet) as bar:
             job = bar.add_task(f"pretrain {epoch + 1}/{options.epochs}", total=steps * options.batch_size, info="")
-            for step in range(steps):
-                index = order[step * options.batch_size : (step + 1) * options.batch_size]
-                batch = images[index].permute(0, 3, 1, 2).float() / 255.0
+            for step, batch in enumerate(_batches(images, options.batch_size, steps, generator)):
                 batch = augment(batch, generator).to(device)
                 mask = block_mask(len(batch), grid, options.mask_ratio, options.mask_block, generator).to(device)
                 loss = model(batch, mask)
+                if not torch.isfinite(loss):
+                    raise diverged(loss.item(), epoch, step, options)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -221,31 +243,41 @@ def pretrain(options: PretrainOptions) -> Path:
     return path
 
 
+def _batches(images: torch.Tensor, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch's batches (B x 3 x H x W floats in [0, 1]) in an order drawn from `generator`."""
+    order = torch.randperm(len(images), generator=generator)
+    for step in range(steps):
+        index = order[step * batch_size : (step + 1) * batch_size]
+        yield images[index].permute(0, 3, 1, 2).float() / 255.0
+
+
 def _save_state(out: Path, model: nn.Module, optimizer, scheduler, epochs_done: int, history: list) -> None:
-    """Like a training run's state (mtlkd.train.state): one rename commits the tensors with the scalars and
-    the history in their header; state.json is a readable copy."""
+    """Commit epoch `epochs_done` as a training commits its epochs (`train.state.commit`)."""
     optim_tensors, scalars, groups = optimizer_state([optimizer])
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | optim_tensors
     meta = {"epochs_done": epochs_done, "history": history, "optim_scalars": scalars, "param_groups": groups,
             "scheduler": scheduler.state_dict()}
-    commit_state(out / STATE_FILE, tensors, meta, kind="pretraining")
-    write_json(out / STATE_JSON, meta)
+    commit(out, tensors, meta, kind=KIND)
 
 
 def _load_state(out: Path, model: nn.Module, optimizer, scheduler) -> tuple[int, list]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(out / STATE_FILE), device=str(next(model.parameters()).device))
-    meta = committed(out)  # the commit itself; a state from before commits carried it: its state.json
-    if meta is None:
+    """Restore the last commit; returns (epochs done, history). Rewrites the readable copies from it, which
+    finishes a commit a kill interrupted."""
+    tensors, meta = read_commit(out, KIND, device=str(next(model.parameters()).device))
+    if meta is None:  # a state from before commits carried their scalars: its state.json holds them
         try:
             meta = json.loads((out / STATE_JSON).read_text())
-        except json.JSONDecodeError as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{out / STATE_JSON}: corrupt pretraining state ({exc}); start again in a new "
                                   "--out") from None
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    restore_optimizers([optimizer], tensors, meta["optim_scalars"], meta["param_groups"])
-    scheduler.load_state_dict(meta["scheduler"])
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        restore_optimizers([optimizer], tensors, meta["optim_scalars"], meta["param_groups"])
+        scheduler.load_state_dict(meta["scheduler"])
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
+        raise CheckpointError(f"{out / STATE_FILE}: the saved state does not fit these options ({exc!s:.200}); "
+                              f"resume with the run's own options (see {out / OPTIONS_FILE})") from None
+    publish(out, meta)
     return meta["epochs_done"], meta["history"]
 
 

@@ -1,5 +1,5 @@
-"""Run folders are never destroyed by accident: what a training may write into, one lock per folder, the
-options a run was started with, and the checks on options that would otherwise fail deep in the loop.
+"""Run folders are never destroyed by accident: what a training may write into, one lock per folder, and the
+options a run was started with (the options' own checks are `TrainOptions.check`, mtlkd.train.options).
 
 * Training into a folder that already holds a run (saved state, checkpoints, metrics or history) is
   refused unless it continues it (`resume`) or replaces it (`overwrite`, which deletes the files a
@@ -18,25 +18,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtlkd.errors import ConfigError, UserError
+from mtlkd.errors import UserError
 
 LOCK_FILE = ".lock"
 # What a training writes: the files `overwrite` deletes, and those that mean "a run lives here".
 RUN_FILES = ("run.json", "history.jsonl", "state.json", "state.safetensors", "metrics.json", "last_metrics.json",
              "selection.json", "curves.png", "task_weights.png", "mtl_vs_stl.png", "omega.png")
 RUN_MARKERS = ("state.json", "metrics.json", "history.jsonl")
-
-
-# AdamW moves every weight by about lr each step whatever the gradient's scale: above 1, weights of scale 0.02
-# to 1 jump past their own size every step and overflow float32 within a few; that is divergence, not a run.
-MAX_LR = 1.0
-MAX_SEED = 2**32 - 1  # numpy's and torch's common range; the trainer derives per-epoch seeds from it
 
 
 def diverged(loss: float, epoch: int, step: int, options: Any) -> UserError:
@@ -148,66 +141,6 @@ def saved_options(out: Path) -> dict[str, Any]:
         raise UserError(f"{path}: corrupt run options (not a JSON object)")
     saved.pop("config", None)
     return saved
-
-
-def check_options(options: Any) -> None:
-    """Options that would crash or silently misbehave later, refused before anything is read or written."""
-    def bad(option: str, value: Any, want: str) -> UserError:
-        return UserError(f"--{option} {value}: {want}")
-
-    if not isinstance(options.batch_size, int) or options.batch_size < 1:
-        raise bad("batch-size", options.batch_size, "must be 1 or more")
-    if not isinstance(options.epochs, int) or options.epochs < 1:
-        raise bad("epochs", options.epochs, "must be 1 or more")
-    if not (isinstance(options.lr, int | float) and math.isfinite(options.lr) and 0 < options.lr <= MAX_LR):
-        raise bad("lr", options.lr, f"the learning rate must be a number in (0, {MAX_LR:g}], e.g. 1e-3")
-    for option, seed in (("seed", options.seed), ("select-seed", getattr(options, "select_seed", 0))):
-        if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
-            raise bad(option, seed, f"a seed is a whole number from 0 to {MAX_SEED}")
-    if not (math.isfinite(options.weight_decay) and options.weight_decay >= 0):
-        raise bad("weight-decay", options.weight_decay, "must be 0 or more")
-    if options.workers < 0:
-        raise bad("workers", options.workers, "must be 0 or more")
-    if options.max_steps_per_epoch is not None and options.max_steps_per_epoch < 1:
-        raise bad("max-steps", options.max_steps_per_epoch, "must be 1 or more")
-    fraction = getattr(options, "select_fraction", 0.0)
-    if not (math.isfinite(fraction) and 0 <= fraction < 1):
-        raise bad("select-fraction", fraction, "must be in [0, 1)")
-    if options.img_size is not None and (len(options.img_size) != 2 or min(options.img_size) < 8):
-        raise bad("img-size", "x".join(map(str, options.img_size)), "expected HxW of at least 8x8, e.g. 96x128")
-    from mtlkd.metadata import MAX_SIDE
-
-    if options.img_size is not None and max(options.img_size) > MAX_SIDE:  # before 20 GB are allocated for it
-        raise bad("img-size", "x".join(map(str, options.img_size)), f"at most {MAX_SIDE} pixels a side (the "
-                  f"largest network input a model file may record)")
-    if options.device not in ("auto", "cpu", "cuda") and not str(options.device).startswith("cuda:"):
-        raise bad("device", options.device, "use auto, cpu or cuda")
-    _check_inputs_outside_run(options)
-    method = getattr(options, "method", None)
-    if method is not None:  # the method and its options, before any data is read (torch-free)
-        from mtlkd.train.method_options import METHOD_OPTIONS
-        from mtlkd.train.options import parse_options
-
-        if method not in METHOD_OPTIONS:
-            raise ConfigError(f"--method {method}: unknown method; known methods: {', '.join(METHOD_OPTIONS)}")
-        parse_options(METHOD_OPTIONS[method], options.method_options, f"--method {method}")
-
-
-def _check_inputs_outside_run(options: Any) -> None:
-    """A training writes (and `--overwrite` deletes) its files and every *.safetensors in --out: backbone
-    weights kept there would be replaced, and a dataset --out points into would get a run mixed into it."""
-    from mtlkd.files import lands_on_input, resolved
-
-    out = resolved(options.out)
-    weights = getattr(options, "backbone_weights", None)
-    if weights and resolved(weights).parent == out and (Path(weights).suffix == ".safetensors"
-                                                        or Path(weights).name in RUN_FILES):
-        raise UserError(f"--backbone-weights {weights}: lies in --out {options.out}, whose checkpoints the run "
-                        f"writes (and --overwrite deletes); move it out of the run folder or pass another --out")
-    data_dir = getattr(options, "data_dir", None)
-    if data_dir and lands_on_input(out, folders=[data_dir]):
-        raise UserError(f"--out {options.out}: is inside --data-dir {data_dir}; a run mixed into a dataset "
-                        f"folder is read as part of it; pass another --out")
 
 
 def resumed_options(cls: type, out: Path, given: Any, explicit: set[str], may_differ: set[str]) -> Any:

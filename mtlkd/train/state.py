@@ -1,12 +1,14 @@
-"""Resumable training state: every tensor (networks, method extras, optimiser moments) in one
-safetensors file, every scalar (optimiser groups, schedule, epoch, best scores) in JSON. No pickle.
+"""Resumable state of a training or a pretraining run: every tensor (networks, method extras, optimiser
+moments) in one safetensors file, every scalar (optimiser groups, schedule, epoch, best scores) in JSON.
+No pickle.
 
-One epoch commits as a whole with one rename: state.safetensors carries its tensors and, in its header, the
-scalars and the history up to that epoch. state.json and history.jsonl are readable copies written after
-it; a kill before they are written (or while they are) is finished by `load` on resume, which rewrites both
-from the committed file. So a kill at any instant resumes after the last committed epoch, with every epoch
-once in the history. Checkpoints of networks an epoch improved are written before its commit: a kill before
-the commit repeats that epoch, which (seeded per epoch) writes the same bytes again."""
+One epoch commits as a whole with one rename (`commit`): state.safetensors carries its tensors and, in its
+header, the scalars and the history up to that epoch. state.json and history.jsonl are readable copies
+written after it (`publish`); a kill before they are written (or while they are) is finished on resume,
+which rewrites both from the committed file (`read_commit`, then `publish`). So a kill at any instant
+resumes after the last committed epoch, with every epoch once in the history. Files an epoch writes before
+its commit (checkpoints of networks it improved) are written again, to the same bytes, when a kill before
+the commit makes the resumed run repeat that epoch (every epoch is seeded on its own)."""
 
 from __future__ import annotations
 
@@ -84,7 +86,13 @@ def save(out: Path, method, optimizers: list, scheduler, epochs_done: int, selec
         "scheduler": scheduler.state_dict(),
         "history": history,
     }
-    commit_state(out / STATE_FILE, tensors, meta)
+    commit(out, tensors, meta)
+
+
+def commit(out: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], kind: str = "training") -> None:
+    """Commit one epoch: `tensors` with `meta` (its scalars and the whole history) in one rename, then the
+    readable copies. `kind` ("training", "pretraining") is recorded in the header and named in errors."""
+    commit_state(out / STATE_FILE, tensors, meta, kind)
     publish(out, meta)
 
 
@@ -101,7 +109,7 @@ def commit_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
     atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=header))
 
 
-def committed(out: Path) -> dict[str, Any] | None:
+def committed(out: Path, kind: str = "training") -> dict[str, Any] | None:
     """The scalars and history of the last committed epoch (from STATE_FILE's header), or None without a
     state, or for a state written before commits carried them (its state.json holds them then)."""
     from safetensors import safe_open
@@ -114,8 +122,21 @@ def committed(out: Path) -> dict[str, Any] | None:
             raw = (f.metadata() or {}).get(STATE_HEADER)
         return json.loads(raw) if raw is not None else None
     except Exception as exc:  # noqa: BLE001  safetensors raises its own types for a damaged file
-        raise CheckpointError(f"{path}: corrupt training state ({_first_line(exc)}); train again into a new "
+        raise CheckpointError(f"{path}: corrupt {kind} state ({_first_line(exc)}); start again in a new "
                               f"--out") from None
+
+
+def read_commit(out: Path, kind: str = "training", device: str = "cpu") -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, Any] | None]:
+    """The tensors of the last commit on `device`, and its scalars and history (None for a state written
+    before commits carried them); a damaged file is one CheckpointError line."""
+    state_file = out / STATE_FILE
+    try:
+        tensors = load_file(str(state_file), device=device)
+    except Exception as exc:  # noqa: BLE001  safetensors raises its own types for a damaged file
+        raise CheckpointError(f"{state_file}: corrupt {kind} state ({_first_line(exc)}); start again in a new "
+                              f"--out") from None
+    return tensors, committed(out, kind)
 
 
 def committed_history(out: Path) -> list[dict[str, Any]]:
@@ -136,12 +157,7 @@ def load(out: Path, method, optimizers: list, scheduler) -> tuple[int, dict]:
     """Restore everything `save` wrote; returns (epochs done, the epoch selection's state). A damaged state,
     or one of another method or other options, is one ValueError naming the file."""
     state_file, state_json = out / STATE_FILE, out / STATE_JSON
-    try:
-        tensors = load_file(str(state_file))
-    except Exception as exc:  # noqa: BLE001  safetensors raises its own types for a damaged file
-        raise CheckpointError(f"{state_file}: corrupt training state ({_first_line(exc)}); train again into a new "
-                         f"--out") from None
-    meta = committed(out)
+    tensors, meta = read_commit(out)
     if meta is None:  # a state from before commits carried their scalars: they are in state.json
         try:
             meta = json.loads(state_json.read_text())

@@ -22,13 +22,12 @@ from mtlkd.data import open_dataset
 from mtlkd.errors import ConfigError
 from mtlkd.eval.evaluate import metric_arrays
 from mtlkd.models import model_config
-from mtlkd.tasks import get_task, parse_tasks
+from mtlkd.tasks import TASKS, get_task, parse_tasks
 from mtlkd.train import state as train_state
-from mtlkd.train.methods import create_method
-from mtlkd.train.methods.base import MethodContext, Trained, forward, task_losses, unwrap
-from mtlkd.train.options import options_to_json
-from mtlkd.train.run_options import TrainOptions
-from mtlkd.train.runfolder import check_options, check_run_folder, clear_run, diverged, run_lock
+from mtlkd.train.methods import create_method, parse_method_options
+from mtlkd.train.methods.base import MethodContext, MethodOptions, Trained, forward, task_losses, unwrap
+from mtlkd.train.options import TrainOptions
+from mtlkd.train.runfolder import check_run_folder, clear_run, diverged, run_lock
 from mtlkd.train.selection import EpochSelector, holdout_split
 from mtlkd.ui import console, progress_bar
 
@@ -79,11 +78,12 @@ def open_run_data(options: TrainOptions) -> RunData:
     eval_set = open_dataset(options.dataset, options.data_dir, "val", options.tasks, augment=False)
     train_ids, select_ids = holdout_split(len(full_train), options.select_fraction, options.select_seed)
     tasks = parse_tasks(options.tasks, available=list(full_train.tasks))
+    classes = any(get_task(t).has_classes for t in tasks)
     return RunData(
         train=Subset(full_train, train_ids),
         select=Subset(open_dataset(options.dataset, options.data_dir, "train", options.tasks), select_ids),
-        evaluate=eval_set, tasks=tasks, num_classes=full_train.num_classes if "seg" in tasks else None,
-        class_names=list(full_train.class_names) if "seg" in tasks else None,
+        evaluate=eval_set, tasks=tasks, num_classes=full_train.num_classes if classes else None,
+        class_names=list(full_train.class_names) if classes else None,
     )
 
 
@@ -93,16 +93,16 @@ def train(options: TrainOptions, data: Callable[[TrainOptions], RunData] | None 
     Options are checked first; a folder holding a run is refused unless `resume` or `overwrite`, and the
     folder is locked for the whole run (mtlkd.train.runfolder). `data`: opens what to train on instead of
     `options.dataset`, called inside the lock (mtl-distill's teacher pass and targets)."""
-    check_options(options)
+    method_options = parse_method_options(options.check().method, options.method_options)
     if int(os.environ.get("RANK", "0")) != 0:
-        return _train(options, data=data)
+        return _train(options, method_options, data=data)
     out = Path(options.out)
     with run_lock(out):
         stale = check_run_folder(out, options.resume, options.overwrite)
-        return _train(options, stale, data)
+        return _train(options, method_options, stale, data)
 
 
-def _train(options: TrainOptions, stale: list[Path] | None = None,
+def _train(options: TrainOptions, method_options: MethodOptions, stale: list[Path] | None = None,
            data: Callable[[TrainOptions], RunData] | None = None) -> Path:
     device = resolve_device(options.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -123,7 +123,7 @@ def _train(options: TrainOptions, stale: list[Path] | None = None,
     ctx = MethodContext(
         config=config, tasks=tasks, num_classes=config.num_classes,
         class_names=list(config.class_names) if config.class_names else None,
-        device=device, options=dict(options.method_options), epochs=options.epochs, steps_per_epoch=steps,
+        device=device, options=method_options, epochs=options.epochs, steps_per_epoch=steps,
         backbone_weights=options.backbone_weights, teachers=run_data.teachers, seed=options.seed,
     )
     method = create_method(options.method, ctx).to(device)
@@ -146,7 +146,7 @@ def _train(options: TrainOptions, stale: list[Path] | None = None,
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.jsonl").write_text("")
     if dinfo.main:
-        write_json(out / "run.json", asdict(options) | {"method_options": options_to_json(method.options),
+        write_json(out / "run.json", asdict(options) | {"method_options": method.method_options.to_json(),
                                                         "config": config.to_dict()})
     selector = EpochSelector(selection)
 
@@ -328,10 +328,5 @@ def _print_epoch(record: dict) -> None:
     parts = [f"epoch {record['epoch']}", f"loss {record['train']['loss']:.4f}", f"{record['train_seconds']:.1f}s"]
     for name, result in record.get("val", {}).items():  # nothing held out (--select-fraction 0): no val
         m = result["metrics"]
-        if "seg" in m:
-            parts.append(f"{name} mIoU {m['seg']['miou']:.1f}")
-        if "depth" in m:
-            parts.append(f"{name} depth abs {m['depth']['abs_err']:.3f}")
-        if "normal" in m:
-            parts.append(f"{name} normal mean {m['normal']['mean']:.1f}°")
+        parts += [f"{name} {TASKS[t].progress.format(**m[t])}" for t in TASKS if t in m and TASKS[t].progress]
     console.print("  ".join(parts))

@@ -7,43 +7,72 @@ summing to the number of tasks K, as the papers define them (UW's exp(-s_k) do n
 
 Names: equal (the MTL baseline), dwa, uw, gradnorm, rlw (the baselines of the OKD paper's tables) and
 otw (OKD's own, which needs the single-task losses: `combine(mtl_losses, reference=stl_losses)`).
+
+A weighting is registered once, on its class: `@register_weighting(NAME, help=...)`, with `Options` its
+dataclass of options (`option(default, help)` per field). That makes it a `--task-weighting` choice of
+every method that has one, its fields `mtl-train` flags, and its options part of run.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from mtlkd.errors import ConfigError
-from mtlkd.train.method_options import DWAOptions, GradNormOptions, OTWOptions
-from mtlkd.train.options import NoOptions, parse_options
+from mtlkd.train.options import NoOptions, Options, option, parse_options
 
 WEIGHTINGS: dict[str, type[Weighting]] = {}
 
 
-def register_weighting(name: str):
+def register_weighting(name: str, help: str):
+    """Make the class a `--task-weighting NAME` choice, with `help` as its line in `mtl-train --help`; its
+    `Options` dataclass gives its flags."""
+
     def wrap(cls):
-        cls.name = name
+        if name in WEIGHTINGS:
+            raise ValueError(f"task weighting {name!r} is registered twice")  # a bug, not user input
+        cls.name, cls.help = name, help
         WEIGHTINGS[name] = cls
         return cls
 
     return wrap
 
 
+def weighting_names() -> tuple[str, ...]:
+    return tuple(WEIGHTINGS)
+
+
+def weighting_choices() -> dict[str, str]:
+    """Name -> one-line help of every weighting: the `--task-weighting` choices as `mtl-train --help` shows them."""
+    return {name: cls.help for name, cls in WEIGHTINGS.items()}
+
+
+def weighting_class(name: str) -> type[Weighting]:
+    if name not in WEIGHTINGS:
+        raise ConfigError(f"--task-weighting {name}: unknown task weighting; known: {', '.join(WEIGHTINGS)}")
+    return WEIGHTINGS[name]
+
+
+def create_weighting(name: str, tasks: list[str], options: Any = None) -> Weighting:
+    """`options`: the weighting's own options, a mapping or its Options."""
+    return weighting_class(name)(tasks, options)
+
+
 class Weighting(nn.Module):
     """Base class. `Options` is the dataclass of the weighting's own options (none by default)."""
 
     name = "base"
+    help = ""
     Options: ClassVar[type] = NoOptions
     needs_reference = False  # True: combine() needs the single-task losses (only OKD has them)
 
     def __init__(self, tasks: list[str], options: Any = None):
         super().__init__()
         self.tasks = list(tasks)
-        self.options = parse_options(self.Options, own_options(self.Options, options), f"--task-weighting {self.name}")
+        self.options = parse_options(self.Options, options, f"--task-weighting {self.name}")
 
     def combine(self, losses: dict[str, torch.Tensor], shared: list[nn.Parameter] | None = None,
                 **context: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -56,7 +85,7 @@ class Weighting(nn.Module):
         """Called after each optimiser step (GradNorm renormalises here)."""
 
 
-@register_weighting("equal")
+@register_weighting("equal", help="every task weight 1 (the MTL baseline)")
 class EqualWeighting(Weighting):
     """The MTL baseline: every task weight 1."""
 
@@ -81,7 +110,12 @@ def _floats(tasks: list[str], weights: torch.Tensor) -> dict[str, float]:
     return {t: float(w) for t, w in zip(tasks, weights.detach().float().cpu().tolist(), strict=True)}
 
 
-@register_weighting("dwa")
+@dataclass
+class DWAOptions(Options):
+    dwa_temperature: float = option(2.0, "DWA's softmax temperature T (Liu et al.: 2).", metavar="T", positive=True)
+
+
+@register_weighting("dwa", help="Dynamic Weight Average, from the ratio of each task's last two epoch losses")
 class DynamicWeightAverage(Weighting):
     """Dynamic Weight Average (Liu et al., MTAN, CVPR 2019):
 
@@ -121,7 +155,7 @@ class DynamicWeightAverage(Weighting):
             self.weights.copy_(len(self.tasks) * torch.softmax(ratio / self.temperature, dim=0))
 
 
-@register_weighting("uw")
+@register_weighting("uw", help="uncertainty weighting, learned log-variances (Kendall et al.)")
 class UncertaintyWeighting(Weighting):
     """Homoscedastic uncertainty weighting (Kendall et al., CVPR 2018) in LibMTL's form, the one the
     weighting baselines of the tables are usually run with:
@@ -154,7 +188,13 @@ def last_shared_weight(shared: list[nn.Parameter]) -> nn.Parameter:
     return matrices[-1]
 
 
-@register_weighting("gradnorm")
+@dataclass
+class GradNormOptions(Options):
+    gradnorm_alpha: float = option(1.5, "GradNorm's asymmetry alpha (Chen et al.'s NYUv2 value: 1.5).",
+                                   metavar="ALPHA")
+
+
+@register_weighting("gradnorm", help="GradNorm, learned weights that balance the tasks' gradient norms")
 class GradNorm(Weighting):
     """GradNorm (Chen et al., ICML 2018), alpha = 1.5 (`gradnorm_alpha`).
 
@@ -214,7 +254,7 @@ class GradNorm(Weighting):
             self.weights.mul_(len(self.tasks) / self.weights.sum())
 
 
-@register_weighting("rlw")
+@register_weighting("rlw", help="Random Loss Weighting, a softmax of a normal sample each step")
 class RandomLossWeighting(Weighting):
     """Random Loss Weighting (Lin, Ye and Zhang, 2021): at every step the weights are a softmax of a
     standard-normal sample, drawn from torch's global generator (seeded by the trainer, so a run repeats).
@@ -228,7 +268,13 @@ class RandomLossWeighting(Weighting):
         return sum(dev[i] * losses[t] for i, t in enumerate(self.tasks)), _floats(self.tasks, weights)
 
 
-@register_weighting("otw")
+@dataclass
+class OTWOptions(Options):
+    otw_temperature: float = option(0.1, "OKD's online task weighting temperature T (the paper: 0.1).",
+                                    metavar="T", positive=True)
+
+
+@register_weighting("otw", help="OKD's online task weighting, from the multi- to single-task loss ratios")
 class OnlineTaskWeighting(Weighting):
     """Online task weighting of OKD (Jacob et al., WACV 2023, eq. 3):
 
@@ -259,20 +305,3 @@ class OnlineTaskWeighting(Weighting):
         ref = losses[self.tasks[0]]
         dev = weights.to(dtype=ref.dtype)
         return sum(dev[i] * losses[t] for i, t in enumerate(self.tasks)), _floats(self.tasks, weights)
-
-
-def create_weighting(name: str, tasks: list[str], options: Any = None) -> Weighting:
-    """`options`: the weighting's own options (a mapping or its Options), or a method's options holding
-    them among others (then only the weighting's fields are read)."""
-    if name not in WEIGHTINGS:
-        raise ConfigError(f"unknown task weighting {name!r}; known: {', '.join(WEIGHTINGS)}")
-    return WEIGHTINGS[name](tasks, options)
-
-
-def own_options(cls: type, options: Any) -> Any:
-    """From a method's options (which hold every weighting's fields), the fields of `cls`; a mapping or an
-    instance of `cls` as it is."""
-    if options is None or isinstance(options, cls | dict):
-        return options
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name in names}

@@ -1,4 +1,4 @@
-"""The house vocabulary in every command: help without type placeholders, `--json [PATH|-]` read the same way,
+"""The shared flags of every command: help without type placeholders, `--json [PATH|-]` read the same way,
 and an unwritable `--json PATH` refused in one line before any work."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_help_shows_metavars_never_type_placeholders(module, words):
     assert not PLACEHOLDER.findall(result.output), PLACEHOLDER.findall(result.output)
 
 
-def test_every_cli_module_loads_the_house_help():
+def test_every_cli_module_loads_the_shared_help():
     """The help fix lives in mtlkd.cli.common; a console script that did not import it would show `<bool>`
     again (the in-process test above cannot see that, since another module imported it first)."""
     for path in sorted(CLI.glob("*.py")):
@@ -61,7 +61,7 @@ def test_report_json_dash_prints_json_on_stdout(tmp_path):
     for name in ("base", "run"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
-    # through the parser HouseCommand applies (CliRunner calls it too): `-` is the value of --json
+    # through the parser MtlCommand applies (CliRunner calls it too): `-` is the value of --json
     result = runner.invoke(app, [str(tmp_path / "run"), "--baseline", str(tmp_path / "base"), "--json", "-"])
     assert result.exit_code == 0, result.output
     assert "rows" in json.loads(result.stdout)
@@ -104,7 +104,7 @@ def test_commands_refuse_an_unwritable_json_before_work(tmp_path, module, args):
     ("mtlkd.cli.pretrain", ["--img-size", "96by128"]),
     ("mtlkd.cli.train", ["synthetic", "--img-size", "4x4"]),
 ])
-def test_img_size_is_read_by_the_one_house_parser(module, words):
+def test_img_size_is_read_by_the_one_shared_parser(module, words):
     """mtl-train and mtl-pretrain read --img-size with cli.common.parse_hw like every other command."""
     result = runner.invoke(importlib.import_module(module).app, words)
     assert result.exit_code == 2, result.output

@@ -1,4 +1,4 @@
-"""The house vocabulary of mtl-infer and mtl-eval: help without typer's type placeholders (`--json [PATH]` and
+"""The shared flags of mtl-infer and mtl-eval: help without typer's type placeholders (`--json [PATH]` and
 stdout are tested with the commands, tests/runtime/test_infer_cli.py and tests/eval/test_evaluate_model.py)."""
 
 from __future__ import annotations

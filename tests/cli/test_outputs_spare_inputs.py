@@ -70,8 +70,7 @@ def test_a_link_to_an_input_is_the_input(tmp_path):
 
 
 def test_training_refuses_backbone_weights_inside_its_run_folder(tmp_path):
-    from mtlkd.train.run_options import TrainOptions
-    from mtlkd.train.runfolder import check_options
+    from mtlkd.train.options import TrainOptions
 
     weights = tmp_path / "run" / "model.safetensors"
     weights.parent.mkdir()
@@ -79,10 +78,10 @@ def test_training_refuses_backbone_weights_inside_its_run_folder(tmp_path):
     options = TrainOptions(dataset="synthetic", out=str(tmp_path / "run"), backbone_weights=str(weights),
                            overwrite=True)
     with pytest.raises(ValueError, match="backbone-weights"):
-        check_options(options)
+        options.check()
     options = TrainOptions(dataset="synthetic", out=str(tmp_path / "data" / "run"), data_dir=str(tmp_path / "data"))
     with pytest.raises(ValueError, match="inside --data-dir"):
-        check_options(options)
+        options.check()
 
 
 def test_a_killed_runs_hidden_temporaries_are_not_read_as_inputs(tmp_path):

@@ -20,7 +20,7 @@ from mtlkd.metadata import (
     engine_sidecar_text,
     read_checkpoint_metadata,
     read_engine_metadata,
-    read_metadata,
+    read_model_file_metadata,
     read_onnx_metadata,
     read_openvino_metadata,
     schema_version,
@@ -80,7 +80,8 @@ def test_onnx_metadata_round_trip_and_the_runtime_reads_the_same(tmp_path):
 
     path = _onnx(tmp_path / "m.onnx", {**META, "precision": "fp32"})
     meta = read_onnx_metadata(path)
-    assert meta == read_metadata(path) and meta["schema_version"] == SCHEMA_VERSION and meta["precision"] == "fp32"
+    assert meta == read_model_file_metadata(path)
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["precision"] == "fp32"
     assert load_backend("onnxruntime", path).metadata == meta
     import onnx
 
@@ -103,7 +104,7 @@ def test_openvino_metadata_round_trip_and_the_runtime_reads_the_same(tmp_path):
     ov.save_model(model, str(xml))
     meta = read_openvino_metadata(xml)
     assert meta["format"] == "openvino-ir" and meta["schema_version"] == SCHEMA_VERSION
-    assert read_metadata(xml) == meta and load_backend("openvino", xml).metadata == meta
+    assert read_model_file_metadata(xml) == meta and load_backend("openvino", xml).metadata == meta
 
 
 def test_engine_sidecar_round_trip_in_both_layouts(tmp_path):
@@ -113,7 +114,7 @@ def test_engine_sidecar_round_trip_in_both_layouts(tmp_path):
         read_engine_metadata(engine)
     engine_sidecar(engine).write_text(engine_sidecar_text(META))
     meta = read_engine_metadata(engine)
-    assert meta["schema_version"] == SCHEMA_VERSION and read_metadata(engine) == meta
+    assert meta["schema_version"] == SCHEMA_VERSION and read_model_file_metadata(engine) == meta
     engine_sidecar(engine).write_text(json.dumps({METADATA_KEY: json.dumps(META)}))  # metadata as nested JSON text
     assert read_engine_metadata(engine)["tasks"] == META["tasks"] and schema_version(read_engine_metadata(engine)) == 1
 
@@ -121,9 +122,9 @@ def test_engine_sidecar_round_trip_in_both_layouts(tmp_path):
 def test_read_metadata_refuses_other_files(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"x")
     with pytest.raises(MetadataError, match="unknown model file type"):
-        read_metadata(tmp_path / "model.pt")
+        read_model_file_metadata(tmp_path / "model.pt")
     with pytest.raises(MetadataError, match="no such model file"):
-        read_metadata(tmp_path / "missing.onnx")
+        read_model_file_metadata(tmp_path / "missing.onnx")
 
 
 def test_versions_come_from_the_installed_packages():
@@ -140,8 +141,8 @@ def test_reading_needs_no_torch(tmp_path):
     checkpoint = _checkpoint(tmp_path / "m.safetensors", checkpoint_header(META))
     graph = _onnx(tmp_path / "m.onnx", META)
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from mtlkd.metadata import read_metadata\n"
-            f"a = read_metadata({str(checkpoint)!r}); b = read_metadata({str(graph)!r})\n"
+            "from mtlkd.metadata import read_model_file_metadata\n"
+            f"a = read_model_file_metadata({str(checkpoint)!r}); b = read_model_file_metadata({str(graph)!r})\n"
             "assert a['tasks'] == b['tasks'] == ['seg'], (a, b)\n"
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from mtlkd.checkpoint import model_metadata, save_checkpoint
 from mtlkd.errors import ConfigError, ExportError
-from mtlkd.export.pipeline import DEFAULT_NAMES, ExportOptions, export_model, flag_message
+from mtlkd.export.pipeline import DEFAULT_NAMES, ExportOptions, export_model
 from mtlkd.files import sha256_of
-from mtlkd.metadata import SCHEMA_VERSION, read_metadata
+from mtlkd.metadata import SCHEMA_VERSION, read_model_file_metadata
 from mtlkd.models import create_model, preset_config
 
 TASKS = ["seg", "depth", "normal"]
@@ -53,7 +53,7 @@ def test_export_model_writes_checks_and_reports(checkpoint, tmp_path):
     assert (out / "openvino" / "model.fp16.bin").is_file()
     assert json.loads(result.report.read_text()) == json.loads(json.dumps(result.to_dict()))
     assert len(lines) == 1 + len(result.checks) and lines[0].startswith("exporting")
-    meta = read_metadata(out / "model.fp16.onnx")
+    meta = read_model_file_metadata(out / "model.fp16.onnx")
     assert meta["tasks"] == ["seg", "depth"] and meta["precision"] == "fp16"
     assert meta["schema_version"] == SCHEMA_VERSION and meta["source_sha256"] == sha256_of(checkpoint)
     assert meta["output_stride"] == 8 and not _building(tmp_path)  # the heads' grid by default
@@ -70,7 +70,7 @@ def test_benchmark_call_own_names_no_checks_and_reuse(config, tmp_path):
     assert {a.key: a.path for a in first.artifacts} == {k: tmp_path / v for k, v in names.items()}
     assert not first.checks and not any(a.reused for a in first.artifacts)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["net.int8-abc.onnx", "net.onnx"]
-    stored = read_metadata(tmp_path / names["onnx.int8"])["quantization"]["calibration"]
+    stored = read_model_file_metadata(tmp_path / names["onnx.int8"])["quantization"]["calibration"]
     assert stored == {"method": "minmax", "images": 4, "source": "4 test images"}
     stamps = {k: (tmp_path / v).stat().st_mtime_ns for k, v in names.items()}
     again = export_model((net, config), tmp_path, options)
@@ -81,20 +81,37 @@ def test_benchmark_call_own_names_no_checks_and_reuse(config, tmp_path):
         stamps["onnx"]
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"precisions": ["int4"]}, "precisions"), ({"formats": ["tflite"]}, "formats"), ({"opset": 11}, "opset"),
-    ({"names": {"onnx": "../model.onnx"}}, "names"), ({"names": {"model": "m.onnx"}}, "names"),
-    ({"precisions": ["fp32", "int8"], "triton": Path("repo")}, "triton"), ({"calib_data": Path(".")}, "calib_data"),
-    ({"tasks": ["seg", "seg"]}, "tasks"), ({"batch_profile": "2,4,8"}, "batch_profile"),
-    ({"precisions": ["fp16", "fp16"]}, "precisions"),
+@pytest.mark.parametrize("overrides, named", [
+    ({"precisions": ["int4"]}, "--precision int4:"), ({"formats": ["tflite"]}, "ExportOptions.formats tflite:"),
+    ({"opset": 11}, "--opset 11:"), ({"names": {"onnx": "../model.onnx"}}, "ExportOptions.names ../model.onnx:"),
+    ({"names": {"model": "m.onnx"}}, "ExportOptions.names model:"),
+    ({"precisions": ["fp32", "int8"], "triton": Path("repo")}, "--triton repo:"),
+    ({"calib_data": Path(".")}, "--calib-data .:"), ({"calib_data": Path("no-such"), "precisions": ["int8"]},
+                                                     "--calib-data no-such:"),
+    ({"tasks": ["seg", "seg"]}, "--tasks seg,seg:"), ({"batch_profile": "2,4,8"}, "--batch-size 2,4,8:"),
+    ({"precisions": ["fp16", "fp16"]}, "--precision fp16,fp16:"), ({"triton_backend": "grpc"}, "--triton-backend"),
+    ({"workspace_mb": 0}, "--workspace 0:"), ({"device": "tpu"}, "--device tpu:"),
 ])  # fmt: skip
-def test_bad_options_name_the_option_before_anything_is_built(config, tmp_path, overrides, field):
+def test_bad_options_name_the_flag_before_anything_is_built(config, tmp_path, overrides, named):
+    """Each option names the mtl-export flag that sets it (Python-only ones as ExportOptions.<field>), in one
+    line, whether it is refused when the options are made or when the export starts."""
     out = tmp_path / "out"
     with pytest.raises(ConfigError) as info:
         export_model((create_model(config), config), out, **overrides)
-    assert info.value.option == field and "\n" not in str(info.value) and str(info.value).startswith(field)
-    assert flag_message(info.value, {field: "--flag"}).startswith("--flag ")
+    assert str(info.value).startswith(named) and "\n" not in str(info.value)
     assert not out.exists() and not _building(tmp_path)
+
+
+def test_every_flag_an_option_names_is_a_flag_of_mtl_export():
+    import dataclasses
+
+    from typer.main import get_command
+
+    from mtlkd.cli.export import app
+
+    spelled = {opt for param in get_command(app).params for opt in param.opts}
+    named = {f.metadata["flag"] for f in dataclasses.fields(ExportOptions) if f.metadata.get("flag")}
+    assert named and named <= spelled, named - spelled
 
 
 @pytest.mark.numerics
@@ -108,7 +125,7 @@ def test_low_resolution_export_records_its_stride_and_is_checked_at_that_size(co
     result = export_model((net, config), tmp_path / "low", full_resolution=False, tasks=["seg", "depth"])
     stride = net.output_stride
     assert stride > 1 and net.full_resolution is True  # switched for the export only
-    meta = read_metadata(result.path("onnx"))
+    meta = read_model_file_metadata(result.path("onnx"))
     assert meta["output_stride"] == stride
     session = ort.InferenceSession(str(result.path("onnx")), providers=["CPUExecutionProvider"])
     seg, depth = session.run(["seg", "depth"], {"image": np.zeros((2, 3, 32, 32), np.float32)})
@@ -116,7 +133,7 @@ def test_low_resolution_export_records_its_stride_and_is_checked_at_that_size(co
     assert result.ok and all(c.ok for c in result.checks)  # PyTorch's reference was taken at the same size
     assert output_dims(meta) == {"seg": [3, 32 // stride, 32 // stride], "depth": [1, 32 // stride, 32 // stride]}
     full = export_model((net, config), tmp_path / "full", tasks=["seg"], validate=False, full_resolution=True)
-    assert "output_stride" not in read_metadata(full.path("onnx"))
+    assert "output_stride" not in read_model_file_metadata(full.path("onnx"))
 
 
 def test_a_network_without_the_switch_is_refused_at_low_resolution(config, tmp_path):

@@ -80,9 +80,9 @@ def test_depth_colours_are_one_range_for_the_whole_run(tmp_path, monkeypatch):
     seen: list[tuple[float, float] | None] = []
     real = visualize.depth_image
 
-    def recording(depth, with_bar=True, value_range=None):
+    def recording(depth, with_bar=True, value_range=None, **task):
         seen.append(value_range)
-        return real(depth, with_bar, value_range)
+        return real(depth, with_bar, value_range, **task)
 
     monkeypatch.setattr(visualize, "depth_image", recording)
     result = infer(FakePredictor(), [tmp_path / "in"], tmp_path / "out", InferOptions(**QUIET))

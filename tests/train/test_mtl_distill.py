@@ -38,7 +38,7 @@ def world(tmp_path_factory):
 
 def distill_options(world, out: Path, **train):
     from mtlkd.train.distill_run import DistillRunOptions
-    from mtlkd.train.run_options import TrainOptions
+    from mtlkd.train.options import TrainOptions
 
     base = dict(out=str(out), preset="vit-nano", img_size=[32, 32], epochs=2, batch_size=4, seed=1, device="cpu",
                 quiet=True)

@@ -181,7 +181,7 @@ def test_step_logs_and_otw_weights_follow_eq3_from_the_logged_losses():
 
 def test_warmup_is_counted_in_steps_of_the_schedule():
     from mtlkd.errors import ConfigError
-    from mtlkd.train.method_options import OKDOptions
+    from mtlkd.train.methods.okd import OKDOptions
 
     paper = OKDOptions()
     assert paper.warmup == 5 / 200

@@ -133,11 +133,46 @@ def test_another_input_size_and_quiet(tmp_path, cache, capsys):
         _options(tmp_path / "small", img_size=(4, 48))
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="forks the killed run")
-def test_a_kill_between_the_state_and_its_json_resumes_exactly(tmp_path, cache, monkeypatch):
-    """The pretraining state commits as a training's does (mtlkd.train.state): SIGKILL after epoch 2's tensors
-    are in place but before state.json is rewritten still resumes after epoch 2, not 1 (issue 20, case 4)."""
+def test_a_second_pretraining_into_a_locked_folder_is_one_line(tmp_path, cache):
+    """The trainer's lock: one run per folder, refused before any scene is rendered."""
+    from mtlkd.errors import UserError
+    from mtlkd.train.runfolder import run_lock
+
+    out = tmp_path / "pt"
+    with run_lock(out), pytest.raises(UserError, match="is writing into this folder") as info:
+        pretrain(_options(out, epochs=1))
+    assert "\n" not in str(info.value) and not (tmp_path / "cache").exists()
+
+
+def test_a_damaged_state_is_one_line_naming_it(tmp_path, cache):
+    from mtlkd.errors import CheckpointError
+
+    out = tmp_path / "pt"
+    pretrain(_options(out, epochs=1))
+    (out / "state.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="state.safetensors: corrupt pretraining state") as info:
+        pretrain(_options(out, epochs=2, resume=True))
+    assert "\n" not in str(info.value)
+
+
+def _pretraining_result(out) -> dict:
+    import json
+
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    for record in history:
+        record.pop("seconds")  # a wall-clock time, the one thing a repeat may change
+    return {"tensors": {name: load_file(str(out / name)) for name in ("state.safetensors", "backbone.safetensors")},
+            "history": history, "state": json.loads((out / "state.json").read_text())}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="forks the killed runs")
+def test_a_kill_at_every_file_operation_resumes_exactly(tmp_path, cache, monkeypatch):
+    """Pretraining commits as a training does (mtlkd.train.state): SIGKILL before any file operation, from
+    pretrain.json to the last picture, then `--resume`, ends with the bytes of an uninterrupted run and
+    every epoch once in its history."""
+    import dataclasses
     import os
+    import signal
     from pathlib import Path
 
     from train_helpers import killed_at_each
@@ -146,11 +181,24 @@ def test_a_kill_between_the_state_and_its_json_resumes_exactly(tmp_path, cache, 
 
     seen: list[tuple[str, str]] = []
     monkeypatch.setattr(mtlkd.files, "file_operation_hook", lambda op, path: seen.append((op, Path(path).name)))
-    straight = pretrain(_options(tmp_path / "a", epochs=3))
+    reference = _options(tmp_path / "straight", images=8, epochs=2, quiet=True, device="cpu")
+    pretrain(reference)
     monkeypatch.setattr(mtlkd.files, "file_operation_hook", None)
-    index = [i for i, step in enumerate(seen) if step == ("create", "state.json")][1]  # epoch 2's copy
-    [status] = killed_at_each(pretrain, [(_options(tmp_path / "b", epochs=3), index)])
-    assert os.WIFSIGNALED(status)
-    resumed = pretrain(_options(tmp_path / "b", epochs=3, resume=True))
-    a, b = load_file(str(straight)), load_file(str(resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    expected = _pretraining_result(tmp_path / "straight")
+    assert [r["epoch"] for r in expected["history"]] == [1, 2]
+    names = {name for _, name in seen}
+    assert {"pretrain.json", "state.safetensors", "state.json", "history.jsonl", "backbone.safetensors",
+            "pretrain.png"} <= names, names
+    runs = [dataclasses.replace(reference, out=str(tmp_path / f"kill{index}")) for index in range(len(seen))]
+    statuses = killed_at_each(pretrain, [(run, index) for index, run in enumerate(runs)])
+    for index, (run, status) in enumerate(zip(runs, statuses, strict=True)):
+        where = f"killed before {seen[index]}"
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, where
+        pretrain(dataclasses.replace(run, resume=True))
+        out = Path(run.out)
+        got = _pretraining_result(out)
+        assert [p.name for p in out.iterdir() if ".tmp" in p.name] == [], where  # the killed writer's are gone
+        assert got["history"] == expected["history"] and got["state"] == expected["state"], where
+        for file, tensors in expected["tensors"].items():
+            assert got["tensors"][file].keys() == tensors.keys(), (where, file)
+            assert all(torch.equal(got["tensors"][file][k], v) for k, v in tensors.items()), (where, file)

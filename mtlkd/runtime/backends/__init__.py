@@ -8,43 +8,45 @@
 * `run(batch, tasks) -> {task: array}`: `batch` is float32 N x 3 x H x W RGB in [0, 1] at `input_size`;
   the result holds the raw network outputs (N x C x H x W float32) for exactly the requested tasks.
 
-Engine modules are imported only when their backend is asked for, so that nothing here imports torch,
-onnxruntime, openvino or tensorrt at import time. `available(name, device)` answers "could this backend
-run here" from installed packages alone (it never imports them).
+A backend module also has `available(device)` (could it run here; the engine may be imported), and, when
+its spec says `foreign`, `load_foreign(path, teacher, device, threads)` for files without mtlkd metadata.
+
+What each backend is (suffixes, packages, install hint, devices, GPU rank, benchmark paths) is its
+`BackendSpec` in `registry.py`, the one place a backend is named; a new backend is its module here plus one
+`register_backend` entry there. Engine modules are imported only when their backend is asked for, so that
+nothing here imports torch, onnxruntime, openvino or tensorrt at import time. `available(name, device)`
+answers "could this backend run here" from installed packages and the spec's devices (it imports the
+engine only when both allow it).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mtlkd.errors import BackendError, BackendUnavailable
+from mtlkd.runtime.backends.registry import (  # noqa: F401  (the backends' public vocabulary)
+    BACKENDS,
+    BackendSpec,
+    BenchPrecision,
+    BenchVariant,
+    backend_names,
+    backend_spec,
+    backends_for,
+    default_device,
+    file_types,
+    gpu_order,
+    install_hint,
+    installed,
+    register_backend,
+    suffixes,
+    unregister_backend,
+    version_distributions,
+)
 from mtlkd.runtime.cpu import physical_cores  # noqa: F401  (the backends' default thread count)
-
-MODULES = {
-    "torch": "mtlkd.runtime.backends.torch_backend",
-    "onnxruntime": "mtlkd.runtime.backends.onnxruntime_backend",
-    "openvino": "mtlkd.runtime.backends.openvino_backend",
-    "tensorrt": "mtlkd.runtime.backends.tensorrt_backend",
-}
-BACKEND_NAMES = tuple(MODULES)
-
-# Which backends can open which file, in order of preference when nothing has been measured.
-SUFFIXES: dict[str, tuple[str, ...]] = {
-    ".safetensors": ("torch",),
-    ".onnx": ("onnxruntime", "openvino"),
-    ".xml": ("openvino",),
-    ".engine": ("tensorrt",),
-    ".plan": ("tensorrt",),
-}
-
-# The Python package each backend needs (checked with find_spec, i.e. without importing it).
-PACKAGES = {"torch": ("torch", "timm"), "onnxruntime": ("onnxruntime",), "openvino": ("openvino",),
-            "tensorrt": ("tensorrt",)}
 
 
 class Backend:
@@ -86,52 +88,25 @@ class Backend:
         return f"<{type(self).__name__} {self.path.name} on {self.device}: {', '.join(self.tasks)}>"
 
 
-def backends_for(path: str | Path) -> tuple[str, ...]:
-    """The backends able to open this file, from its suffix."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise BackendError(
-            f"{path}: unknown model file type {suffix or '(none)'}; pass a .safetensors checkpoint, an .onnx "
-            f"file, an OpenVINO .xml or a TensorRT .engine"
-        )
-    return SUFFIXES[suffix]
-
-
-def installed(name: str) -> bool:
-    """Whether the backend's packages are installed (without importing them)."""
-    if name not in PACKAGES:
-        raise BackendError(f"unknown backend {name!r}; known: {', '.join(BACKEND_NAMES)}")
-    return all(importlib.util.find_spec(pkg) is not None for pkg in PACKAGES[name])
-
-
 def module(name: str):
-    if name not in MODULES:
-        raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKEND_NAMES)}")
-    return importlib.import_module(MODULES[name])
+    """The backend's module (imported now: the engine package itself only inside its functions)."""
+    return importlib.import_module(backend_spec(name).module)
 
 
 def available(name: str, device: str = "cpu") -> bool:
     """Whether `name` can run on `device` here: its packages are installed and it supports the device.
     Imports the engine package (not torch, unless `name` is torch) when it is installed."""
-    return installed(name) and module(name).available(device)
+    return device in backend_spec(name).devices and installed(name) and module(name).available(device)
 
 
 def load_backend(name: str, path: str | Path, device: str = "cpu", **options: Any) -> Backend:
     """Open `path` with backend `name`; raises BackendUnavailable with an install hint when it cannot run."""
-    if name not in backends_for(path):
-        raise BackendError(f"{path}: the {name} backend cannot open {Path(path).suffix} files; "
-                           f"use {' or '.join(backends_for(path))}")
+    able = backends_for(path)
+    if name not in able:
+        backend_spec(name)  # an unknown name says so
+        raise BackendError(f"{path}: the {name} backend cannot open {Path(path).suffix} files; use {' or '.join(able)}")
     if not Path(path).is_file():
         raise BackendError(f"{path}: no such model file")
     if not installed(name):
-        raise BackendUnavailable(f"the {name} backend is not installed ({INSTALL_HINTS[name]})")
+        raise BackendUnavailable(f"the {name} backend is not installed ({install_hint(name)})")
     return module(name).load(path, device=device, **options)
-
-
-INSTALL_HINTS = {
-    "torch": "pip install 'mtlkd[train]'",
-    "onnxruntime": "pip install onnxruntime, or onnxruntime-gpu for CUDA",
-    "openvino": "pip install openvino",
-    "tensorrt": "pip install 'mtlkd[gpu]' (tensorrt and cuda-python); needs an NVIDIA GPU",
-}
-

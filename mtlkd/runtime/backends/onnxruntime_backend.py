@@ -62,8 +62,8 @@ class OnnxRuntimeBackend(Backend):
 
 def session_options(threads: int | None = None, spinning: bool = False) -> Any:
     """Session options; `spinning=False` stops the intra-op threads busy-waiting after each run, which
-    otherwise steal the cores from the pre/postprocessing that follows (measured on a 2-core machine:
-    median predict 27-37 ms without spinning vs 55-71 ms with it, vit-micro at 480x640)."""
+    otherwise steal the cores from the pre/postprocessing that follows (on a machine with few cores a
+    spinning session can make each predict about twice as slow)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -140,3 +140,28 @@ def check_cuda_session(session: Any, path: str | Path) -> None:
             f"CUDA or cuDNN libraries did not load (see onnxruntime's log; onnxruntime-gpu needs the CUDA and "
             f"cuDNN versions it was built for); use --device cpu"
         )
+
+
+def load_foreign(path: Path, spec: Any, device: str, threads: int | None) -> Any:
+    """A foreign .onnx (no mtlkd metadata) with the TeacherSpec's settings (`mtlkd.runtime.foreign`)."""
+    from mtlkd.runtime.foreign import ForeignBackend
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable("a foreign ONNX teacher needs onnxruntime (pip install onnxruntime)") from None
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # ORT raises its own types for unreadable files
+        raise BackendError(f"{path}: onnxruntime cannot open it ({str(exc).splitlines()[0]})") from None
+    if device == "cuda":
+        check_cuda_session(session, path)
+    first = session.get_inputs()[0]
+
+    def run_graph(batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        return session.run(outputs, {first.name: batch})
+
+    backend = ForeignBackend(path, device, spec, run_graph, list(first.shape), [o.name for o in session.get_outputs()])
+    backend.name = OnnxRuntimeBackend.name
+    return backend

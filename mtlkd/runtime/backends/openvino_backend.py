@@ -5,8 +5,8 @@ The model is read once; it is compiled lazily for each (set of requested tasks, 
 * only the requested heads are compiled: a sub-model whose results are the requested outputs, so the
   other heads are not computed at all (OpenVINO otherwise runs every result of a compiled model);
 * the batch dimension is made static, which lets the CPU plugin pick static-shape kernels (a few % faster
-  than the dynamic-batch graph). A compile costs 0.2-0.5 s and is cached; a video or a folder of images
-  uses one shape, so that happens once.
+  than the dynamic-batch graph). A compile takes far longer than a call, so it is cached per shape; a
+  video or a folder of images uses one shape, so that happens once.
 
 Each compiled model keeps one infer request that is reused for every call. Compile options: the
 performance hint (`hint`, default LATENCY: one stream, all cores on one request; THROUGHPUT suits many
@@ -151,3 +151,35 @@ def openvino_cause(exc: BaseException) -> str:
               or ln == lines[-1]]
     text = "; ".join(useful or lines) or type(exc).__name__
     return text if len(text) <= 400 else text[:397] + "..."
+
+
+def load_foreign(path: Path, spec: Any, device: str, threads: int | None) -> Any:
+    """A foreign .onnx or .xml (no mtlkd metadata) with the TeacherSpec's settings (`mtlkd.runtime.foreign`)."""
+    from mtlkd.runtime.foreign import ForeignBackend
+
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailable("a foreign OpenVINO teacher needs openvino (pip install openvino)") from None
+    if device == "cuda":
+        raise BackendUnavailable("OpenVINO does not run on CUDA GPUs; use --device cpu")
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+    except RuntimeError as exc:
+        raise BackendError(f"{path}: OpenVINO cannot read it ({str(exc).splitlines()[0][:200]})") from None
+    # f32 as mtlkd's OpenVINO backend: the CPU plugin otherwise computes in bf16 where the CPU has it
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+              **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})}
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    names = [port.get_any_name() for port in compiled.outputs]
+    shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
+
+    def run_graph(batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        results = request.infer({0: batch})
+        return [results[compiled.output(name)] for name in outputs]
+
+    backend = ForeignBackend(path, device, spec, run_graph, shape, names)
+    backend.name = OpenVinoBackend.name
+    return backend

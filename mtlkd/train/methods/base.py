@@ -2,6 +2,9 @@
 
 A method owns its networks and its losses; the trainer owns the loop, optimiser, schedule,
 checkpoints, logging and distribution. So a new method is one small class, not a copy of a loop.
+
+A method's options are parsed once (`Method.read_options`): its own `Options` dataclass and, for a
+method with a task weighting, the chosen weighting's; flat in run.json and on the command line.
 """
 
 from __future__ import annotations
@@ -20,9 +23,30 @@ from mtlkd.errors import ConfigError
 from mtlkd.models import create_model, input_size, load_model
 from mtlkd.models.config import ModelConfig, as_model_config
 from mtlkd.tasks import get_task
-from mtlkd.train.method_options import WeightingOptions
-from mtlkd.train.options import NoOptions, parse_options
-from mtlkd.train.weighting import create_weighting
+from mtlkd.train.options import NoOptions, Options, flag, option, options_to_json, parse_options
+from mtlkd.train.weighting import WEIGHTINGS, EqualWeighting, create_weighting, weighting_choices, weighting_class
+
+
+@dataclass
+class WeightingOptions(Options):
+    """The options of a method with a task weighting (StudentMethod): which one. The chosen weighting's own
+    options come beside these (`MethodOptions.weighting`); a method sets its own default choice by
+    redeclaring `task_weighting`."""
+
+    task_weighting: str = option(EqualWeighting.name, "How the task losses are combined:",
+                                 choices=weighting_choices, metavar="NAME")
+
+
+@dataclass
+class MethodOptions:
+    """A method's options, parsed once: its own dataclass, and for a method with a task weighting the
+    chosen weighting's; `to_json` is what run.json stores (one flat mapping, as the flags are)."""
+
+    method: Any
+    weighting: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        return options_to_json(self.method) | ({} if self.weighting is None else options_to_json(self.weighting))
 
 
 @dataclass
@@ -34,7 +58,7 @@ class MethodContext:
     num_classes: int | None
     class_names: list[str] | None
     device: torch.device
-    options: Any = field(default_factory=dict)  # the method's Options, or a mapping of them
+    options: Any = field(default_factory=dict)  # MethodOptions, the method's Options, or one flat mapping
     epochs: int = 1
     steps_per_epoch: int = 1
     backbone_weights: str | None = None
@@ -120,14 +144,22 @@ class Method:
     they train in `networks()`; the rest has sensible defaults."""
 
     name = "base"
+    help = ""
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
-        self.options = parse_options(self.Options, ctx.options, f"--method {self.name}")
+        self.method_options = self.read_options(ctx.options)
+        self.options = self.method_options.method
         self.tasks = list(ctx.tasks)
         self.nets = nn.ModuleDict()
         self.extra = nn.ModuleDict()  # non-network trainable state (task weights, omega, adaptors)
+
+    @classmethod
+    def read_options(cls, values: Any) -> MethodOptions:
+        """The method's options from one flat mapping (run.json, the CLI, a test) or an instance of its
+        Options; parsed once: a MethodOptions is taken as it is."""
+        return _parse_method_options(cls, values)
 
     # -- what the trainer asks of a method ------------------------------------------------------------
     def networks(self) -> dict[str, Trained]:
@@ -188,7 +220,7 @@ class Method:
 class StudentMethod(Method):
     """A method that trains one multi-task network (`self.student`, saved as model.safetensors) on its task
     losses combined by a task weighting, plus whatever a subclass adds (distillation terms, other
-    networks). Its Options derive from WeightingOptions, which carries the weighting's choice and options."""
+    networks). Its Options derive from WeightingOptions, which carries the weighting's choice."""
 
     Options: ClassVar[type] = WeightingOptions
     arch = "mtl"  # the student's architecture
@@ -196,11 +228,8 @@ class StudentMethod(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        weighting = create_weighting(self.options.task_weighting, self.tasks, self.options)
-        if weighting.needs_reference and not self.provides_reference:
-            raise ConfigError(f"--task-weighting {weighting.name} needs single-task losses, which "
-                              f"--method {self.name} does not train: use --method okd")
-        self.extra["weighting"] = weighting
+        self.extra["weighting"] = create_weighting(self.options.task_weighting, self.tasks,
+                                                   self.method_options.weighting)
         self.nets["mtl"] = ctx.create_network(ctx.network_config(self.arch), "mtl")
 
     @property
@@ -219,3 +248,44 @@ class StudentMethod(Method):
 
     def networks(self) -> dict[str, Trained]:
         return {"mtl": Trained(self.student, self.tasks, "model", headline=True)}
+
+
+def _parse_method_options(cls: type[Method], values: Any) -> MethodOptions:
+    """The options of the method class `cls` from one flat mapping (run.json, the CLI, a test) or an
+    instance of its Options. A key is refused unless `cls.Options` or the chosen weighting declares it;
+    another weighting's option is refused unless it is at its default (run.json of runs that stored
+    every weighting's options)."""
+    where = f"--method {cls.name}"
+    if isinstance(values, MethodOptions):
+        return values
+    if dataclasses.is_dataclass(values):
+        values = options_to_json(values)
+    values = dict(values or {})
+    if not issubclass(cls.Options, WeightingOptions):
+        return MethodOptions(parse_options(cls.Options, values, where))
+    own_fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    chosen = values.get("task_weighting") or own_fields["task_weighting"].default
+    weighting = weighting_class(chosen)
+    if weighting.needs_reference and not getattr(cls, "provides_reference", False):
+        providers = ", ".join(sorted(f"--method {c.name}" for c in _subclasses(StudentMethod)
+                                     if c.provides_reference and "name" in vars(c)))  # registered on the class
+        raise ConfigError(f"--task-weighting {chosen} needs single-task losses, which {where} does not train: "
+                          f"use {providers or 'another task weighting'}")
+    weighting_fields = {f.name for f in dataclasses.fields(weighting.Options)}
+    others = {f.name: f.default for w in WEIGHTINGS.values() for f in dataclasses.fields(w.Options)}
+    for name in sorted(set(values) - set(own_fields) - weighting_fields):
+        if name not in others:
+            known = ", ".join(flag(n) for n in [*own_fields, *sorted(weighting_fields)])
+            raise ConfigError(f"{where}: unknown option {flag(name)}; its options: {known}")
+        if values[name] is not None and values[name] != others[name]:
+            raise ConfigError(f"{flag(name)} applies to another task weighting than {chosen}; drop it or pass "
+                              "--task-weighting accordingly")
+    return MethodOptions(parse_options(cls.Options, {k: v for k, v in values.items() if k in own_fields}, where),
+                         parse_options(weighting.Options, {k: v for k, v in values.items() if k in weighting_fields},
+                                       f"--task-weighting {chosen}"))
+
+
+def _subclasses(cls: type) -> set[type]:
+    """Every class deriving from `cls`, at any depth."""
+    found = set(cls.__subclasses__())
+    return found.union(*(_subclasses(c) for c in list(found)))

@@ -5,17 +5,18 @@ and the loss compares L2-normalised features (eq. 3-5):
 
     L = sum_t w_t L_t  +  sum_t lambda_t || A_t(f_mtl) / ||.|| - f_t / ||.|| ||^2
 
-Defaults, with where they come from (line numbers of the paper's text in /work/shared/papers):
+Defaults, with where in the KD-MTL paper they come from:
 
-* w_t uniform (kd4mtl-adaptors.txt 556-557); `task_weighting` may replace it.
-* lambda_t (`kd_weights`): seg 1, depth 1, normal 2, the paper's NYUv2 values (561-562; any other task 1).
-  For Cityscapes the paper used seg 2, depth 6 (659-660): pass --kd-weights seg=2,depth=6.
+* w_t uniform (section 4.3, "Results on NYU-V2"); `task_weighting` may replace it.
+* lambda_t (`kd_weights`): seg 1, depth 1, normal 2, the paper's NYUv2 values (same paragraph; any other
+  task 1). For Cityscapes the paper used seg 2, depth 6 ("Results on Cityscapes"): pass
+  --kd-weights seg=2,depth=6.
 * `kd_layers`: last (the last shared block: how the OKD paper, whose tables mtlkd reproduces, describes
-  and re-implements KD-MTL, okd-mtl-wacv2023.txt 53 and 215; best on Cityscapes and SVHN & Omniglot,
-  kd4mtl 679-680) or mid+last (the middle and the last block: the paper's NYUv2 setting, Table 4,
-  kd4mtl 641-657). The middle block of n is block (n - 1) // 2 (0-based): 5 of 12, 1 of 4.
+  and re-implements KD-MTL in its section 2 and Table 5; best on Cityscapes and SVHN & Omniglot in the
+  KD-MTL paper's ablation, section 4.4) or mid+last (the middle and the last block: the paper's NYUv2
+  setting, Table 4). The middle block of n is block (n - 1) // 2 (0-based): 5 of 12, 1 of 4.
 * adaptors' optimiser (`adaptor_optimizer`): `own` (default) is the paper's and the authors' code's: a
-  separate Adam at a constant learning rate of 0.1 with weight decay 5e-4 (kd4mtl-adaptors.txt 554-556),
+  separate Adam at a constant learning rate of 0.1 with weight decay 5e-4 ("Results on NYU-V2"),
   stepped with the network's optimiser but outside its schedule. `shared` puts the adaptors into the
   trainer's AdamW + OneCycle as their own group peaking at `adaptor_lr` (default 1000 x the network's
   peak, the paper's ratio 0.1 / 1e-4).
@@ -29,6 +30,8 @@ resized to the student's.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +43,39 @@ from mtlkd.checkpoint import read_metadata
 from mtlkd.errors import CheckpointError, ConfigError
 from mtlkd.models import input_size
 from mtlkd.train.distill import normalized_feature_loss
-from mtlkd.train.method_options import (
-    ADAPTOR_LR_RATIO,
-    PAPER_ADAPTOR_LR,
-    PAPER_ADAPTOR_WEIGHT_DECAY,
-    PAPER_KD_WEIGHTS,
-    KDMTLOptions,
-)
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import MethodContext, StudentMethod, load_frozen, unwrap
-from mtlkd.train.options import parse_options
+from mtlkd.train.methods.base import MethodContext, StudentMethod, WeightingOptions, load_frozen, unwrap
+from mtlkd.train.options import option
+
+PAPER_KD_WEIGHTS = {"seg": 1.0, "depth": 1.0, "normal": 2.0}
+KD_LAYERS = ("last", "mid+last")
+# The paper's adaptor / network learning-rate ratio: 0.1 / 1e-4 with Adam ("Results on NYU-V2").
+# By default the adaptors' peak lr is this ratio times the network's (1.0 at our default 1e-3). The adaptor
+# output is L2-normalised, so the loss does not depend on the adaptor's scale and Adam-type updates stay
+# stable at such rates, while an adaptor lr near the network's fits the adaptors too slowly for a short run.
+ADAPTOR_LR_RATIO = 1000.0
+ADAPTOR_OPTIMIZERS = ("own", "shared")
+PAPER_ADAPTOR_LR = 0.1
+PAPER_ADAPTOR_WEIGHT_DECAY = 5e-4
+
+
+@dataclass
+class KDMTLOptions(WeightingOptions):
+    """KD-MTL's options with the paper's defaults (Li and Bilen, ECCV-W 2020)."""
+
+    teachers: tuple[str, ...] = option((), "Frozen single-task teachers: stl_<task>.safetensors files or the run "
+                                       "folder of an stl run.", metavar="PATH")
+    kd_layers: str = option("last", "Distilled blocks: last (the OKD paper's reading) or mid+last (NYUv2, Table 4).",
+                            choices=KD_LAYERS, metavar="LAYERS")
+    kd_weights: dict[str, float] = option(
+        help="Per-task distillation weights lambda_t as task=w pairs; tasks not named keep the paper's NYUv2 "
+        f"values ({','.join(f'{t}={w:g}' for t, w in PAPER_KD_WEIGHTS.items())}).", metavar="TASK=W,...",
+        factory=dict)
+    adaptor_optimizer: str = option("own", f"own: the paper's Adam at a constant {PAPER_ADAPTOR_LR:g}, weight decay "
+                                    f"{PAPER_ADAPTOR_WEIGHT_DECAY:g}; shared: a group of the network's AdamW + "
+                                    "OneCycle.", choices=ADAPTOR_OPTIMIZERS, metavar="WHICH")
+    adaptor_lr: float | None = option(None, f"Adaptor learning rate (own: {PAPER_ADAPTOR_LR:g}; shared: peak, "
+                                      f"{ADAPTOR_LR_RATIO:g} x --lr).", metavar="LR")
 
 
 class FeatureAdaptor(nn.Module):
@@ -139,19 +165,20 @@ def align_to(teacher: torch.Tensor, student: torch.Tensor, teacher_grid: tuple[i
     return maps.flatten(2).transpose(1, 2)
 
 
-@register_method("kd-mtl")
+@register_method("kd-mtl", help="frozen single-task teachers through feature adaptors (Li and Bilen)")
 class KDMTLMethod(StudentMethod):
     Options = KDMTLOptions
 
     def __init__(self, ctx: MethodContext):
-        options = parse_options(KDMTLOptions, ctx.options, "--method kd-mtl")
+        parsed = self.read_options(ctx.options)  # parsed once: super().__init__ takes them as they are
+        options = parsed.method
         unknown = [t for t in options.kd_weights if t not in ctx.tasks]
         if unknown:
             raise ConfigError(f"--kd-weights names {', '.join(unknown)}, not trained here ({', '.join(ctx.tasks)})")
         # Frozen teachers first (a missing one is the likeliest mistake): a plain dict, outside self.nets (the
         # optimiser and DDP never see them).
         teacher_paths = find_teachers(list(options.teachers), list(ctx.tasks))
-        super().__init__(ctx)
+        super().__init__(dataclasses.replace(ctx, options=parsed))
         self.kd_layers = options.kd_layers
         self.kd_weights = {t: float(options.kd_weights.get(t, PAPER_KD_WEIGHTS.get(t, 1.0))) for t in self.tasks}
         self.adaptor_lr_option = options.adaptor_lr

@@ -4,40 +4,61 @@ plus intra-task (each channel across the batch, eq. 6):
 
     L_total = alpha * L_mt + beta * sum_tasks (L_inter + L_intra)          (eq. 7, 9)
 
-Defaults from the paper's "Loss weights" paragraph (kdam-cauchy-schwarz-kd.txt line 145): alpha = beta = 1
+Defaults from the paper's "Loss weights" paragraph (section 4.1, Experiment setup): alpha = beta = 1
 for KDAM and for plain KD, and T = 3 (the only temperature the paper states, the plain-KD default, which we
 use for KDAM too: its T for KDAM is searched per teacher-student pair and not reported). `kd`: cs (KDAM), kl (plain KD:
 T^2 KL on the instance distributions, no intra term, as Hinton's KD) or dist (DIST; T = 1 by default,
 DIST's own default). How depth and normals get distributions: see mtlkd.train.distill.
 
-Options: KDAMOptions (mtlkd.train.method_options): teacher (checkpoint path, or a run folder holding
+Options: KDAMOptions (below): teacher (checkpoint path, or a run folder holding
 model.safetensors), kd, alpha, beta, kd_temperature, task_weighting (the lambda_n of eq. 8; default equal),
 regression_kd (spatial, default, or channel: how depth and normals become distributions).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mtlkd.errors import CheckpointError, ConfigError
-from mtlkd.train.distill import task_kd_loss
-from mtlkd.train.method_options import KD_LOSSES_DEFAULT_TEMPERATURE, KDAMOptions
+from mtlkd.train.distill import REGRESSION_VIEWS, task_kd_loss
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import MethodContext, StudentMethod, forward, load_frozen, unwrap
-from mtlkd.train.options import parse_options
+from mtlkd.train.methods.base import MethodContext, StudentMethod, WeightingOptions, forward, load_frozen, unwrap
+from mtlkd.train.options import option
+
+KD_LOSSES_DEFAULT_TEMPERATURE = {"cs": 3.0, "kl": 3.0, "dist": 1.0}
 
 
-@register_method("kdam")
+@dataclass
+class KDAMOptions(WeightingOptions):
+    """KDAM's options with the paper's defaults ("Loss weights", section 4.1)."""
+
+    teacher: str | None = option(None, "The trained multi-task teacher: its model.safetensors or run folder.",
+                                 metavar="PATH")
+    kd: str = option("cs", "Distillation loss: cs (KDAM's Cauchy-Schwarz), kl (plain KD) or dist (DIST).",
+                     choices=tuple(KD_LOSSES_DEFAULT_TEMPERATURE), metavar="LOSS")
+    alpha: float = option(1.0, "Weight of the multi-task loss (the paper: 1).", metavar="W")
+    beta: float = option(1.0, "Weight of the distillation loss (the paper: 1).", metavar="W")
+    kd_temperature: float | None = option(
+        None, "Softening temperature T (" + ", ".join(f"{k}: {v:g}" for k, v in KD_LOSSES_DEFAULT_TEMPERATURE.items())
+        + "; the paper states 3 for plain KD only).", metavar="T", positive=True)
+    regression_kd: str = option("spatial", "How depth and normals become distributions (mtlkd.train.distill).",
+                                choices=REGRESSION_VIEWS, metavar="VIEW")
+
+
+@register_method("kdam", help="a trained multi-task teacher, Cauchy-Schwarz divergence (Xu et al.)")
 class KDAMMethod(StudentMethod):
     Options = KDAMOptions
 
     def __init__(self, ctx: MethodContext):
-        options = parse_options(KDAMOptions, ctx.options, "--method kdam")
-        teacher_path = _teacher_file(options.teacher)
-        super().__init__(ctx)
+        parsed = self.read_options(ctx.options)  # parsed once: super().__init__ takes them as they are
+        options = parsed.method
+        teacher_path = _teacher_file(options.teacher)  # before any network is built: the likeliest mistake
+        super().__init__(dataclasses.replace(ctx, options=parsed))
         self.kd = options.kd
         self.alpha = options.alpha
         self.beta = options.beta

@@ -13,7 +13,7 @@ from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import StudentMethod, unwrap
 
 
-@register_method("mtl")
+@register_method("mtl", help="one backbone, one head per task, a task weighting")
 class MultiTaskMethod(StudentMethod):
     arch = "mtl"
 
@@ -22,7 +22,7 @@ class MultiTaskMethod(StudentMethod):
         return total, {"mtl_loss": {t: v.item() for t, v in losses.items()}, "task_weights": weights}
 
 
-@register_method("cross-stitch")
+@register_method("cross-stitch", help="one backbone per task, mixed after every block (Misra et al.)")
 class CrossStitchMethod(MultiTaskMethod):
     arch = "cross_stitch"
 

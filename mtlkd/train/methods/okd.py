@@ -22,16 +22,55 @@ The single-task networks are kept: they are validated as `stl_<task>` and saved 
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from mtlkd.errors import ConfigError
-from mtlkd.train.method_options import AFD_VARIANTS, OKDOptions
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import MethodContext, StudentMethod, Trained, forward, task_losses, unwrap
+from mtlkd.train.methods.base import (
+    MethodContext,
+    StudentMethod,
+    Trained,
+    WeightingOptions,
+    forward,
+    task_losses,
+    unwrap,
+)
+from mtlkd.train.options import option
+from mtlkd.train.weighting import OnlineTaskWeighting, weighting_choices
 from mtlkd.ui import console
+
+AFD_VARIANTS = ("learned", "equal", "softmax", "select", "last", "none")
+PAPER_WARMUP_FRACTION = 5 / 200  # OKD: 5 warm-up epochs of 200
+
+
+@dataclass
+class OKDOptions(WeightingOptions):
+    """OKD's options with the paper's defaults (Jacob et al., WACV 2023)."""
+
+    task_weighting: str = option(OnlineTaskWeighting.name, "How the task losses are combined (OKD's own: otw, "
+                                 "eq. 3):", choices=weighting_choices, metavar="NAME")
+    afd: str = option("learned", "Adaptive feature distillation variant (Table 5's ablations; none: no AFD).",
+                      choices=AFD_VARIANTS, metavar="VARIANT")
+    warmup: float = option(PAPER_WARMUP_FRACTION, "Steps the single-task networks train alone first: a fraction "
+                           "of the schedule below 1 (rounded up to a whole step; the paper's 5 of 200 epochs is "
+                           f"{PAPER_WARMUP_FRACTION:g}), or a whole number of steps.", metavar="F|STEPS")
+    same_init: bool = option(True, "Start every backbone from the same weights (the paper: one ImageNet ViT).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.warmup < 0 or (self.warmup >= 1 and self.warmup != int(self.warmup)):
+            raise ConfigError(f"--warmup {self.warmup:g}: expected a fraction of the schedule in [0, 1) or a whole "
+                              "number of steps")
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """The warm-up in optimiser steps of a schedule of `total_steps`."""
+        return math.ceil(self.warmup * total_steps - 1e-9) if self.warmup < 1 else int(self.warmup)
 
 
 class AdaptiveFeatureDistillation(nn.Module):
@@ -57,7 +96,7 @@ class AdaptiveFeatureDistillation(nn.Module):
       softmax, so omega keeps learning and the selection can change.
     - last (AFD-last layer): one learned row, applied to one block only: the penultimate one, as the
       paper describes the row ("feature distillation on the penultimate layer only, similar to KD-MTL",
-      okd-mtl-wacv2023.txt 215); with a single block, that block.
+      section 4.3, on Table 5); with a single block, that block.
     - none: no feature distillation (Table 4's OKD-MTL-OTW row).
     """
 
@@ -119,7 +158,7 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-@register_method("okd")
+@register_method("okd", help="online distillation from single-task networks trained alongside (Jacob et al.)")
 class OKDMethod(StudentMethod):
     """The multi-task student (`mtl`) and one single-task network per task (`stl_<task>`); see OKDOptions."""
 

@@ -9,21 +9,33 @@ metrics (relative depth aligned to the ground truth, MiDaS's protocol; mtlkd.eva
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mtlkd.errors import ConfigError
 from mtlkd.eval.align import align_batch, aligned_depth
-from mtlkd.train.method_options import DistillOptions
 from mtlkd.train.methods import register_method
-from mtlkd.train.methods.base import StudentMethod, forward, unwrap
+from mtlkd.train.methods.base import StudentMethod, WeightingOptions, forward, unwrap
+from mtlkd.train.options import option
 from mtlkd.train.soft_targets import resize_target, target_loss
 
 TEACHER_BATCH = "teacher_targets"  # the key that marks a batch of teacher targets (not labels)
+SEG_TARGET_LOSSES = ("kl", "ce")
 
 
-@register_method("distill")
+@dataclass
+class DistillOptions(WeightingOptions):
+    """mtl-distill's student (mtlkd.train.methods.replace, losses in mtlkd.train.soft_targets)."""
+
+    seg_loss: str = option("kl", "Segmentation against the teacher: kl (Hinton's soft targets at --seg-temperature) "
+                           "or ce (cross-entropy on the teacher's classes).", choices=SEG_TARGET_LOSSES, metavar="LOSS")
+    seg_temperature: float = option(1.0, "Temperature T of the soft targets (1: the teacher's own distribution; the "
+                                    "loss is scaled by T^2, as Hinton et al.).", metavar="T", positive=True)
+
+
+@register_method("distill", help="a student of teachers' predictions on unlabeled frames (run it with mtl-distill)")
 class DistillStudent(StudentMethod):
     Options = DistillOptions
 

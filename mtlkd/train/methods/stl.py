@@ -7,7 +7,7 @@ from mtlkd.train.methods import register_method
 from mtlkd.train.methods.base import Method, MethodContext, Trained, forward, task_losses
 
 
-@register_method("stl")
+@register_method("stl", help="one network per task (the single-task baseline, KD-MTL's teachers)")
 class STLMethod(Method):
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)

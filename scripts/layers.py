@@ -1,8 +1,8 @@
-"""Print the house: files and lines per part of the package, and which part imports which.
+"""Print the package's layout: files and lines per part of the package, and which part imports which.
 
 A part is a top-level subpackage (`runtime`, `export`...) or a top-level module (`metadata`, `errors`...).
 Every import counts, also the ones inside functions (mtlkd imports engines lazily, so those are most of
-them) and relative ones. `python scripts/house.py [mtlkd] [--modules]`; --modules also lists every module
+them) and relative ones. `python scripts/layers.py [mtlkd] [--modules]`; --modules also lists every module
 with its lines. tests/test_layers.py checks the layer rules of DESIGN.md on `import_graph`.
 """
 
