@@ -16,6 +16,9 @@ depth everywhere), as `depth/median`, the ratio of the two errors, without count
     OMP_NUM_THREADS=1 python scripts/seed_failures.py --rows mtl,kdam-teacher --seeds 100-109 \
         --out runs/seed-failures
 
+The teacher preset trains for `--teacher-epochs` (the experiment's budget for KDAM's teacher); pass
+`--teacher-epochs 8` for the students' budget.
+
 Runs go to OUT/ROW/seedN/ as in the experiment (a finished run is reused); the table goes to stdout and
 OUT/seed_failures.{md,json}.
 """
@@ -107,6 +110,8 @@ def main() -> None:
     parser.add_argument("--rows", default="mtl,kdam-teacher")
     parser.add_argument("--seeds", default="100-109")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--teacher-epochs", type=int, default=experiment.TEACHER_EPOCHS,
+                        help="the teacher preset's budget, as in the experiment")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--preset", default="vit-micro")
     parser.add_argument("--teacher-preset", default="vit-micro-wide")
@@ -116,7 +121,6 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     args.no_pretrained = False
-    args.teacher_epochs = args.epochs  # the experiment's setting before the teacher had a budget of its own
     args.train_images = 288
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     seeds = parse_seeds(args.seeds)
