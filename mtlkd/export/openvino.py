@@ -99,7 +99,11 @@ def nncf_quantize(model, calibration: np.ndarray, input_name: str = "image"):
 
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on import
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     nncf.set_log_level(logging.ERROR)
@@ -110,5 +114,8 @@ def nncf_quantize(model, calibration: np.ndarray, input_name: str = "image"):
         preset=nncf.QuantizationPreset.PERFORMANCE,
         # SmoothQuant (on by default for transformers) is off: it wrecks these networks' depth and normal
         # heads (tens of percent of depth error, tens of degrees), where plain min/max stays near 1%.
-        advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),
+        # overflow_fix on every layer (NNCF's default is the first only): weights in a 7-bit range, so no CPU
+        # without VNNI saturates its int16 sums (see mtlkd.export.precision); the IR runs on any CPU.
+        advanced_parameters=AdvancedQuantizationParameters(
+            overflow_fix=OverflowFix.ENABLE, smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),
     )  # fmt: skip

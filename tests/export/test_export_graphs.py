@@ -195,6 +195,9 @@ def test_int8_graph_is_symmetric_qdq_and_keeps_accuracy(int8_graph, images, fp32
     assert weights and any(s.size > 1 for _, s in weights)
     # per-channel: one scale per output channel (axis 1 of a MatMul weight, axis 0 of a Conv kernel)
     assert all(s.size == (w.shape[1] if w.ndim == 2 else w.shape[0]) for w, s in weights)
+    # 7-bit weights: a CPU without VNNI sums two u8 x s8 products in a saturating int16 (precision.py)
+    assert all(int(np.abs(w.astype(np.int32)).max()) <= 64 for w, _ in weights)
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w, _ in weights) >= 60  # the range is used
     meta = read_onnx_metadata(int8_graph)
     assert meta["precision"] == "int8" and meta["quantization"]["calibration"]["images"] == 32
     outs = val.run_batches(lambda x: val.run_onnxruntime(int8_graph, x), images)
