@@ -232,6 +232,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
             yield
         return
     previous, previous_hook = signal.signal(signal.SIGTERM, _raise_terminated), sys.unraisablehook
+    _handlers_on_the_thread_stack(signal.SIGTERM, signal.SIGINT)
     sys.unraisablehook = _resend_swallowed_terminations(previous_hook)
     try:
         with terminations_unmasked():
@@ -239,6 +240,34 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
+
+
+_SA_ONSTACK = 0x08000000
+
+
+def _handlers_on_the_thread_stack(*signals: int) -> None:
+    """Run these signals' handlers on the interrupted thread's own stack, not the alternate signal stack
+    that Python asks for (SA_ONSTACK). OpenVINO's CPU plugin sets the main thread's alternate stack to one
+    of its own and can leave it pointing at memory it has unmapped: the next signal delivered onto it is a
+    segmentation fault instead of Ctrl-C or SIGTERM. Linux (glibc's struct sigaction) only; elsewhere, or if
+    libc cannot be reached, the handlers stay as Python installed them."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    class SigAction(ctypes.Structure):  # glibc, x86-64 and aarch64: handler, 1024-bit mask, flags, restorer
+        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                    ("restorer", ctypes.c_void_p)]  # fmt: skip
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return
+    for signum in signals:
+        action = SigAction()
+        if libc.sigaction(signum, None, ctypes.byref(action)) == 0 and action.flags & _SA_ONSTACK:
+            action.flags &= ~_SA_ONSTACK
+            libc.sigaction(signum, ctypes.byref(action), None)
 
 
 def interrupted_code(exc: BaseException) -> int:

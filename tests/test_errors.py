@@ -3,6 +3,8 @@
 import ast
 import contextlib
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -128,3 +130,31 @@ def test_a_sigterm_swallowed_by_a_destructor_still_stops_the_command(capsys):
         time.sleep(10)  # the SIGTERM sent again interrupts this
     assert exit_info.value.code == errors.EXIT_TERMINATED
     assert "Traceback" not in capsys.readouterr().err
+
+
+DANGLING_SIGNAL_STACK = """
+import contextlib, ctypes, signal
+from mtlkd import errors, ui
+
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+size = 1 << 16
+memory = libc.mmap(None, size, 3, 0x22, -1, 0)  # PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS
+assert libc.sigaltstack(ctypes.byref(Stack(memory, 0, size)), None) == 0
+assert libc.munmap(ctypes.c_void_p(memory), ctypes.c_size_t(size)) == 0  # what OpenVINO's CPU plugin leaves
+with ui.user_errors():
+    signal.raise_signal(signal.SIGTERM)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack through glibc")
+def test_sigterm_is_a_termination_when_the_signal_stack_was_unmapped():
+    # delivered onto an alternate stack that a library unmapped, SIGTERM would be a segmentation fault
+    result = subprocess.run([sys.executable, "-c", DANGLING_SIGNAL_STACK], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == errors.EXIT_TERMINATED, result.stderr
+    assert result.stderr.strip().endswith("error: interrupted")
