@@ -68,5 +68,9 @@ def test_sensitivity_reports_every_group(nano_onnx):
     for entry in result.values():
         assert set(entry["errors"]) == {"seg", "depth"}
         assert all(np.isfinite(e["raw_rel_err"]) for e in entry["errors"].values())
-    # keeping every weight product float leaves far fewer quantised values than quantising all of them
-    assert result["weights"]["errors"]["depth"]["raw_rel_err"] <= result["none"]["errors"]["depth"]["raw_rel_err"]
+    # each group kept float is another graph: its outputs differ from the all-quantised one's. (Not that its
+    # error is smaller: rounding errors of different groups partly cancel, so one fewer group quantised can
+    # leave a larger error, as it did with 7-bit weights under MKL's AVX2 kernels on an AMD EPYC.)
+    for kept in ("attention", "convolutions", "weights"):
+        assert result[kept]["nodes"] > 0
+        assert result[kept]["errors"]["depth"] != result["none"]["errors"]["depth"], kept
