@@ -260,7 +260,7 @@ def _handlers_on_the_thread_stack(*signals: int) -> None:
                     ("restorer", ctypes.c_void_p)]  # fmt: skip
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None)
     except OSError:
         return
     for signum in signals:

@@ -133,8 +133,8 @@ def test_a_sigterm_swallowed_by_a_destructor_still_stops_the_command(capsys):
 
 
 DANGLING_SIGNAL_STACK = """
-import contextlib, ctypes, signal
-from mtlkd import errors, ui
+import ctypes, signal
+from mtlkd import ui
 
 class Stack(ctypes.Structure):
     _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]

@@ -16,8 +16,8 @@ gone, so the precision of every tensor must already be in the graph.
   biases are left float (TensorRT has no int32 DequantizeLinear). Why 7 bits: a CPU without VNNI (AVX2,
   e.g. AMD Zen 3) multiplies int8 with VPMADDUBSW, which adds two u8 x s8 products into a saturating
   int16; with 8-bit weights that sum overflows (255 * 127 * 2 > 32767), and on such a CPU a trained
-  model's depth error grew by a third and its normals turned by 9-11 degrees, in ONNX Runtime and
-  OpenVINO alike. With weights in [-64, 63] the sum fits on every CPU, so a file exported on one machine
+  model's depth came out tens of percent off and its normals several degrees, in ONNX Runtime and
+  OpenVINO alike. With weights in [-64, 64] the sum fits on every CPU, so a file exported on one machine
   keeps its accuracy on all. Calibration: min/max over `--calib-data` images (default 32 synthetic
   scenes). The attention products (Q K^T and A V: both inputs are activations) stay in floating point by
   default (`keep_float=("attention",)`): quantising them too multiplies a trained model's output error
