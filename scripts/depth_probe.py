@@ -1,0 +1,85 @@
+"""Why depth stays near the median predictor: what trained runs predict for depth, image by image.
+
+No row of the experiment gets much below the error of predicting the median training depth everywhere.
+This script takes finished runs (any folder with model.safetensors) and the data they were evaluated on,
+and measures on every evaluation scene, over the pixels with ground truth:
+
+- `abs`: the run's abs. error, and `median`: that of the median training depth (the trivial predictor);
+- `bias`: the mean over images of (mean prediction - mean ground truth) in the image;
+- `spread`: the std over pixels of the prediction within an image, beside `gt spread`, the ground truth's;
+- `corr`: the Pearson correlation of prediction and ground truth within an image;
+- `aligned`: the abs. error after the least-squares scale and shift of each image (what is left when the
+  image's depth scale is given), beside `image median`, the error of each image's own median depth (an
+  oracle constant per image);
+- `scale corr`: across images, the correlation of the mean prediction with the mean ground truth.
+
+    OMP_NUM_THREADS=1 python scripts/depth_probe.py --data runs/experiment/data runs/experiment/mtl/seed0 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtlkd.data import open_dataset
+from mtlkd.eval.align import fit_scale_shift
+from mtlkd.models import load_model
+
+COLUMNS = ("abs", "median", "bias", "spread", "gt spread", "corr", "aligned", "image median", "scale corr")
+
+
+def median_training_depth(data: Path) -> float:
+    train = open_dataset("synthetic", data, "train", augment=False, progress=False)
+    depths = [np.asarray(train[i]["depth"]).ravel() for i in range(len(train))]
+    values = np.concatenate(depths)
+    return float(np.median(values[values != 0]))
+
+
+@torch.no_grad()
+def probe(run: Path, data: Path, median: float) -> dict[str, float]:
+    model, _ = load_model(str(run / "model.safetensors"))
+    val = open_dataset("synthetic", data, "val", augment=False, progress=False)
+    per_image: dict[str, list[float]] = {k: [] for k in ("bias", "spread", "gt spread", "corr")}
+    sums = {"abs": 0.0, "median": 0.0, "aligned": 0.0, "image median": 0.0}
+    count = 0
+    means = []
+    for i in range(len(val)):
+        item = val[i]
+        pred = model(torch.as_tensor(np.asarray(item["image"]))[None])["depth"][0, 0].numpy()
+        target = np.asarray(item["depth"]).reshape(pred.shape)
+        valid = target != 0
+        p, t = pred[valid].astype(np.float64), target[valid].astype(np.float64)
+        scale, shift = fit_scale_shift(pred, target, valid)
+        sums["abs"] += np.abs(p - t).sum()
+        sums["median"] += np.abs(median - t).sum()
+        sums["aligned"] += np.abs(scale * p + shift - t).sum()
+        sums["image median"] += np.abs(np.median(t) - t).sum()
+        count += t.size
+        per_image["bias"].append(p.mean() - t.mean())
+        per_image["spread"].append(p.std())
+        per_image["gt spread"].append(t.std())
+        per_image["corr"].append(np.corrcoef(p, t)[0, 1])
+        means.append((p.mean(), t.mean()))
+    result = {k: v / count for k, v in sums.items()} | {k: float(np.mean(v)) for k, v in per_image.items()}
+    result["scale corr"] = float(np.corrcoef(np.array(means).T)[0, 1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders with model.safetensors")
+    parser.add_argument("--data", type=Path, required=True, help="the synthetic data folder the runs used")
+    args = parser.parse_args()
+    median = median_training_depth(args.data)
+    print(f"median training depth {median:.3f} m; metres except corr")
+    print(f"{'run':40s} " + " ".join(f"{c:>12s}" for c in COLUMNS))
+    for run in args.runs:
+        scores = probe(run, args.data, median)
+        print(f"{str(run)[-40:]:40s} " + " ".join(f"{scores[c]:12.3f}" for c in COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
