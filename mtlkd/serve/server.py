@@ -13,11 +13,14 @@ Ctrl-C or SIGTERM, stop.
 The server runs in its own process group (a new session), so a Ctrl-C in the terminal reaches mtl-serve
 only, which then stops the server in order; whatever is left of the group afterwards is killed. It starts
 with `--exit-on-error=false`, so that a model that fails to load is reported with Triton's own reason
-(`models`) instead of ending the server before anyone can ask.
+(`models`) instead of ending the server before anyone can ask. On Linux the server also gets SIGTERM when
+the thread that started it ends (prctl's PR_SET_PDEATHSIG), so a SIGKILLed mtl-serve does not leave a
+server behind holding its ports: it stops as on Ctrl-C, within `--exit-timeout-secs`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -25,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -87,7 +91,9 @@ class TritonServer:
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self, timeout_s: float | None = None, cancel: threading.Event | None = None) -> TritonServer:
         """Start the server and wait until every model has loaded or failed (`models` says which), or until
-        `cancel` is set (a Ctrl-C while the models load): then `models` holds what is known so far."""
+        `cancel` is set (a Ctrl-C while the models load): then `models` holds what is known so far. The
+        server lives as long as the calling thread (see the module's docstring): start it from a thread
+        that outlives it."""
         options = self.options
         for field in ("port", "grpc_port", "metrics_port"):
             check_port_free(options.host, getattr(options, field), FLAGS[field])
@@ -104,7 +110,7 @@ class TritonServer:
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             env=self.environment.process_environment(), cwd=self.workspace,
-                                            start_new_session=True)  # fmt: skip
+                                            start_new_session=True, preexec_fn=_stop_with_parent())  # fmt: skip
         try:
             self.models = self._wait_loaded(timeout_s or options.startup_timeout_s, cancel)
         except BaseException:
@@ -192,6 +198,30 @@ class TritonServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send the child SIGTERM when the calling thread ends (Linux), also
+    by SIGKILL; None elsewhere. After fork it makes one foreign call (libc's prctl, its arguments built before),
+    and ends the child at once if the parent is already gone."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    args = [ctypes.c_int(PR_SET_PDEATHSIG)] + [ctypes.c_ulong(v) for v in (int(signal.SIGTERM), 0, 0, 0)]
+
+    def set_death_signal() -> None:
+        prctl(*args)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return set_death_signal
 
 
 def _kill_group(pgid: int) -> None:

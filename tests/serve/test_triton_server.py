@@ -10,6 +10,7 @@ the fp32 accuracy policy: the same engine on the same bytes, so only re-associat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -200,6 +202,39 @@ def test_mtl_serve_runs_and_stops_cleanly_on_ctrl_c_and_sigterm(exported, serve_
     assert process.returncode == 0, err
     assert f"stopped ({stop_with.name}); tritonserver exit status 0" in err
     assert all(_group_gone(int(pid)) for pid in server_pids)
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_mtl_serve_does_not_leave_its_server_running(exported, serve_environment):
+    from mtlkd.serve.server import EXIT_TIMEOUT_S
+
+    port, grpc_port, metrics_port = free_ports()
+    command = [sys.executable, "-m", "mtlkd.cli.serve", str(exported["openvino"]), "--port", str(port),
+               "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server_pids: list[str] = []
+    try:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "stops it" in line or "error" in line:
+                break
+        assert any("READY" in line for line in lines), "".join(lines)
+        found = subprocess.run(["pgrep", "-f", "--", f"--http-port={port}"], capture_output=True, text=True)
+        server_pids = found.stdout.split()
+        assert server_pids
+        process.kill()  # SIGKILL: mtl-serve runs no code of its own to stop the server
+        process.wait(timeout=10)
+        deadline = time.monotonic() + EXIT_TIMEOUT_S + 20
+        while not all(_group_gone(int(pid)) for pid in server_pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_group_gone(int(pid)) for pid in server_pids), "tritonserver outlived a SIGKILLed mtl-serve"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in server_pids:  # a failed check above: never leave a server behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
+
 
 @pytest.mark.numerics  # the server's ONNX Runtime/OpenVINO against the Predictor's, by the policy
 def test_the_load_test_checks_every_answer_and_refuses_the_malformed(exported, serve_environment):
