@@ -10,7 +10,7 @@ the decode and colour functions.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ DIRECTIONS = "directions"  # unit vectors as colours with a key of which colour 
 PLAIN = "plain"  # the colours alone
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed as objects: pictures are cached by task
 class Task:
     """One dense-prediction task.
 
@@ -56,7 +56,8 @@ class Task:
       `short_title`: its column group in metric tables (default `title`);
     * `teacher_metrics`: its metrics renamed for student-vs-teacher agreement (`eval.agreement`);
     * `relative_forms`: a model may predict it up to a per-image scale and shift (`depth_meaning`
-      relative), so it is aligned to the reference before scoring.
+      relative), so it is aligned to the reference before scoring; `meanings` then says how such a model's
+      values are drawn ({meaning: the fields that change, as `shown_as` applies them}).
     """
 
     name: str
@@ -80,6 +81,7 @@ class Task:
     short_title: str = ""
     teacher_metrics: dict[str, str] = field(default_factory=dict)
     relative_forms: bool = False
+    meanings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.picture not in (CLASSES, SCALE, DIRECTIONS, PLAIN):
@@ -88,6 +90,12 @@ class Task:
         titled = f"{self.title} ({self.unit})" if self.unit else self.title
         object.__setattr__(self, "heading", self.heading or titled)
         object.__setattr__(self, "short_title", self.short_title or self.title)
+
+    def shown_as(self, meaning: str | None) -> Task:
+        """The task as a model whose values mean `meaning` (metadata `depth_meaning`) is drawn: a relative
+        depth has no unit, an inverse one is near where it is large. Itself for None or its own meaning."""
+        view = self.meanings.get(meaning or "")
+        return replace(self, heading="", **view) if view else self
 
     @property
     def has_classes(self) -> bool:
@@ -173,14 +181,23 @@ def colourise_seg(seg: np.ndarray, num_classes: int = 13, **_: Any) -> np.ndarra
 
 
 def colourise_depth(depth: np.ndarray, vmin: float | None = None, vmax: float | None = None, **_: Any):
-    """Turbo colour map, near = warm; invalid (0) pixels black."""
+    """Turbo colour map, near (small) = warm; invalid (0) pixels black."""
+    return _turbo(depth, vmin, vmax, large_is_warm=False)
+
+
+def colourise_inverse_depth(inverse: np.ndarray, vmin: float | None = None, vmax: float | None = None, **_: Any):
+    """Inverse depth (disparity) in the same colours as depth: near (large) = warm; invalid (0) black."""
+    return _turbo(inverse, vmin, vmax, large_is_warm=True)
+
+
+def _turbo(depth: np.ndarray, vmin: float | None, vmax: float | None, large_is_warm: bool) -> np.ndarray:
     import cv2
 
     valid = depth > 0
     lo = float(np.percentile(depth[valid], 2)) if vmin is None and valid.any() else (vmin or 0.0)
     hi = float(np.percentile(depth[valid], 98)) if vmax is None and valid.any() else (vmax or 1.0)
     scaled = np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1)
-    grey = ((1.0 - scaled) * 255).astype(np.uint8)
+    grey = ((scaled if large_is_warm else 1.0 - scaled) * 255).astype(np.uint8)
     rgb = cv2.applyColorMap(grey, cv2.COLORMAP_TURBO)[..., ::-1]
     rgb = np.ascontiguousarray(rgb)
     rgb[~valid] = 0
@@ -254,6 +271,9 @@ TASKS: dict[str, Task] = {
         progress="depth abs {abs_err:.3f}",
         teacher_metrics={"rel_err": "rel_err_vs_teacher", "abs_err": "abs_err_vs_teacher"},
         relative_forms=True,
+        meanings={"relative": {"title": "Relative depth", "unit": ""},
+                  "relative-inverse": {"title": "Relative inverse depth", "unit": "",
+                                       "colourise": colourise_inverse_depth}},
     ),
     "normal": Task(
         name="normal",
@@ -284,7 +304,10 @@ def register_task(task: Task) -> Task:
     return task
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str | Task) -> Task:
+    """The registered task of that name; a Task (one `shown_as` a meaning) is returned as it is."""
+    if isinstance(name, Task):
+        return name
     try:
         return TASKS[name]
     except KeyError:

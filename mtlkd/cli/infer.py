@@ -86,7 +86,8 @@ def _print(result, stages) -> None:
         typer.echo(f"video -> {video}")
     if result.depth_range:
         near, far = result.depth_range
-        typer.echo(f"depth colours span {near:.2f}-{far:.2f} m ({result.depth_range_source}); "
+        unit = f" {result.depth_unit}" if result.depth_unit else " (relative depth: no unit)"
+        typer.echo(f"depth colours span {near:.2f}-{far:.2f}{unit} ({result.depth_range_source}); "
                    f"fix them with --depth-range MIN,MAX")
     if result.images + result.frames:
         ms = result.per_image_ms()

@@ -102,6 +102,7 @@ class InferResult:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     depth_range: tuple[float, float] | None = None
     depth_range_source: str = ""  # "--depth-range", "the model's metadata" or "from the first image"
+    depth_unit: str = "m"  # "" for a model whose depth is relative (metadata depth_meaning)
 
     def add(self, stage_seconds: dict[str, float]) -> None:
         for stage in STAGES:
@@ -221,6 +222,11 @@ class _Run:
     def __init__(self, predictor: Any, tasks: list[str], out: Path, options: InferOptions, result: InferResult):
         self.predictor, self.tasks, self.out, self.options, self.result = predictor, tasks, out, options, result
         self.stems = _Stems()
+        from mtlkd.tasks import SCALE, TASKS
+
+        meaning = predictor.metadata.get("depth_meaning")  # a student of relative-depth teachers says so
+        self.shown = {name: task.shown_as(meaning) for name, task in TASKS.items()}
+        result.depth_unit = next((t.unit for t in self.shown.values() if t.picture == SCALE), "")
         if options.depth_range is not None:
             result.depth_range, result.depth_range_source = options.depth_range, "--depth-range"
         elif predictor.metadata.get("depth_range") is not None:
@@ -275,7 +281,7 @@ class _Run:
             self.result.written.extend(write_outputs(
                 self.out, self.stems(source.stem), image, result, self.predictor.class_names,
                 save_raw=self.options.save_raw, depth_range=self.depth_range_for(result),
-                alpha=self.options.overlay_alpha))
+                alpha=self.options.overlay_alpha, shown=self.shown))
         except OSError as exc:  # full disk, folder removed: nothing half-written is left; stop
             raise UserError(f"{self.out}: cannot write the pictures of {source.path} "
                             f"({exc.strerror or exc}); earlier outputs are complete") from None
@@ -309,7 +315,7 @@ class _Run:
                     t1 = time.perf_counter()
                     writer.write(visualize.panel(frame, result, predictor.class_names, fixed_layout=True,
                                                  depth_range=self.depth_range_for(result),
-                                                 alpha=options.overlay_alpha))
+                                                 alpha=options.overlay_alpha, shown=self.shown))
                     self.result.add({"decode": decode, **predictor.timings, "save": time.perf_counter() - t1})
                     frames += 1
                     fps = frames / max(time.perf_counter() - started, 1e-9)
@@ -325,19 +331,24 @@ class _Run:
 
 
 def write_outputs(out: Path, stem: str, image: Any, result: dict, class_names: list[str], save_raw: bool = False,
-                  depth_range: tuple[float, float] | None = None, alpha: float = 0.5) -> list[Path]:
+                  depth_range: tuple[float, float] | None = None, alpha: float = 0.5,
+                  shown: dict[str, Any] | None = None) -> list[Path]:
     """<stem>_<task>.png for each task (`visualize.task_pictures`: seg colours + legend, depth with its
     colour bar in metres, normals with their direction key), <stem>_overlay.png (the class colours blended
-    over the input, legend), <stem>_panel.png, and with save_raw the arrays as <stem>_<task>.npy. Each file
-    is written beside and renamed into place; returns the paths written."""
+    over the input, legend), <stem>_panel.png, and with save_raw the arrays as <stem>_<task>.npy; `shown`:
+    the tasks as the model's metadata draws them (`Task.shown_as`). Each file is written beside and renamed
+    into place; returns the paths written."""
     from mtlkd.files import atomic_write
     from mtlkd.runtime import visualize
     from mtlkd.tasks import TASKS
 
     pictures: dict[str, Any] = {}
+    shown = shown or {}
     for task in [name for name in TASKS if name in result]:  # in the registry's order
-        pictures.update(visualize.task_pictures(task, image, result[task], class_names, depth_range, alpha))
-    pictures["panel"] = visualize.panel(image, result, class_names, depth_range=depth_range, alpha=alpha)
+        pictures.update(visualize.task_pictures(shown.get(task, task), image, result[task], class_names,
+                                                depth_range, alpha))
+    pictures["panel"] = visualize.panel(image, result, class_names, depth_range=depth_range, alpha=alpha,
+                                        shown=shown)
     written = []
     for kind, picture in pictures.items():
         written.append(out / f"{stem}_{kind}.png")

@@ -1,23 +1,24 @@
-"""Pictures of predictions: segmentation with a legend, depth with a colour bar in metres, normals, and a
+"""Pictures of predictions: segmentation with a legend, depth with a colour bar in its unit, normals, and a
 side-by-side panel (input | segmentation | depth | normals) with titles.
 
 Drawn with numpy, OpenCV and Pillow rather than matplotlib: a legend is a few swatches and a colour bar a
 gradient strip with five labels, fast enough to annotate every frame of a video. How a task is drawn is
 its registry entry's (mtlkd.tasks): `Task.picture` picks the kind of picture (class colours with a legend,
 a colour map with a colour bar, vectors with a direction key, or colours alone), `Task.colourise` gives
-every colour, `Task.heading` the panel's title, so a new task needs nothing here.
+every colour, `Task.heading` the panel's title, so a new task needs nothing here. Where a parameter names
+a task, a `Task` may stand for it: the one a model's metadata chose (`Task.shown_as`, a relative depth).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mtlkd.tasks import CLASSES, DIRECTIONS, SCALE, TASKS, get_task
+from mtlkd.tasks import CLASSES, DIRECTIONS, SCALE, TASKS, Task, get_task
 
 BACKGROUND = (24, 24, 24)
 MAX_SIDE = 4096  # single-task pictures are drawn at most this tall and wide (a 1 x 10^6 strip is still cheap)
@@ -58,13 +59,13 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- segmentation
 
 
-def seg_colours(seg: np.ndarray, num_classes: int, task: str = "seg") -> np.ndarray:
+def seg_colours(seg: np.ndarray, num_classes: int, task: str | Task = "seg") -> np.ndarray:
     """The class map's colours: its task's `colourise`."""
     return get_task(task).colourise(seg, num_classes=num_classes)
 
 
 def legend(seg: np.ndarray, class_names: Sequence[str], height: int, size: int | None = None,
-           all_classes_width: bool = False, task: str = "seg") -> np.ndarray:
+           all_classes_width: bool = False, task: str | Task = "seg") -> np.ndarray:
     """A height-tall strip listing the classes present in `seg` with their colours (several columns when
     they do not fit). With `all_classes_width` the width fits every class name, so it does not change
     from frame to frame of a video."""
@@ -100,7 +101,7 @@ def _pad_to(image: np.ndarray, height: int) -> np.ndarray:
 
 
 def seg_image(seg: np.ndarray, class_names: Sequence[str], with_legend: bool = True,
-              task: str = "seg") -> np.ndarray:
+              task: str | Task = "seg") -> np.ndarray:
     """Coloured class map at its own resolution, with the legend of present classes on its right (in one
     column; a small map is padded below when the legend is taller)."""
     seg = limit_size(seg, MAX_SIDE, MAX_SIDE, nearest=True)
@@ -123,7 +124,7 @@ def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndar
 
 
 def overlay_image(image: np.ndarray, seg: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
-                  with_legend: bool = True, task: str = "seg") -> np.ndarray:
+                  with_legend: bool = True, task: str | Task = "seg") -> np.ndarray:
     """The class colours blended over the input image (opacity `alpha`), with the legend of the classes
     present on its right; shows which part of the picture each class was given to."""
     seg = limit_size(seg, MAX_SIDE, MAX_SIDE, nearest=True)
@@ -184,7 +185,7 @@ def tick_values(lo: float, hi: float, ticks: int = 5) -> tuple[list[float], int]
 
 
 def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks: int = 5,
-               beyond: tuple[bool, bool] = (False, False), task: str = "depth") -> np.ndarray:
+               beyond: tuple[bool, bool] = (False, False), task: str | Task = "depth") -> np.ndarray:
     """A vertical colour bar for the task's values lo..hi (depths in metres by default; far at the top),
     in its colours, labelled in its unit at both ends and at round values between them. `beyond` (nearer,
     farther): the picture has values outside lo..hi, drawn in the end colours; the end labels then read
@@ -217,7 +218,7 @@ def colour_bar(lo: float, hi: float, height: int, size: int | None = None, ticks
 
 
 def depth_image(depth: np.ndarray, with_bar: bool = True, value_range: tuple[float, float] | None = None,
-                task: str = "depth") -> np.ndarray:
+                task: str | Task = "depth") -> np.ndarray:
     """Turbo-coloured depth (near = warm; a SCALE task's own colours) with its colour bar in metres (its
     unit) on the right."""
     lo, hi = value_range or depth_range(depth)
@@ -231,7 +232,7 @@ def depth_image(depth: np.ndarray, with_bar: bool = True, value_range: tuple[flo
     return np.concatenate([_pad_to(coloured, height), bar], axis=1)
 
 
-def normal_image(normal: np.ndarray, with_key: bool = True, task: str = "normal") -> np.ndarray:
+def normal_image(normal: np.ndarray, with_key: bool = True, task: str | Task = "normal") -> np.ndarray:
     """x, y, z of the unit normals as red, green, blue (its task's colours), with the key of which colour is
     which direction on its right."""
     coloured = get_task(task).colourise(limit_size(normal, MAX_SIDE, MAX_SIDE))
@@ -254,7 +255,7 @@ def hemisphere_normals(diameter: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)  # the same strip for every frame of a video and every tile of an image
-def normal_key(height: int, size: int | None = None, task: str = "normal") -> np.ndarray:
+def normal_key(height: int, size: int | None = None, task: str | Task = "normal") -> np.ndarray:
     """A height-tall strip: a ball coloured the way the normal map is, labelled with the direction its
     surface faces (up, down, left, right; its centre faces the camera), so a reader can tell that a
     floor is one colour and a wall facing them another."""
@@ -286,24 +287,25 @@ def normal_key(height: int, size: int | None = None, task: str = "normal") -> np
     return np.asarray(strip)
 
 
-def plain_image(values: np.ndarray, task: str) -> np.ndarray:
+def plain_image(values: np.ndarray, task: str | Task) -> np.ndarray:
     """The task's colours alone, at the prediction's own resolution (at most MAX_SIDE a side)."""
     return get_task(task).colourise(limit_size(values, MAX_SIDE, MAX_SIDE))
 
 
-def task_pictures(task: str, image: np.ndarray, values: np.ndarray, class_names: Sequence[str],
+def task_pictures(task: str | Task, image: np.ndarray, values: np.ndarray, class_names: Sequence[str],
                   value_range: tuple[float, float] | None = None, alpha: float = 0.5) -> dict[str, np.ndarray]:
     """The single-task pictures of one prediction, by name: {task: its picture}, and for class maps also
     "overlay" (the colours over the input). `value_range` fixes a SCALE task's colours."""
-    kind = get_task(task).picture
+    task = get_task(task)
+    name, kind = task.name, task.picture
     if kind == CLASSES:
-        return {task: seg_image(values, class_names, task=task),
+        return {name: seg_image(values, class_names, task=task),
                 "overlay": overlay_image(image, values, class_names, alpha=alpha, task=task)}
     if kind == SCALE:
-        return {task: depth_image(values, value_range=value_range, task=task)}
+        return {name: depth_image(values, value_range=value_range, task=task)}
     if kind == DIRECTIONS:
-        return {task: normal_image(values, task=task)}
-    return {task: plain_image(values, task)}
+        return {name: normal_image(values, task=task)}
+    return {name: plain_image(values, task)}
 
 
 # ---------------------------------------------------------------------------------------------- panel
@@ -340,29 +342,31 @@ def _fit(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
 
 def panel(image: np.ndarray, result: dict[str, np.ndarray], class_names: Sequence[str],
           min_height: int = 240, max_height: int = 540, fixed_layout: bool = False,
-          depth_range: tuple[float, float] | None = None, alpha: float = 0.5) -> np.ndarray:
+          depth_range: tuple[float, float] | None = None, alpha: float = 0.5,
+          shown: Mapping[str, Task] | None = None) -> np.ndarray:
     """input | segmentation over the input + legend | depth + colour bar | normals + key: the input, then a
     tile per task of `result` in the registry's order drawn as its `Task.picture` says, each titled, at one
     display height (the image's, clamped to [min_height, max_height] so the text stays legible).
     `fixed_layout` keeps the width constant across frames (legend sized for every class name);
     `depth_range` fixes the depth colours (None: this image's 2nd-98th percentile); `alpha` is the
-    opacity of the class colours over the input."""
+    opacity of the class colours over the input; `shown` the tasks as the model's metadata draws them
+    (`Task.shown_as`), by name."""
     height = int(np.clip(image.shape[0], min_height, max_height))
     size = font_size_for(height)
     gap = np.full((height + size + 10, 4, 3), BACKGROUND, dtype=np.uint8)
-    shown = _fit(to_uint8(image), height)
-    tiles = [titled(_pad_to(shown, height), INPUT_TITLE, size)]
+    picture = _fit(to_uint8(image), height)
+    tiles = [titled(_pad_to(picture, height), INPUT_TITLE, size)]
     for name in [task for task in TASKS if task in result]:  # in the registry's order
-        task, values = get_task(name), result[name]
+        task, values = (shown or {}).get(name) or get_task(name), result[name]
         if task.picture == CLASSES:
             seg = _fit(values.astype(np.int32), height, nearest=True)
             colours = seg_colours(seg, len(class_names), name)
-            body = np.concatenate([_pad_to(blend(shown, colours, alpha), height),
+            body = np.concatenate([_pad_to(blend(picture, colours, alpha), height),
                                    legend(seg, class_names, height, size, fixed_layout, name)], axis=1)
         elif task.picture == SCALE:
             lo, hi = depth_range if depth_range is not None else _percentile_range(values)
             coloured = _pad_to(task.colourise(_fit(values, height), vmin=lo, vmax=hi), height)
-            bar = colour_bar(lo, hi, height, size, beyond=_beyond(values, lo, hi), task=name)
+            bar = colour_bar(lo, hi, height, size, beyond=_beyond(values, lo, hi), task=task)
             body = np.concatenate([coloured, bar], axis=1)
         elif task.picture == DIRECTIONS:
             coloured = _pad_to(task.colourise(_fit(values, height)), height)

@@ -13,7 +13,7 @@ from PIL import Image
 from mtlkd.errors import ConfigError, UserError
 from mtlkd.runtime import visualize
 from mtlkd.runtime.infer import STAGES, InferOptions, infer, parse_depth_range
-from mtlkd.tasks import colourise_depth
+from mtlkd.tasks import colourise_depth, colourise_inverse_depth, get_task
 
 QUIET = {"progress": False, "report_failures": False}
 
@@ -99,6 +99,36 @@ def test_depth_colours_are_one_range_for_the_whole_run(tmp_path, monkeypatch):
     assert np.abs(second[b].astype(int) - colourise_depth(np.float32([[depth_b[b]]]), near, far)[0, 0]).max() <= 1
     per_image = [visualize.depth_range(d) for d in (depth_a, depth_b)]
     assert per_image[0] != per_image[1]  # the property above is not trivially true
+
+
+@pytest.mark.parametrize("meaning", [None, "relative", "relative-inverse"])
+def test_a_relative_depth_is_drawn_without_metres_and_inverse_depth_near_warm(tmp_path, monkeypatch, meaning):
+    _grey_images(tmp_path / "in", [10])
+    titles, bar_units = [], []
+    real_titled, real_bar = visualize.titled, visualize.colour_bar
+
+    def titled(tile, title, size):
+        titles.append(title)
+        return real_titled(tile, title, size)
+
+    def colour_bar(*args, task="depth", **kwargs):
+        bar_units.append(get_task(task).unit)
+        return real_bar(*args, task=task, **kwargs)
+
+    monkeypatch.setattr(visualize, "titled", titled)
+    monkeypatch.setattr(visualize, "colour_bar", colour_bar)
+    metadata = {"depth_meaning": meaning} if meaning else {}
+    result = infer(FakePredictor(metadata), [tmp_path / "in"], tmp_path / "out", InferOptions(**QUIET))
+    expected = {None: ("Depth (m)", "m"), "relative": ("Relative depth", ""),
+                "relative-inverse": ("Relative inverse depth", "")}[meaning]
+    assert expected[0] in titles and set(bar_units) == {expected[1]} and result.depth_unit == expected[1]
+    picture = np.asarray(Image.open(tmp_path / "out" / "im0_depth.png"))[:24, :32].astype(int)
+    values = FakePredictor().predict(np.full((24, 32, 3), 10, np.uint8))["depth"]
+    near, far = result.depth_range
+    colours = {"inverse": colourise_inverse_depth(values, near, far), "depth": colourise_depth(values, near, far)}
+    drawn = "inverse" if meaning == "relative-inverse" else "depth"
+    assert np.abs(picture - colours[drawn]).max() <= 1
+    assert np.abs(picture - colours[{"inverse": "depth", "depth": "inverse"}[drawn]]).max() > 50
 
 
 def test_depth_range_from_option_then_model_metadata(tmp_path):
