@@ -107,6 +107,8 @@ def command(
                 result = distill(options)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (ui.user_errors turns it into this)
             _interrupted(out, interrupted_code(exc))
+    if not result.main:  # another torchrun rank: rank 0 prints the run
+        return
     summary = (result.out / "replace.json").read_text()
     if json_out is not None:
         import json

@@ -14,6 +14,7 @@ the labelled split the true metrics come from (the student's, and each teacher's
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,19 @@ class DistillResult:
     student: dict[str, Any]  # metrics.json: true metrics with val_data, else agreement on held-out frames
     agreement: dict[str, Any]  # the kept epoch's agreement with the teachers, on held-out frames
     teachers: dict[str, dict[str, Any]]  # each teacher's true metrics on val_data ({} without it)
+    main: bool = True  # False on a torchrun rank other than 0: the numbers are rank 0's, and empty here
 
 
 def distill(options: DistillRunOptions) -> DistillResult:
-    """Distil; returns the run folder and the numbers of replace.json (also written there)."""
+    """Distil; returns the run folder and the numbers of replace.json (also written there). Under torchrun
+    every rank trains its shard after one teacher pass (teacher_cache); rank 0 alone writes and scores."""
     from mtlkd.train.trainer import train
 
     state: dict[str, Any] = {}
     out = train(options.train, data=lambda train_options: _prepare(options, state))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return DistillResult(out=out, tasks=state["tasks"], frames=state["frames"], student={}, agreement={},
+                             teachers={}, main=False)
     agreement = _kept_agreement(out)
     teachers = _teacher_scores(options, state["teachers"], state["tasks"]) if options.val_data else {}
     student = json.loads((out / "metrics.json").read_text())
@@ -78,13 +84,17 @@ def _prepare(options: DistillRunOptions, state: dict[str, Any]):
               "teachers": [{"tasks": list(t.spec.tasks), "file": str(t.spec.path), "sha256": sha256_of(t.spec.path),
                             "settings": t.spec.settings(), "foreign": t.foreign} for t in teachers.teachers],
               "depth_meaning": teachers.depth_meaning, "val_data": options.val_data}
-    _check_resume(Path(train_options.out), record, train_options.resume)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun: rank 0 holds the run folder's lock
+    if main:
+        _check_resume(Path(train_options.out), record, train_options.resume)
     cache = TeacherCache(options.cache or cache_dir() / "teachers", int(options.cache_limit_gb * 1e9))
-    cached = fill_cache(cache, frames, teachers, size, quiet=train_options.quiet)
+    cached = fill_cache(cache, frames, teachers, size, quiet=train_options.quiet or not main,
+                        wait=int(os.environ.get("WORLD_SIZE", "1")) > 1)  # one pass, whichever rank is first
     from mtlkd.checkpoint import write_json
 
-    write_json(Path(train_options.out) / "distill.json", {**record, "cache": cached.folders})
-    (Path(train_options.out) / "replace.json").unlink(missing_ok=True)  # the replaced run's; written at the end
+    if main:
+        write_json(Path(train_options.out) / "distill.json", {**record, "cache": cached.folders})
+        (Path(train_options.out) / "replace.json").unlink(missing_ok=True)  # the replaced run's; written at the end
     dataset = FrameTargets(cached.images, cached.targets)
     train_ids, select_ids = holdout_split(len(dataset), train_options.select_fraction, train_options.select_seed)
     select = Subset(dataset, select_ids)

@@ -12,6 +12,8 @@ normals, at the teacher's own output grid), each a folder of `.npy` arrays opene
 * bounded: before an array is allocated, the cache's total size is checked against the limit and the
   disk's free space, and a pass that would exceed either stops with one line saying how much it needs;
 * locked: one writer per entry (flock), so two distillations of the same frames cannot interleave rows.
+  A second distillation is refused with one line; the ranks of one torchrun distillation (`wait`) queue
+  instead: the first to take the locks makes the pass, and the others find it done and only read it.
 """
 
 from __future__ import annotations
@@ -182,12 +184,13 @@ class TeacherCache:
                             f"pass another --cache folder")
 
     @contextlib.contextmanager
-    def entry(self, name: str, count: int) -> Iterator[Entry]:
+    def entry(self, name: str, count: int, wait: bool = False) -> Iterator[Entry]:
+        """The entry, locked for the block; held by another: an error, or with `wait` a wait for it."""
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".lock", "a+") as handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise UserError(f"{folder}: another distillation is filling this cache entry; wait for it to "
                                 f"end (the next run reuses its predictions)") from None
@@ -207,15 +210,17 @@ class CachedTargets:
 
 
 def fill_cache(cache: TeacherCache, frames: list[Frame], teachers: TeacherSet, size: tuple[int, int],
-               quiet: bool = False) -> CachedTargets:
+               quiet: bool = False, wait: bool = False) -> CachedTargets:
     """Compute what is not cached yet (one pass over the frames for the image copy and every teacher that
-    has rows missing), showing the pass with its rate and ETA; returns the filled arrays."""
+    has rows missing), showing the pass with its rate and ETA; returns the filled arrays. `wait`: queue
+    behind another process filling the same entries (the ranks of one run) instead of refusing."""
     from mtlkd.ui import progress_bar
 
     key = frames_key(frames, size)
     names = {"frames": f"frames-{key}", **{t.spec.label: f"teacher-{teacher_key(t, key)}" for t in teachers.teachers}}
     with contextlib.ExitStack() as stack:
-        entries = {label: stack.enter_context(cache.entry(name, len(frames))) for label, name in names.items()}
+        entries = {label: stack.enter_context(cache.entry(name, len(frames), wait))  # always in this order
+                   for label, name in names.items()}
         start = min(entry.done for entry in entries.values())
         if start < len(frames):
             images = entries["frames"].array("images", (len(frames), 3, *size), np.uint8, cache)

@@ -276,3 +276,27 @@ def test_resized_targets_decide_classes_as_resized_logits_do():
     assert (ours == by_logits).mean() > 0.999
     by_probs = resize_raw({"seg": probs}, (48, 64))["seg"].argmax(axis=1)
     assert (by_probs != by_logits).sum() > 0  # resizing probabilities decides otherwise near boundaries
+
+
+@pytest.mark.slow
+def test_mtl_distill_under_torchrun_fills_the_cache_once_and_rank_0_writes_the_run(world, tmp_path):
+    """Both ranks open the same cache entries: the second waits for the first's teacher pass and reads it
+    (before, it was refused as "another distillation", or read metrics.json before rank 0 had written it)."""
+    import os
+    import subprocess
+
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    teachers = [arg for spec in world["teachers"] for arg in ("--teacher", spec)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "mtlkd.cli.distill", str(world["frames"]), *teachers, "--preset", "vit-nano", "--img-size", "32x32",
+           "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--out", str(out), "--cache", str(cache),
+           "--quiet"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.stdout.count("run folder:") == 1  # rank 0 prints the run; rank 1 nothing
+    summary = json.loads((out / "replace.json").read_text())
+    assert summary["frames"] == 16 and set(summary["agreement"]) >= {"seg", "depth", "normal"}
+    entries = sorted(folder.name.split("-")[0] for folder in cache.iterdir())
+    assert entries == ["frames", "teacher", "teacher", "teacher"]
+    for folder in cache.iterdir():
+        assert json.loads((folder / "progress.json").read_text())["done"] == 16
