@@ -91,13 +91,15 @@ def clear_run(stale: list[Path]) -> None:
 @contextlib.contextmanager
 def run_lock(out: Path) -> Iterator[None]:
     """Hold RUN/.lock exclusively for the block; another holder means another training writes here. A
-    folder this call created is removed again when the block fails before writing anything into it (a
-    missing dataset must not leave an empty run folder behind)."""
+    folder this call created is removed again, with the parents it created (`runs/` of the default
+    `runs/NAME`), when the block fails before writing anything into it (a missing dataset must not leave an
+    empty run folder behind)."""
     import fcntl
 
     from mtlkd.files import make_out_folder
 
-    created = not out.exists()
+    made = [folder for folder in (out, *out.absolute().parents) if not folder.exists()]  # innermost first
+    created = bool(made)
     make_out_folder(out, "the run")
     try:
         handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 (closed below, after the lock is released)
@@ -127,7 +129,11 @@ def run_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
             if failed and created and [p.name for p in out.iterdir()] == [LOCK_FILE]:
                 (out / LOCK_FILE).unlink()
-                out.rmdir()
+                for folder in made:
+                    try:
+                        folder.rmdir()
+                    except OSError:  # something else wrote there meanwhile: it stays
+                        break
 
 
 def saved_options(out: Path) -> dict[str, Any]:

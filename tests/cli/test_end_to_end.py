@@ -50,12 +50,14 @@ def test_data_train_eval_infer_report(tmp_path):
     assert json.loads(result.stdout)["rows"][0]["delta"] == 0
 
 
-def test_missing_dataset_is_one_line_and_exit_2(tmp_path):
+def test_missing_dataset_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out, runs/nyuv2-mtl, is relative
     result = invoke("train", "nyuv2", "--data-dir", tmp_path / "nowhere", "--epochs", 1)
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "nowhere" in lines[0]
     assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()  # neither the run folder nor the runs/ it was made in
 
 
 def test_pickle_checkpoint_is_refused(tmp_path):
