@@ -14,6 +14,10 @@ and measures on every evaluation scene, over the pixels with ground truth:
 - `scale corr`: across images, the correlation of the mean prediction with the mean ground truth.
 
     OMP_NUM_THREADS=1 python scripts/depth_probe.py --data runs/experiment/data runs/experiment/mtl/seed0 ...
+
+With `--figure PNG`: for the first run, a row per scene (the first `--scenes` evaluation scenes): the
+input, the ground truth, the prediction, and the prediction after its per-image scale and shift, all in
+one colour range so that a compressed range shows as flat colour.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from mtlkd.data import open_dataset
 from mtlkd.eval.align import fit_scale_shift
 from mtlkd.models import load_model
 
+COLUMN_TITLES = ("input", "ground truth", "prediction", "after scale and shift")
 COLUMNS = ("abs", "median", "bias", "spread", "gt spread", "corr", "aligned", "image median", "scale corr")
 
 
@@ -36,6 +41,35 @@ def median_training_depth(data: Path) -> float:
     depths = [np.asarray(train[i]["depth"]).ravel() for i in range(len(train))]
     values = np.concatenate(depths)
     return float(np.median(values[values != 0]))
+
+
+@torch.no_grad()
+def figure(run: Path, data: Path, out: Path, scenes: int, label: str | None = None) -> None:
+    """Input | ground truth | prediction | prediction after its per-image scale and shift, one row a scene."""
+    from mtlkd.runtime.visualize import depth_image, save_png, titled, to_uint8
+
+    model, _ = load_model(str(run / "model.safetensors"))
+    val = open_dataset("synthetic", data, "val", augment=False, progress=False)
+    rows = []
+    for i in range(min(scenes, len(val))):
+        item = val[i]
+        image = np.asarray(item["image"])
+        pred = model(torch.as_tensor(image)[None])["depth"][0, 0].numpy()
+        target = np.asarray(item["depth"]).reshape(pred.shape)
+        valid = target != 0
+        scale, shift = fit_scale_shift(pred, target, valid)
+        lo, hi = np.percentile(target[valid], [2, 98])
+        shown = to_uint8(np.moveaxis(image * 0.5 + 0.5 if image.min() < 0 else image, 0, -1))
+        tiles = [shown, *(depth_image(d.astype(np.float32), value_range=(float(lo), float(hi)))
+                          for d in (target, pred, np.where(valid, scale * pred + shift, 0)))]
+        height = max(t.shape[0] for t in tiles)
+        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 6), (0, 0))) for t in tiles]
+        if not rows:  # the first row names the columns
+            tiles = [titled(t, name, 12) for t, name in zip(tiles, COLUMN_TITLES, strict=True)]
+        rows.append(np.concatenate(tiles, axis=1))
+    width = max(r.shape[1] for r in rows)
+    body = np.concatenate([np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    save_png(out, titled(body, f"{label or run.parent.name + '/' + run.name}: depth, one colour range a row", 14))
 
 
 @torch.no_grad()
@@ -72,7 +106,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="run folders with model.safetensors")
     parser.add_argument("--data", type=Path, required=True, help="the synthetic data folder the runs used")
+    parser.add_argument("--figure", type=Path, default=None, help="a PNG of the first run's predictions")
+    parser.add_argument("--scenes", type=int, default=4, help="scenes in the figure")
+    parser.add_argument("--label", default=None, help="the figure's title (default: the run folder's last two parts)")
     args = parser.parse_args()
+    if args.figure:
+        figure(args.runs[0], args.data, args.figure, args.scenes, args.label)
     median = median_training_depth(args.data)
     print(f"median training depth {median:.3f} m; metres except corr")
     print(f"{'run':40s} " + " ".join(f"{c:>12s}" for c in COLUMNS))
