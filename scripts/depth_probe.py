@@ -23,6 +23,8 @@ one colour range so that a compressed range shows as flat colour.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,32 +34,34 @@ from mtlkd.data import open_dataset
 from mtlkd.eval.align import fit_scale_shift
 from mtlkd.models import load_model
 
+sys.path.insert(0, str(Path(__file__).parent))
+from seed_failures import trivial_scores  # noqa: E402  (the median training depth, as its bar uses it)
+
 COLUMN_TITLES = ("input", "ground truth", "prediction", "after scale and shift")
 COLUMNS = ("abs", "median", "bias", "spread", "gt spread", "corr", "aligned", "image median", "scale corr")
 
 
-def median_training_depth(data: Path) -> float:
-    train = open_dataset("synthetic", data, "train", augment=False, progress=False)
-    depths = [np.asarray(train[i]["depth"]).ravel() for i in range(len(train))]
-    values = np.concatenate(depths)
-    return float(np.median(values[values != 0]))
-
-
 @torch.no_grad()
-def figure(run: Path, data: Path, out: Path, scenes: int, label: str | None = None) -> None:
-    """Input | ground truth | prediction | prediction after its per-image scale and shift, one row a scene."""
-    from mtlkd.runtime.visualize import depth_image, save_png, titled, to_uint8
-
+def predictions(run: Path, data: Path, scenes: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+    """(image, prediction, ground truth, valid, scale, shift) for each evaluation scene (the first `scenes`),
+    the scale and shift those of the least-squares fit of the prediction to the ground truth."""
     model, _ = load_model(str(run / "model.safetensors"))
     val = open_dataset("synthetic", data, "val", augment=False, progress=False)
-    rows = []
-    for i in range(min(scenes, len(val))):
+    for i in range(len(val) if scenes is None else min(scenes, len(val))):
         item = val[i]
         image = np.asarray(item["image"])
         pred = model(torch.as_tensor(image)[None])["depth"][0, 0].numpy()
         target = np.asarray(item["depth"]).reshape(pred.shape)
         valid = target != 0
-        scale, shift = fit_scale_shift(pred, target, valid)
+        yield (image, pred, target, valid, *fit_scale_shift(pred, target, valid))
+
+
+def figure(run: Path, data: Path, out: Path, scenes: int, label: str | None = None) -> None:
+    """Input | ground truth | prediction | prediction after its per-image scale and shift, one row a scene."""
+    from mtlkd.runtime.visualize import depth_image, save_png, titled, to_uint8
+
+    rows = []
+    for image, pred, target, valid, scale, shift in predictions(run, data, scenes):
         lo, hi = np.percentile(target[valid], [2, 98])
         shown = to_uint8(np.moveaxis(image * 0.5 + 0.5 if image.min() < 0 else image, 0, -1))
         tiles = [shown, *(depth_image(d.astype(np.float32), value_range=(float(lo), float(hi)))
@@ -72,21 +76,13 @@ def figure(run: Path, data: Path, out: Path, scenes: int, label: str | None = No
     save_png(out, titled(body, f"{label or run.parent.name + '/' + run.name}: depth, one colour range a row", 14))
 
 
-@torch.no_grad()
 def probe(run: Path, data: Path, median: float) -> dict[str, float]:
-    model, _ = load_model(str(run / "model.safetensors"))
-    val = open_dataset("synthetic", data, "val", augment=False, progress=False)
     per_image: dict[str, list[float]] = {k: [] for k in ("bias", "spread", "gt spread", "corr")}
     sums = {"abs": 0.0, "median": 0.0, "aligned": 0.0, "image median": 0.0}
     count = 0
     means = []
-    for i in range(len(val)):
-        item = val[i]
-        pred = model(torch.as_tensor(np.asarray(item["image"]))[None])["depth"][0, 0].numpy()
-        target = np.asarray(item["depth"]).reshape(pred.shape)
-        valid = target != 0
+    for _image, pred, target, valid, scale, shift in predictions(run, data):
         p, t = pred[valid].astype(np.float64), target[valid].astype(np.float64)
-        scale, shift = fit_scale_shift(pred, target, valid)
         sums["abs"] += np.abs(p - t).sum()
         sums["median"] += np.abs(median - t).sum()
         sums["aligned"] += np.abs(scale * p + shift - t).sum()
@@ -112,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.figure:
         figure(args.runs[0], args.data, args.figure, args.scenes, args.label)
-    median = median_training_depth(args.data)
+    median = trivial_scores(args.data)["constants"]["median_depth"]
     print(f"median training depth {median:.3f} m; metres except corr")
     print(f"{'run':40s} " + " ".join(f"{c:>12s}" for c in COLUMNS))
     for run in args.runs:

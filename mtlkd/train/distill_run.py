@@ -14,7 +14,6 @@ the labelled split the true metrics come from (the student's, and each teacher's
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +39,11 @@ class DistillResult:
 def distill(options: DistillRunOptions) -> DistillResult:
     """Distil; returns the run folder and the numbers of replace.json (also written there). Under torchrun
     every rank trains its shard after one teacher pass (teacher_cache); rank 0 alone writes and scores."""
-    from mtlkd.train.trainer import train
+    from mtlkd.train.trainer import DistInfo, train
 
     state: dict[str, Any] = {}
     out = train(options.train, data=lambda train_options: _prepare(options, state))
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not DistInfo.launched().main:
         return DistillResult(out=out, tasks=state["tasks"], frames=state["frames"], student={}, agreement={},
                              teachers={}, main=False)
     agreement = _kept_agreement(out)
@@ -69,7 +68,7 @@ def _prepare(options: DistillRunOptions, state: dict[str, Any]):
     from mtlkd.models import input_size, model_config
     from mtlkd.train.selection import holdout_split
     from mtlkd.train.teacher_cache import TeacherCache, fill_cache, frames_key, list_frames
-    from mtlkd.train.trainer import RunData
+    from mtlkd.train.trainer import DistInfo, RunData
 
     train_options = options.train
     teachers = load_teachers(options.teachers, options.teacher_device)
@@ -84,12 +83,13 @@ def _prepare(options: DistillRunOptions, state: dict[str, Any]):
               "teachers": [{"tasks": list(t.spec.tasks), "file": str(t.spec.path), "sha256": sha256_of(t.spec.path),
                             "settings": t.spec.settings(), "foreign": t.foreign} for t in teachers.teachers],
               "depth_meaning": teachers.depth_meaning, "val_data": options.val_data}
-    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun: rank 0 holds the run folder's lock
+    launched = DistInfo.launched()
+    main = launched.main  # under torchrun: rank 0 holds the run folder's lock
     if main:
         _check_resume(Path(train_options.out), record, train_options.resume)
     cache = TeacherCache(options.cache or cache_dir() / "teachers", int(options.cache_limit_gb * 1e9))
     cached = fill_cache(cache, frames, teachers, size, quiet=train_options.quiet or not main,
-                        wait=int(os.environ.get("WORLD_SIZE", "1")) > 1)  # one pass, whichever rank is first
+                        wait=launched.world > 1)  # one pass, whichever rank is first
     from mtlkd.checkpoint import write_json
 
     if main:

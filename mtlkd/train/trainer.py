@@ -42,11 +42,16 @@ class DistInfo:
         return self.rank == 0
 
     @classmethod
+    def launched(cls) -> DistInfo:
+        """The rank and world size torchrun gave this process (1 process without it); starts nothing."""
+        return cls(rank=int(os.environ.get("RANK", "0")), world=int(os.environ.get("WORLD_SIZE", "1")))
+
+    @classmethod
     def from_env(cls, device: torch.device) -> DistInfo:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and not dist.is_initialized():
+        info = cls.launched()
+        if info.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(rank=int(os.environ.get("RANK", "0")), world=world)
+        return info
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,7 +99,7 @@ def train(options: TrainOptions, data: Callable[[TrainOptions], RunData] | None 
     folder is locked for the whole run (mtlkd.train.runfolder). `data`: opens what to train on instead of
     `options.dataset`, called inside the lock (mtl-distill's teacher pass and targets)."""
     method_options = parse_method_options(options.check().method, options.method_options)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not DistInfo.launched().main:
         return _train(options, method_options, data=data)
     out = Path(options.out)
     with run_lock(out):

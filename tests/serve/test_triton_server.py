@@ -176,18 +176,28 @@ def _metrics(url: str) -> dict[str, float]:
     return totals
 
 
-@pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
-def test_mtl_serve_runs_and_stops_cleanly_on_ctrl_c_and_sigterm(exported, serve_environment, stop_with):
+def _start_mtl_serve(model, stdout=subprocess.PIPE) -> tuple[subprocess.Popen, int, list[str]]:
+    """`mtl-serve MODEL` on free ports, read until it says it serves or fails: (process, HTTP port, lines)."""
     port, grpc_port, metrics_port = free_ports()
-    command = [sys.executable, "-m", "mtlkd.cli.serve", str(exported["openvino"]), "--port", str(port),
+    command = [sys.executable, "-m", "mtlkd.cli.serve", str(model), "--port", str(port),
                "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    lines = []
     try:
-        lines = []
-        for line in process.stderr:  # until the command says it serves, or fails
+        for line in process.stderr:
             lines.append(line)
             if "stops it" in line or "error" in line:
                 break
+    except BaseException:  # never leave a server behind
+        process.kill()
+        raise
+    return process, port, lines
+
+
+@pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
+def test_mtl_serve_runs_and_stops_cleanly_on_ctrl_c_and_sigterm(exported, serve_environment, stop_with):
+    process, port, lines = _start_mtl_serve(exported["openvino"])
+    try:
         assert any("model mtlkd_openvino: READY" in line for line in lines), "".join(lines)
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).status == 200
         found = subprocess.run(["pgrep", "-f", "--", f"--http-port={port}"], capture_output=True, text=True)
@@ -203,21 +213,14 @@ def test_mtl_serve_runs_and_stops_cleanly_on_ctrl_c_and_sigterm(exported, serve_
     assert f"stopped ({stop_with.name}); tritonserver exit status 0" in err
     assert all(_group_gone(int(pid)) for pid in server_pids)
 
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_killed_mtl_serve_does_not_leave_its_server_running(exported, serve_environment):
     from mtlkd.serve.server import EXIT_TIMEOUT_S
 
-    port, grpc_port, metrics_port = free_ports()
-    command = [sys.executable, "-m", "mtlkd.cli.serve", str(exported["openvino"]), "--port", str(port),
-               "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process, port, lines = _start_mtl_serve(exported["openvino"], stdout=subprocess.DEVNULL)
     server_pids: list[str] = []
     try:
-        lines = []
-        for line in process.stderr:
-            lines.append(line)
-            if "stops it" in line or "error" in line:
-                break
         assert any("READY" in line for line in lines), "".join(lines)
         found = subprocess.run(["pgrep", "-f", "--", f"--http-port={port}"], capture_output=True, text=True)
         server_pids = found.stdout.split()
